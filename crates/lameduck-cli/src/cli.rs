@@ -1,0 +1,121 @@
+//! Command-line flags. Every flag has a `LAMEDUCK_*` environment variable.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "lameduck", version, about = "Drain-safe reference service", long_about = None)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the reference service: /ping, /slow, /ws, /events, /livez, /readyz.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is
+    /// in the first log line, `server.listening`).
+    #[arg(long, env = "LAMEDUCK_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+
+    /// Time connections get to finish after the announce period.
+    #[arg(long, env = "LAMEDUCK_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub(crate) drain_timeout: Duration,
+
+    /// Time between the drain request and closing the listener, with /readyz
+    /// failing (5s advised on Kubernetes).
+    #[arg(long, env = "LAMEDUCK_DRAIN_ANNOUNCE", default_value = "0s", value_parser = parse_duration)]
+    pub(crate) drain_announce: Duration,
+
+    /// How long an idle keep-alive connection is kept open once draining.
+    #[arg(long, env = "LAMEDUCK_DRAIN_IDLE_GRACE", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) drain_idle_grace: Duration,
+
+    /// Interval between WebSocket pings.
+    #[arg(long, env = "LAMEDUCK_WS_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub(crate) ws_ping_interval: Duration,
+
+    /// A WebSocket peer that does not answer a ping within this is dropped.
+    #[arg(long, env = "LAMEDUCK_WS_PONG_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub(crate) ws_pong_timeout: Duration,
+
+    /// How long to wait for the peer's Close after sending ours.
+    #[arg(long, env = "LAMEDUCK_WS_CLOSE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub(crate) ws_close_timeout: Duration,
+
+    #[command(flatten)]
+    pub(crate) log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogArgs {
+    /// Log output format.
+    #[arg(long, env = "LAMEDUCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub(crate) log_format: LogFormat,
+
+    /// Log filter: a level (`info`) or tracing directives (`info,lameduck=debug`).
+    #[arg(long, env = "LAMEDUCK_LOG_LEVEL", default_value = "info")]
+    pub(crate) log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `250ms`, `2s`, `1m30s`; a bare number is seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 500ms, 2s, 1m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("2 parsecs").is_err());
+        assert!(parse_duration("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "lameduck",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "2s",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command;
+        assert_eq!(args.drain_timeout, Duration::from_secs(2));
+        assert_eq!(args.log.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["lameduck", "serve", "--listen", "nowhere"]).is_err());
+    }
+}

@@ -1,0 +1,45 @@
+//! `lameduck`: the reference service (`serve`) built on the lameduck library.
+//!
+//! Exit codes: 0 drained cleanly, 1 failed to start or serve, 3 drained but
+//! had to cut connections (`lameduck::EXIT_FORCED`), 64 bad usage.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod logging;
+mod serve;
+
+/// Exit code for bad usage (sysexits' `EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("lameduck: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        cli::Command::Serve(args) => {
+            logging::init(&args.log)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve::run(args))
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The reference service's endpoints.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{RawQuery, State, ws::WebSocketUpgrade},
+    http::{HeaderMap, StatusCode, Uri},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::get,
+};
+use futures_util::{Stream, stream};
+use lameduck::{
+    Drain,
+    sse::SseStream,
+    ws::{WsConfig, WsSession},
+};
+use serde_json::json;
+
+const SLOW_DEFAULT_MS: u64 = 10_000;
+const SLOW_MAX_MS: u64 = 600_000;
+const EVENTS_DEFAULT_MS: u64 = 100;
+const EVENTS_MAX_MS: u64 = 60_000;
+/// Idle WebSockets must stay cheap: tungstenite's default read buffer is
+/// 128 KiB per socket.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+pub(crate) fn app(ws: WsConfig) -> Router {
+    Router::new()
+        .route("/ping", get(|| async { "pong" }))
+        .route("/slow", get(slow))
+        .route("/ws", get(websocket))
+        .route("/events", get(events))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(ws)
+}
+
+/// A JSON error response: `{"error": "..."}`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Reads `name` from a query string as an integer in `0..=max`; absent means
+/// `default`.
+fn query_u64(
+    query: Option<&str>,
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, Response> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value);
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match value.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid {name}={value:?}: expected an integer in {min}..={max}"),
+        )),
+    }
+}
+
+/// `GET /slow?ms=N`: answers after N ms (default 10 000).
+async fn slow(RawQuery(query): RawQuery) -> Response {
+    let ms = match query_u64(query.as_deref(), "ms", SLOW_DEFAULT_MS, 0, SLOW_MAX_MS) {
+        Ok(ms) => ms,
+        Err(response) => return response,
+    };
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Json(json!({ "slept_ms": ms })).into_response()
+}
+
+/// `GET /ws`: echoes text and binary messages.
+async fn websocket(
+    upgrade: WebSocketUpgrade,
+    drain: Drain,
+    State(config): State<WsConfig>,
+) -> Response {
+    upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        .on_upgrade(move |socket| async move {
+            let mut ws = WsSession::with_config(socket, drain, config);
+            while let Some(msg) = ws.recv().await {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            tracing::debug!(end = ?ws.end(), "ws.end");
+        })
+}
+
+/// `GET /events?interval_ms=N`: an event every N ms (default 100), numbered
+/// from the one after `Last-Event-ID`.
+async fn events(RawQuery(query): RawQuery, headers: HeaderMap, drain: Drain) -> Response {
+    let interval = match query_u64(
+        query.as_deref(),
+        "interval_ms",
+        EVENTS_DEFAULT_MS,
+        1,
+        EVENTS_MAX_MS,
+    ) {
+        Ok(ms) => Duration::from_millis(ms),
+        Err(response) => return response,
+    };
+    let last = match headers.get("last-event-id") {
+        None => 0,
+        Some(value) => match value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            Some(id) => id,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid Last-Event-ID: expected an integer",
+                );
+            }
+        },
+    };
+    Sse::new(SseStream::new(numbered(last, interval), drain))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn numbered(last: u64, interval: Duration) -> impl Stream<Item = Result<Event, Infallible>> {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    stream::unfold((last, ticks), |(last, mut ticks)| async move {
+        ticks.tick().await;
+        let id = last.checked_add(1)?;
+        let event = Event::default().id(id.to_string()).data(id.to_string());
+        Some((Ok(event), (id, ticks)))
+    })
+}
+
+async fn livez() -> Response {
+    Json(json!({ "status": "ok", "pid": std::process::id() })).into_response()
+}
+
+async fn readyz(drain: Drain) -> Response {
+    let body = json!({ "phase": drain.phase(), "pid": std::process::id() });
+    if drain.is_ready() {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn not_found(uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no route for {}", uri.path()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        assert_eq!(query_u64(None, "ms", 5, 0, 10).unwrap(), 5);
+        assert_eq!(query_u64(Some("ms=7"), "ms", 5, 0, 10).unwrap(), 7);
+        assert_eq!(query_u64(Some("a=1&ms=0"), "ms", 5, 0, 10).unwrap(), 0);
+        assert_eq!(query_u64(Some("msx=1"), "ms", 5, 0, 10).unwrap(), 5);
+        for bad in [
+            "ms=",
+            "ms",
+            "ms=11",
+            "ms=-1",
+            "ms=1.5",
+            "ms=abc",
+            "ms=99999999999999999999999",
+        ] {
+            let res = query_u64(Some(bad), "ms", 5, 0, 10).unwrap_err();
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Timings of a drain.
+
+use std::time::Duration;
+
+/// How long each step of a drain may take.
+///
+/// The defaults follow Kubernetes: `drain_timeout` (25 s) leaves room under the
+/// default 30 s `terminationGracePeriodSeconds`. On Kubernetes, also set
+/// `drain_announce` (5 s advised) so that endpoints are removed before the
+/// listener closes.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use lameduck::Config;
+///
+/// let mut config = Config::default();
+/// config.drain_announce = Duration::from_secs(5);
+/// config.drain_timeout = Duration::from_secs(20);
+/// assert_eq!(config.idle_grace, Duration::from_secs(1));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Time between the drain request and closing the listener, during which
+    /// everything keeps working but `/readyz` answers 503 (`drain.announce`,
+    /// default 0 s).
+    pub drain_announce: Duration,
+    /// Time, after the announce period, that connections are given to finish
+    /// before whatever remains is cut (`drain.timeout`, default 25 s).
+    pub drain_timeout: Duration,
+    /// How long an idle HTTP/1.1 keep-alive connection is kept open once the
+    /// drain starts, so that a request its client is already sending is still
+    /// served (with `Connection: close`) instead of lost (`drain.idle_grace`,
+    /// default 1 s).
+    pub idle_grace: Duration,
+    /// Time a client has to send a complete request head (default 10 s).
+    pub header_read_timeout: Duration,
+    /// Interval of the `shutdown.progress` events (default 1 s).
+    pub progress_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            drain_announce: Duration::ZERO,
+            drain_timeout: Duration::from_secs(25),
+            idle_grace: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(10),
+            progress_interval: Duration::from_secs(1),
+        }
+    }
+}

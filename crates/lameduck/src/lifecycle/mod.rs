@@ -1,0 +1,346 @@
+//! The lifecycle of a server: serving → draining → stopped.
+//!
+//! A [`Handle`] requests the drain (or forces it); a [`Drain`] watches it. Both
+//! are cheap to clone and refer to the same state, which the server's
+//! [`drive`] future moves forward: announce, close the listener, let
+//! connections finish, cut what remains at the deadline.
+
+mod drive;
+mod signal;
+
+use std::{
+    fmt,
+    future::Future,
+    sync::{Arc, OnceLock},
+};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::{
+    sync::{CancellationToken, WaitForCancellationFutureOwned},
+    task::TaskTracker,
+};
+
+use crate::{
+    Config,
+    stats::{Counts, Stats},
+};
+
+pub(crate) use drive::drive;
+pub use signal::listen_for_signals;
+
+/// Where a server stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Serving normally; `/readyz` answers 200.
+    Serving,
+    /// A drain was requested: everything still works, new connections
+    /// included, but `/readyz` answers 503 so load balancers move away.
+    Announcing,
+    /// The listener is closed; connections are finishing what they hold.
+    Draining,
+    /// The deadline passed (or a second signal came): what remains is cut.
+    Forcing,
+    /// Every connection is gone.
+    Stopped,
+}
+
+impl Phase {
+    /// The phase's name as it appears in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Serving => "serving",
+            Phase::Announcing => "announcing",
+            Phase::Draining => "draining",
+            Phase::Forcing => "forcing",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a drain started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "detail")]
+#[non_exhaustive]
+pub enum DrainReason {
+    /// A signal, by name (`SIGTERM`, `SIGINT`).
+    Signal(&'static str),
+    /// The process is being replaced by a new copy of itself: WebSockets
+    /// are closed with 1012 (Service Restart) instead of 1001 (Going Away).
+    Restart,
+    /// A programmatic request, with a short description of its source.
+    Requested(String),
+}
+
+impl DrainReason {
+    /// Whether the service comes back right away (a restart or an upgrade),
+    /// which clients are told through the WebSocket close code.
+    pub fn is_restart(&self) -> bool {
+        matches!(self, DrainReason::Restart)
+    }
+}
+
+impl fmt::Display for DrainReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DrainReason::Signal(name) => write!(f, "signal {name}"),
+            DrainReason::Restart => f.write_str("restart"),
+            DrainReason::Requested(source) => write!(f, "requested by {source}"),
+        }
+    }
+}
+
+/// The state shared by a server, its handles and its watchers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) stats: Stats,
+    /// Counts every open connection, upgraded ones included, until its socket
+    /// is dropped; closed once the listener is gone.
+    pub(crate) tracker: TaskTracker,
+    phase: watch::Sender<Phase>,
+    reason: OnceLock<DrainReason>,
+    drain_requested: CancellationToken,
+    force_requested: CancellationToken,
+    /// Cancelled when the announce period ends: connections must go.
+    pub(crate) draining: CancellationToken,
+    /// Cancelled at the deadline: whatever remains is cut.
+    pub(crate) forcing: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            stats: Stats::default(),
+            tracker: TaskTracker::new(),
+            phase: watch::Sender::new(Phase::Serving),
+            reason: OnceLock::new(),
+            drain_requested: CancellationToken::new(),
+            force_requested: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            forcing: CancellationToken::new(),
+        })
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+    }
+
+    pub(crate) fn reason(&self) -> Option<&DrainReason> {
+        self.reason.get()
+    }
+}
+
+// === impl Handle ===
+
+/// Starts or forces the drain of a server, and reads its state.
+///
+/// Unlike a one-shot trigger, a `Handle` is `Clone`: a drain can be asked for
+/// from several places at once (signals, an admin endpoint, a parent
+/// process), and asking twice is harmless, the first reason wins. What is not
+/// shared is the drain itself, which only the server's `serve` future runs.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let server = lameduck::Server::new(listener).without_signals();
+/// let handle = server.handle();
+/// let serving = tokio::spawn(server.serve(axum::Router::new()));
+///
+/// assert!(handle.drain(lameduck::DrainReason::Requested("example".into())));
+/// let report = serving.await.unwrap()?;
+/// assert_eq!(report.exit_code(), 0);
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Handle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("phase", &self.phase())
+            .field("reason", &self.shared.reason())
+            .finish()
+    }
+}
+
+impl Handle {
+    /// Requests a drain. Returns `true` if this call started it, `false` if a
+    /// drain was already under way (its reason is kept).
+    pub fn drain(&self, reason: DrainReason) -> bool {
+        if self.shared.reason.set(reason).is_err() {
+            return false;
+        }
+        self.shared.drain_requested.cancel();
+        true
+    }
+
+    /// Cuts whatever remains now, without waiting for the deadline. Starts the
+    /// drain first if it was not under way (the reason is then
+    /// `Requested("force")`).
+    pub fn force(&self) {
+        self.drain(DrainReason::Requested("force".into()));
+        self.shared.force_requested.cancel();
+    }
+
+    /// A watcher of this server's drain.
+    pub fn watcher(&self) -> Drain {
+        Drain {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.shared.phase()
+    }
+
+    /// Live counts of connections, streams and requests.
+    pub fn counts(&self) -> Counts {
+        self.shared.stats.counts()
+    }
+
+    /// Waits until the phase changes from `current`, and returns the new one.
+    pub async fn phase_changed(&self, current: Phase) -> Phase {
+        let mut rx = self.shared.phase.subscribe();
+        match rx.wait_for(|p| *p != current).await {
+            Ok(p) => *p,
+            // The sender lives in `Shared`, which `self` keeps alive.
+            Err(_) => self.phase(),
+        }
+    }
+}
+
+// === impl Drain ===
+
+/// Watches the drain from inside a handler: every request served by
+/// [`crate::Server`] carries one in its extensions, and it is an axum
+/// extractor.
+///
+/// `drained()` resolves when the connections are asked to go (after the
+/// announce period), `forced()` at the deadline, when whatever remains is cut.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use lameduck::Drain;
+///
+/// // A long request that stops early, with a partial answer, when the
+/// // server drains.
+/// async fn report(drain: Drain) -> String {
+///     tokio::select! {
+///         _ = tokio::time::sleep(Duration::from_secs(30)) => "complete".into(),
+///         _ = drain.drained() => "partial: server draining".into(),
+///     }
+/// }
+/// let app: axum::Router = axum::Router::new().route("/report", axum::routing::get(report));
+/// ```
+#[derive(Clone)]
+pub struct Drain {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Drain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drain")
+            .field("phase", &self.phase())
+            .finish()
+    }
+}
+
+impl Drain {
+    /// A watcher that is not attached to any server and never drains; for
+    /// calling handlers directly in tests.
+    pub fn detached() -> Self {
+        Self {
+            shared: Shared::new(Config::default()),
+        }
+    }
+
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Whether connections have been asked to go.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.is_cancelled()
+    }
+
+    /// Whether the server should be taken out of rotation (any phase but
+    /// [`Phase::Serving`]).
+    pub fn is_ready(&self) -> bool {
+        self.shared.phase() == Phase::Serving
+    }
+
+    /// Resolves once connections are asked to go (at once if they already
+    /// are).
+    pub async fn drained(&self) {
+        self.shared.draining.cancelled().await
+    }
+
+    /// Like [`Drain::drained`], but owns what it needs, so it can be stored.
+    pub fn drained_owned(&self) -> WaitForCancellationFutureOwned {
+        self.shared.draining.clone().cancelled_owned()
+    }
+
+    /// Resolves when the deadline passes (or the drain is forced): whatever
+    /// is still open is being cut.
+    pub fn forced(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.shared.forcing.clone().cancelled_owned()
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.shared.phase()
+    }
+
+    /// Why the drain started, once it has.
+    pub fn reason(&self) -> Option<DrainReason> {
+        self.shared.reason().cloned()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+/// Rejection of the [`Drain`] extractor when the request was not served by
+/// [`crate::Server`].
+#[derive(Debug, thiserror::Error)]
+#[error("no lameduck::Drain in the request extensions: serve the app with lameduck::Server")]
+pub struct MissingDrain;
+
+impl axum::response::IntoResponse for MissingDrain {
+    fn into_response(self) -> axum::response::Response {
+        (http::StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Drain {
+    type Rejection = MissingDrain;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Drain>().cloned().ok_or(MissingDrain)
+    }
+}

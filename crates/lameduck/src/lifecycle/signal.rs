@@ -1,0 +1,80 @@
+//! Process signals, and what each one means to a server.
+//!
+//! - `SIGTERM`: the orchestrator wants the process gone (Kubernetes, systemd,
+//!   `docker stop`): drain.
+//! - `SIGINT`: Ctrl-C in a terminal: drain, as for `SIGTERM`.
+//! - A second `SIGTERM` or `SIGINT` during the drain: the operator will not
+//!   wait; cut what remains now.
+
+use super::{DrainReason, Handle};
+
+/// Listens for `SIGTERM` and `SIGINT`: the first starts a drain through
+/// `handle`, the next one forces it. [`crate::Server`] calls this unless told
+/// [`without_signals`](crate::Server::without_signals).
+///
+/// The returned task runs until aborted.
+///
+/// # Errors
+///
+/// When the signal handlers cannot be installed.
+pub fn listen_for_signals(handle: Handle) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut signals = Signals::new()?;
+    Ok(tokio::spawn(async move {
+        let mut drain_started = false;
+        loop {
+            let name = signals.recv().await;
+            if drain_started {
+                tracing::warn!(signal = name, "shutdown.second_signal: forcing");
+                handle.force();
+            } else {
+                tracing::info!(signal = name, "signal.received");
+                drain_started = true;
+                if !handle.drain(DrainReason::Signal(name)) {
+                    // Already draining for another reason: the signal is the
+                    // operator's first word; the next one forces.
+                    tracing::info!(signal = name, "drain already under way");
+                }
+            }
+        }
+    }))
+}
+
+#[cfg(unix)]
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        // Ctrl-C is the only termination request a non-unix console sends.
+        let _ = tokio::signal::ctrl_c().await;
+        "CTRL_C"
+    }
+}

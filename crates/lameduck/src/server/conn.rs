@@ -1,0 +1,114 @@
+//! Serving one connection, and draining it without losing a request.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::TcpStream;
+use tower::Service;
+use tracing::Instrument;
+
+use super::{
+    io::{ConnState, TrackedIo},
+    service::{BoxError, ConnService},
+};
+use crate::{
+    lifecycle::{Drain, Shared},
+    stats::ConnKind,
+};
+
+pub(crate) type Builder = auto::Builder<TokioExecutor>;
+
+/// Spawns the task that serves `stream` until it closes, the drain closes it
+/// or the deadline cuts it.
+pub(crate) fn spawn<S, B>(
+    builder: Arc<Builder>,
+    shared: Arc<Shared>,
+    service: S,
+    stream: TcpStream,
+    peer: SocketAddr,
+    during_drain: bool,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let _ = stream.set_nodelay(true);
+    let span = tracing::debug_span!("conn", client.addr = %peer);
+    tokio::spawn(serve(builder, shared, service, stream, peer, during_drain).instrument(span));
+}
+
+async fn serve<S, B>(
+    builder: Arc<Builder>,
+    shared: Arc<Shared>,
+    service: S,
+    stream: TcpStream,
+    peer: SocketAddr,
+    during_drain: bool,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let state = ConnState::new(shared.clone(), during_drain);
+    let service = ConnService {
+        inner: service,
+        conn: state.clone(),
+        drain: Drain::new(shared.clone()),
+        peer,
+    };
+    let io = TokioIo::new(TrackedIo::new(stream, state.clone()));
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+
+    tokio::select! {
+        res = conn.as_mut() => return finished(res),
+        () = shared.draining.cancelled() => {}
+    }
+
+    // Draining. A busy HTTP/1 connection, or any HTTP/2 one, is told at once
+    // (keep-alive off, or GOAWAY). An idle HTTP/1 connection gets the idle
+    // grace: its client may be sending a request right now, and closing
+    // under it would lose that request. A request that starts within the
+    // grace is answered with `Connection: close`.
+    let grace = async {
+        let started = state.request_started.notified();
+        tokio::pin!(started);
+        // Registered before the check, so a request starting in between
+        // still wakes us.
+        started.as_mut().enable();
+        if state.kind() == ConnKind::Http1 && !state.is_busy() {
+            let _ = tokio::time::timeout(shared.config.idle_grace, started).await;
+        }
+    };
+    tokio::select! {
+        res = conn.as_mut() => return finished(res),
+        () = grace => {}
+    }
+    conn.as_mut().graceful_shutdown();
+
+    tokio::select! {
+        res = conn.as_mut() => finished(res),
+        () = shared.forcing.cancelled() => {
+            tracing::debug!(kind = ?state.kind(), busy = state.is_busy(), "conn.cut");
+        }
+    }
+}
+
+fn finished(res: Result<(), BoxError>) {
+    if let Err(err) = res {
+        // Clients going away mid-request are routine; keep them out of the
+        // default log level.
+        tracing::debug!(error = %err, "conn.error");
+    }
+}

@@ -1,0 +1,186 @@
+//! The server: an accept loop and per-connection tasks driving hyper-util's
+//! HTTP/1.1 + HTTP/2 connection builder, with every connection tracked.
+
+mod accept;
+mod conn;
+mod io;
+mod service;
+
+use std::{fmt, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpListener;
+use tower::Service;
+
+use service::BoxError;
+pub use service::TrackedBody;
+
+use crate::{
+    Config,
+    error::Error,
+    lifecycle::{self, Handle, Shared},
+    report::DrainReport,
+};
+
+/// Serves a `tower::Service` (an axum `Router`, typically) until a drain
+/// completes, and returns its [`DrainReport`].
+///
+/// What a drain does, in order:
+/// 1. `/readyz` (see [`crate::health`]) answers 503; for `drain_announce`
+///    everything else keeps working, new connections included.
+/// 2. Connections already in the kernel's accept queue are accepted, then
+///    the listener closes.
+/// 3. HTTP/1.1: keep-alive goes off; busy connections finish their request
+///    and close, answering with `Connection: close`; idle ones are closed
+///    after `idle_grace`, or after serving a request that arrived within it.
+///    HTTP/2: GOAWAY, in-flight streams finish.
+/// 4. Upgraded connections (WebSockets) stay counted until their socket is
+///    dropped; [`crate::ws::WsSession`] closes them with 1001 or 1012.
+/// 5. At `drain_timeout` (or on a second signal) whatever remains is cut,
+///    and counted in [`DrainReport::forced`].
+///
+/// # Examples
+///
+/// Moving from `axum::serve(listener, app).with_graceful_shutdown(..)`:
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+///
+/// #[tokio::main]
+/// async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
+///     let app = Router::new().route("/", get(|| async { "hello" }));
+///     let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+///     // Drains on the first SIGTERM/SIGINT, forces on the second.
+///     let report = lameduck::Server::new(listener).serve(app).await?;
+///     Ok(report.exit_code().into())
+/// }
+/// ```
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    signals: bool,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("config", &self.shared.config)
+            .field("signals", &self.signals)
+            .finish()
+    }
+}
+
+impl Server {
+    /// A server on `listener` with the default [`Config`].
+    pub fn new(listener: TcpListener) -> Self {
+        Self::with_config(listener, Config::default())
+    }
+
+    /// A server on `listener` with the given timings.
+    pub fn with_config(listener: TcpListener, config: Config) -> Self {
+        Self {
+            listener,
+            shared: Shared::new(config),
+            signals: true,
+        }
+    }
+
+    /// Does not listen for `SIGTERM`/`SIGINT`: the drain starts only through
+    /// a [`Handle`]. For tests, and for programs that own their signals.
+    pub fn without_signals(mut self) -> Self {
+        self.signals = false;
+        self
+    }
+
+    /// A handle to start, force and observe the drain.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The address the listener is bound to.
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpListener::local_addr`].
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `service` until the drain completes.
+    ///
+    /// Each request carries a [`crate::Drain`] and axum's
+    /// `ConnectInfo<SocketAddr>` in its extensions. When a client goes away,
+    /// or the drain deadline cuts its connection, the request's future is
+    /// dropped.
+    ///
+    /// # Errors
+    ///
+    /// When the signal handlers or the listener's address cannot be had.
+    /// Errors on single connections are logged, never returned.
+    pub async fn serve<S, B>(self, service: S) -> Result<DrainReport, Error>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Server {
+            listener,
+            shared,
+            signals,
+        } = self;
+        let addr = listener.local_addr().map_err(Error::LocalAddr)?;
+        let signals = if signals {
+            let handle = Handle {
+                shared: shared.clone(),
+            };
+            Some(lifecycle::listen_for_signals(handle).map_err(Error::Signals)?)
+        } else {
+            None
+        };
+
+        let mut builder = conn::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(shared.config.header_read_timeout);
+        let builder = Arc::new(builder);
+
+        tracing::info!(addr = %addr, pid = std::process::id(), "server.listening");
+
+        let accept = {
+            let shared = shared.clone();
+            tokio::spawn(accept::run(
+                listener,
+                shared.clone(),
+                move |stream, peer, during_drain| {
+                    conn::spawn(
+                        builder.clone(),
+                        shared.clone(),
+                        service.clone(),
+                        stream,
+                        peer,
+                        during_drain,
+                    )
+                },
+            ))
+        };
+
+        let report = lifecycle::drive(&shared).await;
+        if let Some(signals) = signals {
+            signals.abort();
+        }
+        // The loop ended before the tracker could close; this only collects
+        // the task.
+        let _ = accept.await;
+        Ok(report)
+    }
+}

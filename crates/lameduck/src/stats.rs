@@ -1,0 +1,152 @@
+//! Live counts of connections, streams and requests.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// What a tracked connection currently carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnKind {
+    /// HTTP/1.x, including connections that have not sent a request yet.
+    Http1,
+    /// HTTP/2 (h2c).
+    Http2,
+    /// A connection upgraded away from HTTP (a WebSocket, in practice).
+    Websocket,
+}
+
+impl ConnKind {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Http2,
+            2 => Self::Websocket,
+            _ => Self::Http1,
+        }
+    }
+
+    pub(crate) fn as_u8(self) -> u8 {
+        match self {
+            Self::Http1 => 0,
+            Self::Http2 => 1,
+            Self::Websocket => 2,
+        }
+    }
+}
+
+/// A snapshot of what the server holds right now.
+///
+/// `http1 + http2 + websocket` is the number of open connections; `sse`
+/// counts open SSE streams (each also holds its HTTP connection) and
+/// `in_flight` the requests whose response has not been fully sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Counts {
+    /// Open HTTP/1.x connections.
+    pub http1: usize,
+    /// Open HTTP/2 connections.
+    pub http2: usize,
+    /// Open upgraded (WebSocket) connections.
+    pub websocket: usize,
+    /// Open SSE streams made with [`crate::sse::SseStream`].
+    pub sse: usize,
+    /// Requests being handled or whose response body is still being sent.
+    pub in_flight: usize,
+}
+
+impl Counts {
+    /// Open connections of every kind.
+    pub fn connections(&self) -> usize {
+        self.http1 + self.http2 + self.websocket
+    }
+}
+
+/// Totals since the server started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Totals {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Of which, accepted from the kernel's queue after the drain began.
+    pub accepted_during_drain: u64,
+    /// Requests received.
+    pub requests: u64,
+    /// Connections upgraded (WebSockets).
+    pub upgrades: u64,
+    /// SSE streams opened.
+    pub sse_streams: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    by_kind: [AtomicUsize; 3],
+    sse: AtomicUsize,
+    in_flight: AtomicUsize,
+    connections: AtomicU64,
+    accepted_during_drain: AtomicU64,
+    requests: AtomicU64,
+    upgrades: AtomicU64,
+    sse_streams: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            http1: self.by_kind[0].load(Relaxed),
+            http2: self.by_kind[1].load(Relaxed),
+            websocket: self.by_kind[2].load(Relaxed),
+            sse: self.sse.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn totals(&self) -> Totals {
+        Totals {
+            connections: self.connections.load(Relaxed),
+            accepted_during_drain: self.accepted_during_drain.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+            upgrades: self.upgrades.load(Relaxed),
+            sse_streams: self.sse_streams.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn conn_opened(&self, kind: ConnKind, during_drain: bool) {
+        self.connections.fetch_add(1, Relaxed);
+        if during_drain {
+            self.accepted_during_drain.fetch_add(1, Relaxed);
+        }
+        self.by_kind[kind.as_u8() as usize].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn conn_closed(&self, kind: ConnKind) {
+        self.by_kind[kind.as_u8() as usize].fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn conn_changed(&self, from: ConnKind, to: ConnKind) {
+        if from != to {
+            self.by_kind[to.as_u8() as usize].fetch_add(1, Relaxed);
+            self.by_kind[from.as_u8() as usize].fetch_sub(1, Relaxed);
+            if to == ConnKind::Websocket {
+                self.upgrades.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.requests.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn sse_opened(&self) {
+        self.sse_streams.fetch_add(1, Relaxed);
+        self.sse.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn sse_closed(&self) {
+        self.sse.fetch_sub(1, Relaxed);
+    }
+}

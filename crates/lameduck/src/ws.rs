@@ -1,0 +1,250 @@
+//! WebSocket sessions that end with a Close frame, never a cut socket.
+//!
+//! A [`WsSession`] wraps axum's [`WebSocket`]: it answers pings, sends its own
+//! on a heartbeat and closes a peer that stops answering, and when the server
+//! drains it flushes what is queued, sends Close with 1001 (Going Away) or,
+//! on a restart, 1012 (Service Restart), and waits a bounded time for the
+//! peer's Close before dropping the socket.
+
+use std::{pin::Pin, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use tokio::time::{Interval, MissedTickBehavior, Sleep, sleep, timeout};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::lifecycle::Drain;
+
+/// Close code sent when the server shuts down (RFC 6455: Going Away).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code sent when the server restarts and the client should reconnect
+/// at once (IANA registry: Service Restart).
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+
+/// Timings of a [`WsSession`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// let mut config = lameduck::ws::WsConfig::default();
+/// config.ping_interval = Duration::from_secs(30);
+/// assert_eq!(config.close_timeout, Duration::from_secs(2));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WsConfig {
+    /// Interval between the server's pings (`ws.ping_interval`, default 20 s).
+    pub ping_interval: Duration,
+    /// How long after a ping without a pong the peer is declared dead and
+    /// dropped (`ws.pong_timeout`, default 20 s).
+    pub pong_timeout: Duration,
+    /// How long to wait for the peer's Close after sending ours
+    /// (`ws.close_timeout`, default 2 s).
+    pub close_timeout: Duration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(20),
+            close_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WsEnd {
+    /// The server drained: we sent Close with this code.
+    Drained {
+        /// 1001 or 1012.
+        code: u16,
+    },
+    /// The peer sent Close (with its code, if any).
+    ClosedByPeer {
+        /// The peer's close code.
+        code: Option<u16>,
+    },
+    /// No pong within the pong timeout.
+    PeerDead,
+    /// The socket ended without a Close frame, or failed.
+    Gone(String),
+}
+
+/// A WebSocket that takes part in the server's drain.
+///
+/// # Examples
+///
+/// An echo endpoint:
+///
+/// ```
+/// use axum::{Router, extract::ws::WebSocketUpgrade, response::Response, routing::get};
+/// use lameduck::{Drain, ws::WsSession};
+///
+/// async fn echo(upgrade: WebSocketUpgrade, drain: Drain) -> Response {
+///     upgrade.on_upgrade(|socket| async move {
+///         let mut ws = WsSession::new(socket, drain);
+///         // `recv` returns `None` once the session is over, including after
+///         // the drain's Close handshake.
+///         while let Some(msg) = ws.recv().await {
+///             if ws.send(msg).await.is_err() {
+///                 break;
+///             }
+///         }
+///     })
+/// }
+/// let app: Router = Router::new().route("/ws", get(echo));
+/// ```
+#[must_use = "a session does nothing unless `recv` is called"]
+pub struct WsSession {
+    socket: WebSocket,
+    drain: Drain,
+    drained: Pin<Box<WaitForCancellationFutureOwned>>,
+    config: WsConfig,
+    ping: Interval,
+    pong_deadline: Option<Pin<Box<Sleep>>>,
+    end: Option<WsEnd>,
+}
+
+impl std::fmt::Debug for WsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsSession")
+            .field("config", &self.config)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+impl WsSession {
+    /// A session with the default [`WsConfig`].
+    pub fn new(socket: WebSocket, drain: Drain) -> Self {
+        Self::with_config(socket, drain, WsConfig::default())
+    }
+
+    /// A session with the given timings.
+    pub fn with_config(socket: WebSocket, drain: Drain, config: WsConfig) -> Self {
+        let period = config.ping_interval.max(Duration::from_millis(1));
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            socket,
+            drained: Box::pin(drain.drained_owned()),
+            drain,
+            config,
+            ping,
+            pong_deadline: None,
+            end: None,
+        }
+    }
+
+    /// The next Text or Binary message, or `None` once the session is over
+    /// (see [`WsSession::end`] for why). Pings, pongs and the close
+    /// handshake are handled here.
+    pub async fn recv(&mut self) -> Option<Message> {
+        if self.end.is_some() {
+            return None;
+        }
+        loop {
+            let pong_deadline = async {
+                match self.pong_deadline.as_mut() {
+                    Some(deadline) => deadline.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = self.drained.as_mut() => {
+                    let code = if self.drain.reason().is_some_and(|r| r.is_restart()) {
+                        CLOSE_SERVICE_RESTART
+                    } else {
+                        CLOSE_GOING_AWAY
+                    };
+                    self.close(code, "server draining").await;
+                    return self.finish(WsEnd::Drained { code });
+                }
+                () = pong_deadline => {
+                    tracing::debug!("ws.peer_dead");
+                    return self.finish(WsEnd::PeerDead);
+                }
+                _ = self.ping.tick() => {
+                    if self.pong_deadline.is_none() {
+                        self.pong_deadline = Some(Box::pin(sleep(self.config.pong_timeout)));
+                    }
+                    if let Err(err) = self.socket.send(Message::Ping(Default::default())).await {
+                        return self.finish(WsEnd::Gone(err.to_string()));
+                    }
+                }
+                msg = self.socket.recv() => match msg {
+                    Some(Ok(Message::Pong(_))) => self.pong_deadline = None,
+                    Some(Ok(Message::Ping(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        // The reply Close is queued by tungstenite; reading on
+                        // sends it and sees the end of the stream.
+                        let close_timeout = self.config.close_timeout;
+                        let _ = timeout(close_timeout, async {
+                            while let Some(Ok(_)) = self.socket.recv().await {}
+                        })
+                        .await;
+                        return self.finish(WsEnd::ClosedByPeer { code: frame.map(|f| f.code) });
+                    }
+                    Some(Ok(msg)) => return Some(msg),
+                    Some(Err(err)) => return self.finish(WsEnd::Gone(err.to_string())),
+                    None => return self.finish(WsEnd::Gone("end of stream without Close".into())),
+                }
+            }
+        }
+    }
+
+    /// Sends a message and flushes it.
+    ///
+    /// # Errors
+    ///
+    /// When the socket is closed or fails.
+    pub async fn send(&mut self, msg: Message) -> Result<(), axum::Error> {
+        self.socket.send(msg).await
+    }
+
+    /// Why the session ended, once it has.
+    pub fn end(&self) -> Option<&WsEnd> {
+        self.end.as_ref()
+    }
+
+    /// The underlying socket, for what this wrapper does not cover.
+    pub fn socket_mut(&mut self) -> &mut WebSocket {
+        &mut self.socket
+    }
+
+    fn finish(&mut self, end: WsEnd) -> Option<Message> {
+        self.end = Some(end);
+        None
+    }
+
+    /// Flush, send Close, wait (bounded) for the peer's Close; whatever data
+    /// arrives meanwhile is discarded, as RFC 6455 allows once Close is sent.
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let socket = &mut self.socket;
+        let handshake = async {
+            socket.flush().await?;
+            socket
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })))
+                .await?;
+            while let Some(msg) = socket.recv().await {
+                if matches!(msg?, Message::Close(_)) {
+                    break;
+                }
+            }
+            Ok::<_, axum::Error>(())
+        };
+        match timeout(self.config.close_timeout, handshake).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::debug!(error = %err, "ws.close_error"),
+            Err(_) => tracing::debug!("ws.close_timeout"),
+        }
+    }
+}
