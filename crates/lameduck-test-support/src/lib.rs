@@ -1,1 +1,11 @@
-//! placeholder
+//! Test support: the real `lameduck` binary as a child process, and raw
+//! HTTP/1.1 clients that can tell a lost request from a refused one.
+//!
+//! Every wait here has a timeout, and a [`Child`] kills its process when
+//! dropped, so a failing test leaves nothing behind.
+
+mod child;
+mod http;
+
+pub use child::{Child, raise_fd_limit};
+pub use http::{KeepAlive, Outcome, Response, get};

@@ -83,6 +83,11 @@ async fn run_phases(shared: &Shared, deadline: Instant) -> Outcome {
     }
 
     shared.set_phase(Phase::Draining);
+    shared.stop_accepting.cancel();
+    tokio::select! {
+        () = shared.listener_closed.cancelled() => {}
+        () = shared.force_requested.cancelled() => {}
+    }
     shared.draining.cancel();
     tracing::info!("shutdown.draining");
 
@@ -116,7 +121,8 @@ async fn run_phases(shared: &Shared, deadline: Instant) -> Outcome {
     if timeout(UNWIND_GRACE, shared.tracker.wait()).await.is_err() {
         tracing::warn!(
             still_open = shared.tracker.len(),
-            "shutdown.unwind_timeout: some cut connections are held by handlers that ignore errors"
+            detail = "cut connections still held by handlers that ignore their errors",
+            "shutdown.unwind_timeout"
         );
     }
     Outcome::Forced(remaining)
@@ -166,9 +172,21 @@ mod tests {
         (shared, handle)
     }
 
+    /// Runs the state machine, with a stand-in for the accept loop that
+    /// closes the listener when told to.
     fn spawn_drive(shared: &Arc<Shared>) -> tokio::task::JoinHandle<DrainReport> {
+        fake_listener(shared);
         let shared = shared.clone();
         tokio::spawn(async move { drive(&shared).await })
+    }
+
+    fn fake_listener(shared: &Arc<Shared>) {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            shared.stop_accepting.cancelled().await;
+            shared.tracker.close();
+            shared.listener_closed.cancel();
+        });
     }
 
     /// Yields to the scheduler enough for spawned tasks to react.
@@ -207,11 +225,12 @@ mod tests {
 
         tokio::time::sleep(Duration::from_millis(4900)).await;
         assert!(!watcher.is_draining(), "drained before the announce ended");
+        assert!(!shared.stop_accepting.is_cancelled());
         tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(shared.listener_closed.is_cancelled());
         assert!(watcher.is_draining());
         assert_eq!(handle.phase(), Phase::Draining);
 
-        shared.tracker.close();
         drop(conn);
         let report = task.await.unwrap();
         assert_eq!(report.forced, 0);
@@ -225,7 +244,6 @@ mod tests {
     async fn deadline_forces() {
         let (shared, handle) = setup(2, 10);
         let conn = shared.tracker.token();
-        shared.tracker.close();
         let task = spawn_drive(&shared);
         let start = Instant::now();
         handle.drain(DrainReason::Requested("test".into()));
@@ -249,7 +267,6 @@ mod tests {
     async fn force_cuts_at_once() {
         let (shared, handle) = setup(5, 25);
         let _conn = shared.tracker.token();
-        shared.tracker.close();
         let task = spawn_drive(&shared);
         let start = Instant::now();
         handle.drain(DrainReason::Signal("SIGTERM"));
@@ -270,7 +287,7 @@ mod tests {
         let (shared, handle) = setup(0, 25);
         assert!(handle.drain(DrainReason::Signal("SIGINT")));
         assert!(!handle.drain(DrainReason::Restart));
-        shared.tracker.close();
+        fake_listener(&shared);
         let report = drive(&shared).await;
         assert_eq!(report.reason, DrainReason::Signal("SIGINT"));
         assert_eq!(report.forced, 0);
@@ -281,7 +298,6 @@ mod tests {
     async fn completes_when_last_connection_closes() {
         let (shared, handle) = setup(0, 25);
         let conns: Vec<_> = (0..3).map(|_| shared.tracker.token()).collect();
-        shared.tracker.close();
         let task = spawn_drive(&shared);
         let start = Instant::now();
         handle.drain(DrainReason::Signal("SIGTERM"));

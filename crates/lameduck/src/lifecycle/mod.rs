@@ -109,7 +109,15 @@ pub(crate) struct Shared {
     reason: OnceLock<DrainReason>,
     drain_requested: CancellationToken,
     force_requested: CancellationToken,
-    /// Cancelled when the announce period ends: connections must go.
+    /// Cancelled when the announce period ends: the accept loop takes what
+    /// is queued and closes the listener.
+    pub(crate) stop_accepting: CancellationToken,
+    /// Cancelled by the accept loop once the listener is closed.
+    pub(crate) listener_closed: CancellationToken,
+    /// Cancelled once the listener is closed: connections must go. Not
+    /// before, so that clients told to reconnect find the listener closed
+    /// (or, after a handoff, the new process) rather than a queue that is
+    /// about to be reset.
     pub(crate) draining: CancellationToken,
     /// Cancelled at the deadline: whatever remains is cut.
     pub(crate) forcing: CancellationToken,
@@ -125,6 +133,8 @@ impl Shared {
             reason: OnceLock::new(),
             drain_requested: CancellationToken::new(),
             force_requested: CancellationToken::new(),
+            stop_accepting: CancellationToken::new(),
+            listener_closed: CancellationToken::new(),
             draining: CancellationToken::new(),
             forcing: CancellationToken::new(),
         })
@@ -155,14 +165,14 @@ impl Shared {
 /// # Examples
 ///
 /// ```
-/// # async fn run() -> std::io::Result<()> {
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 /// let server = lameduck::Server::new(listener).without_signals();
 /// let handle = server.handle();
 /// let serving = tokio::spawn(server.serve(axum::Router::new()));
 ///
 /// assert!(handle.drain(lameduck::DrainReason::Requested("example".into())));
-/// let report = serving.await.unwrap()?;
+/// let report = serving.await??;
 /// assert_eq!(report.exit_code(), 0);
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();

@@ -24,7 +24,7 @@ pub fn listen_for_signals(handle: Handle) -> std::io::Result<tokio::task::JoinHa
         loop {
             let name = signals.recv().await;
             if drain_started {
-                tracing::warn!(signal = name, "shutdown.second_signal: forcing");
+                tracing::warn!(signal = name, "shutdown.second_signal");
                 handle.force();
             } else {
                 tracing::info!(signal = name, "signal.received");

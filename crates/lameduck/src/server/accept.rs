@@ -22,7 +22,7 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             biased;
-            () = shared.draining.cancelled() => break,
+            () = shared.stop_accepting.cancelled() => break,
             res = listener.accept() => match res {
                 Ok((stream, peer)) => on_conn(stream, peer, false),
                 Err(err) if is_connection_error(&err) => {}
@@ -32,7 +32,7 @@ pub(crate) async fn run(
                     tracing::error!(error = %err, "accept.error");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        () = shared.draining.cancelled() => break,
+                        () = shared.stop_accepting.cancelled() => break,
                     }
                 }
             },
@@ -47,6 +47,7 @@ pub(crate) async fn run(
         }
     };
     shared.tracker.close();
+    shared.listener_closed.cancel();
     tracing::info!(accepted_from_queue = from_queue, "shutdown.listener_closed");
 }
 

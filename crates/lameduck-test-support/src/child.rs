@@ -1,0 +1,164 @@
+//! The binary as a child process.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::{
+        resource::{Resource, getrlimit, setrlimit},
+        signal::{Signal, kill},
+    },
+    unistd::Pid,
+};
+use serde_json::Value;
+
+/// Raises this process's open-file limit to `want` (or the hard limit, if
+/// lower); children inherit it. Returns the new soft limit.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let target = want.min(hard);
+    if soft < target {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard).expect("setrlimit");
+        return target;
+    }
+    soft
+}
+
+#[derive(Default)]
+struct Logs {
+    lines: Mutex<(Vec<Value>, bool)>,
+    changed: Condvar,
+}
+
+/// A running `lameduck` process, killed on drop.
+pub struct Child {
+    child: std::process::Child,
+    logs: Arc<Logs>,
+    /// The address from the `server.listening` event.
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Child {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Child")
+            .field("pid", &self.child.id())
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Child {
+    /// Starts `bin serve --listen 127.0.0.1:0 --log-format json <args>` and
+    /// waits (10 s at most) for its `server.listening` event.
+    ///
+    /// # Panics
+    ///
+    /// When the process cannot start or never reports its address.
+    pub fn serve(bin: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lameduck");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Logs::default());
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                sink.lines.lock().unwrap().0.push(value);
+                sink.changed.notify_all();
+            }
+            sink.lines.lock().unwrap().1 = true;
+            sink.changed.notify_all();
+        });
+        let mut this = Self {
+            child,
+            logs,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let listening = this
+            .wait_for_event("server.listening", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no server.listening event; logs: {:?}", this.logs()));
+        this.addr = listening["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("addr in server.listening");
+        this
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Every log line so far (JSON objects; other lines as `{"raw": ...}`).
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.lines.lock().unwrap().0.clone()
+    }
+
+    /// Log events whose message is `name`.
+    pub fn events(&self, name: &str) -> Vec<Value> {
+        self.logs()
+            .into_iter()
+            .filter(|v| v["message"] == name)
+            .collect()
+    }
+
+    /// Waits up to `timeout` for the first event named `name`.
+    pub fn wait_for_event(&self, name: &str, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.logs.lines.lock().unwrap();
+        loop {
+            if let Some(v) = guard.0.iter().find(|v| v["message"] == name) {
+                return Some(v.clone());
+            }
+            let now = Instant::now();
+            if guard.1 || now >= deadline {
+                return None;
+            }
+            guard = self
+                .logs
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,166 @@
+//! A raw HTTP/1.1 client that classifies every request's outcome.
+
+use std::{io, net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+
+/// A parsed response.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header names (lowercase) and values.
+    pub headers: Vec<(String, String)>,
+    /// The body (Content-Length framed).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the server said it closes the connection after this response.
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// What happened to one request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A complete response.
+    Ok(Response),
+    /// The request could not be written (the server had closed the
+    /// connection before we sent anything). Safe to retry.
+    NotSent(io::Error),
+    /// The request was written but no complete response came: the bad case.
+    Lost(String),
+}
+
+/// One keep-alive connection, one request at a time.
+#[derive(Debug)]
+pub struct KeepAlive {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    /// Connects to `addr`.
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpStream::connect`] (connection refused, typically).
+    pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Sends `GET path` and reads the response, within `limit`.
+    pub async fn get(&mut self, path: &str, limit: Duration) -> Outcome {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: lameduck\r\n\r\n");
+        if let Err(err) = self.stream.write_all(request.as_bytes()).await {
+            return Outcome::NotSent(err);
+        }
+        match timeout(limit, self.read_response()).await {
+            Ok(Ok(res)) => Outcome::Ok(res),
+            Ok(Err(err)) => Outcome::Lost(err.to_string()),
+            Err(_) => Outcome::Lost(format!("no response within {limit:?}")),
+        }
+    }
+
+    /// Waits up to `limit` for the server to close the connection; true if
+    /// it did (end of stream or reset) with no stray bytes.
+    pub async fn closed_by_server(&mut self, limit: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            timeout(limit, self.stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    async fn read_response(&mut self) -> io::Result<Response> {
+        let head_end = loop {
+            if let Some(pos) = find(&self.buf, b"\r\n\r\n") {
+                break pos + 4;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| invalid("bad status line"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .ok_or_else(|| invalid("no content-length"))?;
+        while self.buf.len() < head_end + length {
+            self.fill().await?;
+        }
+        let body = self.buf[head_end..head_end + length].to_vec();
+        self.buf.drain(..head_end + length);
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    async fn fill(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before a complete response",
+            ));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+/// `GET path` on a new connection, within `limit`.
+///
+/// # Errors
+///
+/// When the connection is refused, or the response is lost.
+pub async fn get(addr: SocketAddr, path: &str, limit: Duration) -> io::Result<Response> {
+    let mut conn = timeout(limit, KeepAlive::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    match conn.get(path, limit).await {
+        Outcome::Ok(res) => Ok(res),
+        Outcome::NotSent(err) => Err(err),
+        Outcome::Lost(why) => Err(io::Error::other(why)),
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
