@@ -41,6 +41,7 @@
 //! `shutdown.complete` (totals, forced count).
 
 #![deny(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
 
 mod config;
 mod error;

@@ -53,7 +53,7 @@ fn query_u64(
     default: u64,
     min: u64,
     max: u64,
-) -> Result<u64, Response> {
+) -> Result<u64, String> {
     let value = query
         .unwrap_or("")
         .split('&')
@@ -65,9 +65,8 @@ fn query_u64(
     };
     match value.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid {name}={value:?}: expected an integer in {min}..={max}"),
+        _ => Err(format!(
+            "invalid {name}={value:?}: expected an integer in {min}..={max}"
         )),
     }
 }
@@ -76,7 +75,7 @@ fn query_u64(
 async fn slow(RawQuery(query): RawQuery) -> Response {
     let ms = match query_u64(query.as_deref(), "ms", SLOW_DEFAULT_MS, 0, SLOW_MAX_MS) {
         Ok(ms) => ms,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Json(json!({ "slept_ms": ms })).into_response()
@@ -112,7 +111,7 @@ async fn events(RawQuery(query): RawQuery, headers: HeaderMap, drain: Drain) -> 
         EVENTS_MAX_MS,
     ) {
         Ok(ms) => Duration::from_millis(ms),
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let last = match headers.get("last-event-id") {
         None => 0,
@@ -185,8 +184,8 @@ mod tests {
             "ms=abc",
             "ms=99999999999999999999999",
         ] {
-            let res = query_u64(Some(bad), "ms", 5, 0, 10).unwrap_err();
-            assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+            let message = query_u64(Some(bad), "ms", 5, 0, 10).unwrap_err();
+            assert!(message.contains("0..=10"), "{bad}: {message}");
         }
     }
 }
