@@ -162,9 +162,11 @@ mod tests {
     use crate::{Config, lifecycle::Handle};
 
     fn setup(announce: u64, timeout: u64) -> (Arc<Shared>, Handle) {
-        let mut config = Config::default();
-        config.drain_announce = Duration::from_secs(announce);
-        config.drain_timeout = Duration::from_secs(timeout);
+        let config = Config {
+            drain_announce: Duration::from_secs(announce),
+            drain_timeout: Duration::from_secs(timeout),
+            ..Config::default()
+        };
         let shared = Shared::new(config);
         let handle = Handle {
             shared: shared.clone(),
