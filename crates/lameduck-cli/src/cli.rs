@@ -60,7 +60,7 @@ pub(crate) struct LogArgs {
     pub(crate) log_format: LogFormat,
 
     /// Log filter: a level (`info`) or tracing directives (`info,lameduck=debug`).
-    #[arg(long, env = "LAMEDUCK_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "LAMEDUCK_LOG_LEVEL", default_value = "info", value_parser = parse_filter)]
     pub(crate) log_level: String,
 }
 
@@ -70,6 +70,13 @@ pub(crate) enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+/// Checked here so that a bad filter is a usage error, like any bad flag.
+fn parse_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// `250ms`, `2s`, `1m30s`; a bare number is seconds.
@@ -117,5 +124,7 @@ mod tests {
         assert_eq!(args.drain_timeout, Duration::from_secs(2));
         assert_eq!(args.log.log_format, LogFormat::Json);
         assert!(Cli::try_parse_from(["lameduck", "serve", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["lameduck", "serve", "--log-level", "zz["]).is_err());
+        assert!(Cli::try_parse_from(["lameduck", "serve", "--log-format", "xml"]).is_err());
     }
 }

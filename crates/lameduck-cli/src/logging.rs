@@ -1,5 +1,7 @@
 //! Log output: plain or one JSON object per line, on stderr.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
@@ -10,7 +12,8 @@ pub(crate) fn init(args: &LogArgs) -> anyhow::Result<()> {
         .with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let installed = match args.log_format {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder

@@ -22,7 +22,7 @@ pub async fn livez() -> &'static str {
 ///
 /// ```
 /// use axum::{Router, routing::get};
-/// let app: Router = Router::new()
+/// let _app: Router = Router::new()
 ///     .route("/livez", get(lameduck::health::livez))
 ///     .route("/readyz", get(lameduck::health::readyz));
 /// ```

@@ -59,3 +59,8 @@ pub use lifecycle::{Drain, DrainReason, Handle, MissingDrain, Phase, listen_for_
 pub use report::{DrainReport, EXIT_DRAINED, EXIT_FORCED};
 pub use server::{Server, TrackedBody};
 pub use stats::{ConnKind, Counts, Totals};
+
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -36,7 +36,7 @@ pin_project_lite::pin_project! {
     ///     let ticks = stream::repeat_with(|| Ok(Event::default().data("tick")));
     ///     Sse::new(SseStream::new(ticks, drain).retry(Duration::from_millis(500)))
     /// }
-    /// let app: Router = Router::new().route("/events", get(events));
+    /// let _app: Router = Router::new().route("/events", get(events));
     /// ```
     #[must_use = "streams do nothing unless polled"]
     pub struct SseStream<S> {

@@ -96,7 +96,7 @@ pub enum WsEnd {
 ///         }
 ///     })
 /// }
-/// let app: Router = Router::new().route("/ws", get(echo));
+/// let _app: Router = Router::new().route("/ws", get(echo));
 /// ```
 #[must_use = "a session does nothing unless `recv` is called"]
 pub struct WsSession {

@@ -261,7 +261,7 @@ impl Handle {
 ///         _ = drain.drained() => "partial: server draining".into(),
 ///     }
 /// }
-/// let app: axum::Router = axum::Router::new().route("/report", axum::routing::get(report));
+/// let _app: axum::Router = axum::Router::new().route("/report", axum::routing::get(report));
 /// ```
 #[derive(Clone)]
 pub struct Drain {
