@@ -35,8 +35,11 @@ pub struct Config {
     /// served (with `Connection: close`) instead of lost (`drain.idle_grace`,
     /// default 1 s).
     pub idle_grace: Duration,
-    /// Time a client has to send a complete request head (default 10 s).
-    pub header_read_timeout: Duration,
+    /// Time an HTTP/1 client has to send a complete request head, against
+    /// slowloris (default 10 s). `None` turns it off, which saves hyper a
+    /// timer per request, for servers behind a proxy that already enforces
+    /// one.
+    pub header_read_timeout: Option<Duration>,
     /// Interval of the `shutdown.progress` events (default 1 s).
     pub progress_interval: Duration,
 }
@@ -47,7 +50,7 @@ impl Default for Config {
             drain_announce: Duration::ZERO,
             drain_timeout: Duration::from_secs(25),
             idle_grace: Duration::from_secs(1),
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Some(Duration::from_secs(10)),
             progress_interval: Duration::from_secs(1),
         }
     }

@@ -1,6 +1,9 @@
 //! Live counts of connections, streams and requests.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::{
+    cell::Cell,
+    sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed},
+};
 
 use serde::Serialize;
 
@@ -77,14 +80,52 @@ pub struct Totals {
     pub sse_streams: u64,
 }
 
+/// A counter written on every request by every worker thread. One shared
+/// atomic would bounce its cache line between cores on each request; each
+/// thread adds to its own slot instead, and readers (once a second, during
+/// a drain) sum the slots.
+#[derive(Debug, Default)]
+struct Sharded([Slot; SHARDS]);
+
+const SHARDS: usize = 16;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Slot(AtomicI64);
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+impl Sharded {
+    fn slot(&self) -> &AtomicI64 {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let i = SHARD.with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT.fetch_add(1, Relaxed) % SHARDS);
+            }
+            s.get()
+        });
+        &self.0[i].0
+    }
+
+    fn add(&self, n: i64) {
+        self.slot().fetch_add(n, Relaxed);
+    }
+
+    fn sum(&self) -> i64 {
+        self.0.iter().map(|s| s.0.load(Relaxed)).sum()
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     by_kind: [AtomicUsize; 3],
     sse: AtomicUsize,
-    in_flight: AtomicUsize,
+    in_flight: Sharded,
     connections: AtomicU64,
     accepted_during_drain: AtomicU64,
-    requests: AtomicU64,
+    requests: Sharded,
     upgrades: AtomicU64,
     sse_streams: AtomicU64,
 }
@@ -96,7 +137,9 @@ impl Stats {
             http2: self.by_kind[1].load(Relaxed),
             websocket: self.by_kind[2].load(Relaxed),
             sse: self.sse.load(Relaxed),
-            in_flight: self.in_flight.load(Relaxed),
+            // A request can end on another thread than it began: only the
+            // sum is meaningful, and it is never negative once settled.
+            in_flight: self.in_flight.sum().max(0) as usize,
         }
     }
 
@@ -104,7 +147,7 @@ impl Stats {
         Totals {
             connections: self.connections.load(Relaxed),
             accepted_during_drain: self.accepted_during_drain.load(Relaxed),
-            requests: self.requests.load(Relaxed),
+            requests: self.requests.sum().max(0) as u64,
             upgrades: self.upgrades.load(Relaxed),
             sse_streams: self.sse_streams.load(Relaxed),
         }
@@ -133,12 +176,12 @@ impl Stats {
     }
 
     pub(crate) fn request_started(&self) {
-        self.requests.fetch_add(1, Relaxed);
-        self.in_flight.fetch_add(1, Relaxed);
+        self.requests.add(1);
+        self.in_flight.add(1);
     }
 
     pub(crate) fn request_finished(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        self.in_flight.add(-1);
     }
 
     pub(crate) fn sse_opened(&self) {
@@ -148,5 +191,33 @@ impl Stats {
 
     pub(crate) fn sse_closed(&self) {
         self.sse.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Requests that start on one thread and finish on another still add up.
+    #[test]
+    fn sharded_counts_add_up_across_threads() {
+        let stats = std::sync::Arc::new(Stats::default());
+        let starters: Vec<_> = (0..4)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| stats.request_started()))
+            })
+            .collect();
+        starters.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(stats.counts().in_flight, 4000);
+        let finishers: Vec<_> = (0..3)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| stats.request_finished()))
+            })
+            .collect();
+        finishers.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(stats.counts().in_flight, 1000);
+        assert_eq!(stats.totals().requests, 4000);
     }
 }

@@ -88,7 +88,7 @@ async fn run_phases(shared: &Shared, deadline: Instant) -> Outcome {
         () = shared.listener_closed.cancelled() => {}
         () = shared.force_requested.cancelled() => {}
     }
-    shared.draining.cancel();
+    shared.start_draining();
     tracing::info!("shutdown.draining");
 
     let why = tokio::select! {

@@ -9,10 +9,13 @@ mod drive;
 mod signal;
 
 use std::{
+    collections::HashMap,
     fmt,
     future::Future,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
 };
+
+use futures_util::task::AtomicWaker;
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -121,6 +124,30 @@ pub(crate) struct Shared {
     pub(crate) draining: CancellationToken,
     /// Cancelled at the deadline: whatever remains is cut.
     pub(crate) forcing: CancellationToken,
+    /// Open connections, to wake each one when the drain reaches it. Their
+    /// tasks could wait on `draining` instead, but polling a
+    /// `CancellationToken` future takes a lock shared by every connection,
+    /// and a connection task is polled on every request.
+    pub(crate) conns: Mutex<ConnRegistry>,
+}
+
+/// The connections to wake at drain, by id.
+#[derive(Debug, Default)]
+pub(crate) struct ConnRegistry {
+    next: u64,
+    wakers: HashMap<u64, Arc<AtomicWaker>>,
+}
+
+impl ConnRegistry {
+    pub(crate) fn insert(&mut self, waker: Arc<AtomicWaker>) -> u64 {
+        self.next += 1;
+        self.wakers.insert(self.next, waker);
+        self.next
+    }
+
+    pub(crate) fn remove(&mut self, id: u64) {
+        self.wakers.remove(&id);
+    }
 }
 
 impl Shared {
@@ -137,7 +164,18 @@ impl Shared {
             listener_closed: CancellationToken::new(),
             draining: CancellationToken::new(),
             forcing: CancellationToken::new(),
+            conns: Mutex::default(),
         })
+    }
+
+    /// Starts the drain of every connection: sets the flag they check, then
+    /// wakes them (a connection registered after the wake sees the flag).
+    pub(crate) fn start_draining(&self) {
+        self.draining.cancel();
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        for waker in conns.wakers.values() {
+            waker.wake();
+        }
     }
 
     pub(crate) fn phase(&self) -> Phase {
@@ -240,9 +278,9 @@ impl Handle {
 
 // === impl Drain ===
 
-/// Watches the drain from inside a handler: every request served by
-/// [`crate::Server`] carries one in its extensions, and it is an axum
-/// extractor.
+/// Watches the drain from inside a handler: it is an axum extractor, and
+/// [`Drain::from_extensions`] finds it in any request served by
+/// [`crate::Server`] (for plain tower services).
 ///
 /// `drained()` resolves when the connections are asked to go (after the
 /// announce period), `forced()` at the deadline, when whatever remains is cut.
@@ -344,6 +382,23 @@ impl axum::response::IntoResponse for MissingDrain {
     }
 }
 
+/// What the server puts in each request's extensions: one per connection,
+/// so that cloning it per request touches that connection's reference count,
+/// not the server-wide one that every thread shares.
+#[derive(Clone, Debug)]
+pub(crate) struct DrainExt(pub(crate) Arc<Drain>);
+
+impl Drain {
+    /// The watcher of the server that served this request, if it was served
+    /// by [`crate::Server`] (or carries a `Drain` inserted by hand).
+    pub fn from_extensions(extensions: &http::Extensions) -> Option<Drain> {
+        extensions
+            .get::<DrainExt>()
+            .map(|ext| Drain::clone(&ext.0))
+            .or_else(|| extensions.get::<Drain>().cloned())
+    }
+}
+
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Drain {
     type Rejection = MissingDrain;
 
@@ -351,6 +406,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Drain {
         parts: &mut http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Drain>().cloned().ok_or(MissingDrain)
+        Drain::from_extensions(&parts.extensions).ok_or(MissingDrain)
     }
 }

@@ -1,6 +1,6 @@
 //! Serving one connection, and draining it without losing a request.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, task::Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -19,7 +19,7 @@ use super::{
     service::{BoxError, ConnService},
 };
 use crate::{
-    lifecycle::{Drain, Shared},
+    lifecycle::{Drain, DrainExt, Shared},
     stats::ConnKind,
 };
 
@@ -64,16 +64,28 @@ async fn serve<S, B>(
     let service = ConnService {
         inner: service,
         conn: state.clone(),
-        drain: Drain::new(shared.clone()),
+        drain: DrainExt(Arc::new(Drain::new(shared.clone()))),
         peer,
     };
     let io = TokioIo::new(TrackedIo::new(stream, state.clone()));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
-    tokio::select! {
-        res = conn.as_mut() => return finished(res),
-        () = shared.draining.cancelled() => {}
+    // Serving: only the connection is polled, and the drain flag checked
+    // with one atomic load; the drain wakes this task through `drain_waker`.
+    let served = std::future::poll_fn(|cx| {
+        if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(res));
+        }
+        state.drain_waker.register(cx.waker());
+        if shared.draining.is_cancelled() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Some(res) = served {
+        return finished(res);
     }
 
     // Draining. A busy HTTP/1 connection, or any HTTP/2 one, is told at once

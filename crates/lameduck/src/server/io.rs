@@ -10,6 +10,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use futures_util::task::AtomicWaker;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::Notify,
@@ -30,6 +31,9 @@ pub(crate) struct ConnState {
     busy: AtomicUsize,
     /// Woken when a request starts, for the idle grace of a drain.
     pub(crate) request_started: Notify,
+    /// Woken when the drain starts; registered in `Shared::conns`.
+    pub(crate) drain_waker: Arc<AtomicWaker>,
+    id: u64,
     _token: TaskTrackerToken,
 }
 
@@ -37,11 +41,19 @@ impl ConnState {
     pub(crate) fn new(shared: Arc<Shared>, during_drain: bool) -> Arc<Self> {
         shared.stats.conn_opened(ConnKind::Http1, during_drain);
         let token = shared.tracker.token();
+        let drain_waker = Arc::new(AtomicWaker::new());
+        let id = shared
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(drain_waker.clone());
         Arc::new(Self {
             shared,
             kind: AtomicU8::new(ConnKind::Http1.as_u8()),
             busy: AtomicUsize::new(0),
             request_started: Notify::new(),
+            drain_waker,
+            id,
             _token: token,
         })
     }
@@ -73,6 +85,11 @@ impl ConnState {
 
 impl Drop for ConnState {
     fn drop(&mut self) {
+        self.shared
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.id);
         self.shared.stats.conn_closed(self.kind());
     }
 }
@@ -116,8 +133,10 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         // Reads are where an idle connection waits, so they register for the
-        // cut; writes only check it.
-        if this.forced.as_mut().poll(cx).is_ready() {
+        // cut; writes only check it. Registering takes the token's lock,
+        // shared by every connection, so it waits until the drain has begun:
+        // while serving, a read costs one atomic load more.
+        if this.conn.shared.draining.is_cancelled() && this.forced.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(cut()));
         }
         this.inner.poll_read(cx, buf)

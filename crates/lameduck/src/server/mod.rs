@@ -115,8 +115,9 @@ impl Server {
 
     /// Serves `service` until the drain completes.
     ///
-    /// Each request carries a [`crate::Drain`] and axum's
-    /// `ConnectInfo<SocketAddr>` in its extensions. When a client goes away,
+    /// Each request carries its server's [`crate::Drain`] (see
+    /// [`crate::Drain::from_extensions`]) and axum's `ConnectInfo<SocketAddr>`
+    /// in its extensions. When a client goes away,
     /// or the drain deadline cuts its connection, the request's future is
     /// dropped.
     ///
@@ -148,10 +149,12 @@ impl Server {
         };
 
         let mut builder = conn::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(shared.config.header_read_timeout);
+        if let Some(limit) = shared.config.header_read_timeout {
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limit);
+        }
         let builder = Arc::new(builder);
 
         tracing::info!(addr = %addr, pid = std::process::id(), "server.listening");

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tower::{Service, ServiceExt};
 
 use super::io::ConnState;
-use crate::{lifecycle::Drain, stats::ConnKind};
+use crate::{lifecycle::DrainExt, stats::ConnKind};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -25,7 +25,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct ConnService<S> {
     pub(crate) inner: S,
     pub(crate) conn: Arc<ConnState>,
-    pub(crate) drain: Drain,
+    pub(crate) drain: DrainExt,
     pub(crate) peer: SocketAddr,
 }
 

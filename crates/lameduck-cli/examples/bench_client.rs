@@ -1,0 +1,226 @@
+//! Benchmark client for what a load tool cannot measure. It starts the
+//! server itself (so it can read its memory and wait for its exit), on a
+//! loopback port.
+//!
+//! - `bench_client ws-rss BIN N`: opens N idle WebSockets to `BIN serve` and
+//!   prints the server's RSS growth per socket.
+//! - `bench_client drain BIN N_HTTP N_WS`: opens N_HTTP idle keep-alive
+//!   connections and N_WS idle WebSockets, sends SIGTERM, and prints the
+//!   time to exit and how every connection ended.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::{StreamExt, future::join_all};
+use lameduck_test_support::{KeepAlive, Outcome, raise_fd_limit};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use tokio::{net::TcpStream, sync::Semaphore, time::timeout};
+use tokio_tungstenite::{WebSocketStream, client_async, tungstenite::Message};
+
+type Ws = WebSocketStream<TcpStream>;
+
+struct Server {
+    child: std::process::Child,
+    addr: SocketAddr,
+    complete: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Server {
+    fn start(bin: &str) -> Self {
+        let mut child = Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--log-level",
+                "warn,lameduck=info",
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "server.listening" {
+                break v["addr"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        // Keep reading so the server never blocks on a full pipe.
+        let (tx, complete) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if v["message"] == "shutdown.complete" {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        Self {
+            child,
+            addr,
+            complete,
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn open_websockets(addr: SocketAddr, n: usize) -> Vec<Ws> {
+    let gate = Arc::new(Semaphore::new(100));
+    let tasks = (0..n).map(|_| {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let (ws, _) = timeout(
+                Duration::from_secs(30),
+                client_async(format!("ws://{addr}/ws"), tcp),
+            )
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+            ws
+        })
+    });
+    join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+async fn open_keepalive(addr: SocketAddr, n: usize) -> Vec<KeepAlive> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut conn = KeepAlive::connect(addr).await.expect("connect");
+        match conn.get("/ping", Duration::from_secs(10)).await {
+            Outcome::Ok(res) if res.status == 200 => conns.push(conn),
+            other => panic!("warm-up failed: {other:?}"),
+        }
+    }
+    conns
+}
+
+async fn ws_rss(bin: &str, n: usize) {
+    let server = Server::start(bin);
+    // Warm up the allocator and the runtime's worker threads first.
+    drop(open_websockets(server.addr, 50).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss_kib();
+    let sockets = open_websockets(server.addr, n).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.rss_kib();
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    println!(
+        "ws-rss: {n} idle WebSockets: server RSS {before} KiB -> {after} KiB, {:.1} KiB per socket",
+        per / 1024.0
+    );
+    drop(sockets);
+}
+
+async fn drain(bin: &str, n_http: usize, n_ws: usize) {
+    let mut server = Server::start(bin);
+    let mut http = open_keepalive(server.addr, n_http).await;
+    let mut sockets = open_websockets(server.addr, n_ws).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let start = Instant::now();
+    kill(Pid::from_raw(server.child.id() as i32), Signal::SIGTERM).unwrap();
+    // One task per connection, so the client's reading is spread over the
+    // runtime's threads and is not what the figure measures.
+    let ws_ends = join_all(sockets.drain(..).map(|mut ws| {
+        tokio::spawn(async move {
+            let end = timeout(Duration::from_secs(30), async {
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Close(frame))) => {
+                            return Ok(frame.map(|f| u16::from(f.code)));
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e.to_string()),
+                        None => return Err("eof".to_string()),
+                    }
+                }
+            })
+            .await;
+            // Answer the Close so the server's handshake completes.
+            let _ = timeout(Duration::from_secs(5), async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+            end
+        })
+    }));
+    let http_ends = join_all(http.drain(..).map(|mut c| {
+        tokio::spawn(async move { c.closed_by_server(Duration::from_secs(30)).await })
+    }));
+    let (ws_ends, http_ends) = tokio::join!(ws_ends, http_ends);
+    let ws_ends: Vec<_> = ws_ends.into_iter().map(Result::unwrap).collect();
+    let http_ends: Vec<bool> = http_ends.into_iter().map(Result::unwrap).collect();
+    let status = tokio::task::block_in_place(|| server.child.wait()).unwrap();
+    let exit = start.elapsed();
+
+    let close_1001 = ws_ends
+        .iter()
+        .filter(|e| matches!(e, Ok(Ok(Some(1001)))))
+        .count();
+    let ws_other = ws_ends.len() - close_1001;
+    let http_closed = http_ends.iter().filter(|c| **c).count();
+    let reported = server
+        .complete
+        .recv_timeout(Duration::from_secs(1))
+        .map(|v| v["duration_ms"].to_string())
+        .unwrap_or_else(|_| "?".into());
+    println!(
+        "drain: {n_http} idle keep-alive + {n_ws} idle WebSockets: exit code {:?} after {:.3} s \
+         (server's own shutdown.complete: {reported} ms); {close_1001} WebSockets got Close 1001, \
+         {ws_other} did not; {http_closed}/{n_http} HTTP connections closed by the server",
+        status.code(),
+        exit.as_secs_f64()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    raise_fd_limit(200_000);
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: bench_client ws-rss BIN N | bench_client drain BIN N_HTTP N_WS";
+    let num = |i: usize| -> usize { args.get(i).and_then(|s| s.parse().ok()).expect(usage) };
+    match args.get(1).map(String::as_str) {
+        Some("ws-rss") => ws_rss(&args[2], num(3)).await,
+        Some("drain") => drain(&args[2], num(3), num(4)).await,
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(64);
+        }
+    }
+}
