@@ -476,3 +476,64 @@ async fn http2_goaway_lets_streams_finish() {
     assert!(refused.is_some(), "a new stream was accepted after GOAWAY");
     assert_eq!(wait_exit(&mut server, 30 * SEC).code(), Some(0));
 }
+
+// Heartbeat: a peer that stops reading (so never answers pings) is dropped
+// after the pong timeout, without waiting for any drain; a peer that reads
+// (tungstenite answers pings as it reads) stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_heartbeat_drops_dead_peers() {
+    let mut server = Child::serve(
+        BIN,
+        &[
+            "--ws-ping-interval",
+            "200ms",
+            "--ws-pong-timeout",
+            "500ms",
+            "--drain-timeout",
+            "10s",
+        ],
+    );
+    let mut dead = ws_connect(server.addr).await;
+    let mut alive = ws_connect(server.addr).await;
+
+    // `alive` reads (and so answers pings) for 2 s; `dead` reads nothing.
+    let reader = async {
+        let mut pings = 0;
+        let _ = timeout(2 * SEC, async {
+            while let Some(Ok(msg)) = alive.next().await {
+                if matches!(msg, Message::Ping(_)) {
+                    pings += 1;
+                }
+            }
+        })
+        .await;
+        pings
+    };
+    let pings = reader.await;
+    assert!(pings >= 2, "live peer saw only {pings} pings");
+
+    // The dead peer's socket was dropped by the server: what is buffered is
+    // pings, then the end of the stream, with no Close frame.
+    let mut pings_to_dead = 0;
+    let end = timeout(5 * SEC, async {
+        loop {
+            match dead.next().await {
+                Some(Ok(Message::Ping(_))) => pings_to_dead += 1,
+                Some(Ok(other)) => return format!("unexpected {other:?}"),
+                Some(Err(_)) | None => return "ended".to_owned(),
+            }
+        }
+    })
+    .await
+    .expect("the dead peer's socket is closed by the server");
+    assert_eq!(end, "ended");
+    assert!(pings_to_dead >= 1);
+
+    // The live one is still served, and gets its Close 1001 on drain.
+    alive.send(Message::text("still here")).await.unwrap();
+    server.signal(SIGTERM);
+    let (echoes, end) = ws_read_to_close(&mut alive, 10 * SEC).await;
+    assert_eq!(echoes, vec!["still here".to_owned()]);
+    assert_eq!(end, WsEnd::Close(1001));
+    assert_eq!(wait_exit(&mut server, 20 * SEC).code(), Some(0));
+}
