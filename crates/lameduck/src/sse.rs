@@ -12,11 +12,9 @@ use std::{
     time::Duration,
 };
 
+use crate::lifecycle::{Drain, DrainWaiter, Shared};
 use axum::response::sse::Event;
 use futures_util::Stream;
-use tokio_util::sync::WaitForCancellationFutureOwned;
-
-use crate::lifecycle::{Drain, Shared};
 
 /// The name of the last event of a drained stream.
 pub const DRAIN_EVENT: &str = "drain";
@@ -42,8 +40,7 @@ pin_project_lite::pin_project! {
     pub struct SseStream<S> {
         #[pin]
         inner: S,
-        #[pin]
-        drained: WaitForCancellationFutureOwned,
+        drained: DrainWaiter,
         retry: Duration,
         done: bool,
         guard: OpenStream,
@@ -65,7 +62,7 @@ impl<S> SseStream<S> {
     pub fn new(events: S, drain: Drain) -> Self {
         Self {
             inner: events,
-            drained: drain.drained_owned(),
+            drained: DrainWaiter::new(drain.shared().clone()),
             retry: Duration::from_secs(1),
             done: false,
             guard: OpenStream::new(drain.shared().clone()),
@@ -90,7 +87,7 @@ where
         if *this.done {
             return Poll::Ready(None);
         }
-        if this.drained.poll(cx).is_ready() {
+        if this.drained.poll_drained(cx).is_ready() {
             *this.done = true;
             let last = Event::default()
                 .event(DRAIN_EVENT)

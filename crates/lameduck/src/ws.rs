@@ -8,12 +8,10 @@
 
 use std::{pin::Pin, time::Duration};
 
+use crate::lifecycle::{Drain, DrainWaiter};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use tokio::time::{Interval, MissedTickBehavior, Sleep, sleep, timeout};
-use tokio_util::sync::WaitForCancellationFutureOwned;
-
-use crate::lifecycle::Drain;
 
 /// Close code sent when the server shuts down (RFC 6455: Going Away).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -102,7 +100,7 @@ pub enum WsEnd {
 pub struct WsSession {
     socket: WebSocket,
     drain: Drain,
-    drained: Pin<Box<WaitForCancellationFutureOwned>>,
+    drained: DrainWaiter,
     config: WsConfig,
     ping: Interval,
     pong_deadline: Option<Pin<Box<Sleep>>>,
@@ -131,7 +129,7 @@ impl WsSession {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             socket,
-            drained: Box::pin(drain.drained_owned()),
+            drained: DrainWaiter::new(drain.shared().clone()),
             drain,
             config,
             ping,
@@ -156,7 +154,7 @@ impl WsSession {
             };
             tokio::select! {
                 biased;
-                () = self.drained.as_mut() => {
+                () = std::future::poll_fn(|cx| self.drained.poll_drained(cx)) => {
                     let code = if self.drain.reason().is_some_and(|r| r.is_restart()) {
                         CLOSE_SERVICE_RESTART
                     } else {

@@ -124,29 +124,61 @@ pub(crate) struct Shared {
     pub(crate) draining: CancellationToken,
     /// Cancelled at the deadline: whatever remains is cut.
     pub(crate) forcing: CancellationToken,
-    /// Open connections, to wake each one when the drain reaches it. Their
-    /// tasks could wait on `draining` instead, but polling a
-    /// `CancellationToken` future takes a lock shared by every connection,
-    /// and a connection task is polled on every request.
-    pub(crate) conns: Mutex<ConnRegistry>,
+    /// The [`DrainWaiter`]s to wake when the drain starts.
+    waiters: Mutex<Waiters>,
 }
 
-/// The connections to wake at drain, by id.
 #[derive(Debug, Default)]
-pub(crate) struct ConnRegistry {
+struct Waiters {
     next: u64,
     wakers: HashMap<u64, Arc<AtomicWaker>>,
 }
 
-impl ConnRegistry {
-    pub(crate) fn insert(&mut self, waker: Arc<AtomicWaker>) -> u64 {
-        self.next += 1;
-        self.wakers.insert(self.next, waker);
-        self.next
+/// Wakes its task when connections are asked to go, and is cheap to poll
+/// again and again: connection tasks, WebSocket sessions and SSE streams
+/// check it on every wake-up. (Polling a `CancellationToken` future takes a
+/// lock that every connection of the server shares.) Registering and
+/// dropping take that lock once each.
+#[derive(Debug)]
+pub(crate) struct DrainWaiter {
+    shared: Arc<Shared>,
+    waker: Arc<AtomicWaker>,
+    id: u64,
+}
+
+impl DrainWaiter {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let waker = Arc::new(AtomicWaker::new());
+        let id = {
+            let mut waiters = shared.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            waiters.next += 1;
+            let id = waiters.next;
+            waiters.wakers.insert(id, waker.clone());
+            id
+        };
+        Self { shared, waker, id }
     }
 
-    pub(crate) fn remove(&mut self, id: u64) {
-        self.wakers.remove(&id);
+    /// Ready once the drain has started. Registers before checking, so a
+    /// drain starting in between still wakes the task.
+    pub(crate) fn poll_drained(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.waker.register(cx.waker());
+        if self.shared.draining.is_cancelled() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+impl Drop for DrainWaiter {
+    fn drop(&mut self) {
+        let mut waiters = self
+            .shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        waiters.wakers.remove(&self.id);
     }
 }
 
@@ -164,16 +196,17 @@ impl Shared {
             listener_closed: CancellationToken::new(),
             draining: CancellationToken::new(),
             forcing: CancellationToken::new(),
-            conns: Mutex::default(),
+            waiters: Mutex::default(),
         })
     }
 
-    /// Starts the drain of every connection: sets the flag they check, then
-    /// wakes them (a connection registered after the wake sees the flag).
+    /// Starts the drain of every connection: sets the flag that
+    /// [`DrainWaiter`]s check, then wakes them (one registered after the
+    /// wake sees the flag).
     pub(crate) fn start_draining(&self) {
         self.draining.cancel();
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        for waker in conns.wakers.values() {
+        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for waker in waiters.wakers.values() {
             waker.wake();
         }
     }
@@ -407,5 +440,40 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Drain {
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
         Drain::from_extensions(&parts.extensions).ok_or(MissingDrain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{future::poll_fn, task::Poll, time::Duration};
+
+    use super::*;
+
+    // A waiter parked before the drain is woken by it; one made after is
+    // ready at once; dropped waiters leave the registry.
+    #[tokio::test]
+    async fn drain_waiter_wakes_and_unregisters() {
+        let shared = Shared::new(Config::default());
+        let waiter = DrainWaiter::new(shared.clone());
+        let parked = tokio::spawn(async move { poll_fn(|cx| waiter.poll_drained(cx)).await });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!parked.is_finished());
+
+        shared.start_draining();
+        tokio::time::timeout(Duration::from_secs(5), parked)
+            .await
+            .expect("woken by the drain")
+            .unwrap();
+
+        let late = DrainWaiter::new(shared.clone());
+        assert!(
+            poll_fn(|cx| Poll::Ready(late.poll_drained(cx)))
+                .await
+                .is_ready()
+        );
+        drop(late);
+        assert!(shared.waiters.lock().unwrap().wakers.is_empty());
     }
 }

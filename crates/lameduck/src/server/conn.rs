@@ -71,17 +71,13 @@ async fn serve<S, B>(
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
-    // Serving: only the connection is polled, and the drain flag checked
-    // with one atomic load; the drain wakes this task through `drain_waker`.
+    // Serving: the connection is polled, and the drain flag checked with one
+    // atomic load; the drain wakes this task through its waiter.
     let served = std::future::poll_fn(|cx| {
         if let Poll::Ready(res) = conn.as_mut().poll(cx) {
             return Poll::Ready(Some(res));
         }
-        state.drain_waker.register(cx.waker());
-        if shared.draining.is_cancelled() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
+        state.drain.poll_drained(cx).map(|()| None)
     })
     .await;
     if let Some(res) = served {

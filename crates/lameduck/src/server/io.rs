@@ -10,14 +10,16 @@ use std::{
     task::{Context, Poll},
 };
 
-use futures_util::task::AtomicWaker;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::Notify,
 };
 use tokio_util::{sync::WaitForCancellationFutureOwned, task::task_tracker::TaskTrackerToken};
 
-use crate::{lifecycle::Shared, stats::ConnKind};
+use crate::{
+    lifecycle::{DrainWaiter, Shared},
+    stats::ConnKind,
+};
 
 /// One accepted connection, shared by its socket and by hyper's connection
 /// state. It counts as open until both are gone, which for an upgraded
@@ -31,9 +33,8 @@ pub(crate) struct ConnState {
     busy: AtomicUsize,
     /// Woken when a request starts, for the idle grace of a drain.
     pub(crate) request_started: Notify,
-    /// Woken when the drain starts; registered in `Shared::conns`.
-    pub(crate) drain_waker: Arc<AtomicWaker>,
-    id: u64,
+    /// Wakes the connection's task when the drain starts.
+    pub(crate) drain: DrainWaiter,
     _token: TaskTrackerToken,
 }
 
@@ -41,19 +42,13 @@ impl ConnState {
     pub(crate) fn new(shared: Arc<Shared>, during_drain: bool) -> Arc<Self> {
         shared.stats.conn_opened(ConnKind::Http1, during_drain);
         let token = shared.tracker.token();
-        let drain_waker = Arc::new(AtomicWaker::new());
-        let id = shared
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(drain_waker.clone());
+        let drain = DrainWaiter::new(shared.clone());
         Arc::new(Self {
             shared,
             kind: AtomicU8::new(ConnKind::Http1.as_u8()),
             busy: AtomicUsize::new(0),
             request_started: Notify::new(),
-            drain_waker,
-            id,
+            drain,
             _token: token,
         })
     }
@@ -85,11 +80,6 @@ impl ConnState {
 
 impl Drop for ConnState {
     fn drop(&mut self) {
-        self.shared
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(self.id);
         self.shared.stats.conn_closed(self.kind());
     }
 }
