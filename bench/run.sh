@@ -103,3 +103,9 @@ echo "== memory per idle WebSocket"
 "$examples/bench_client" ws-rss "$bin" 5000
 echo "== drain time: SIGTERM to exit (target <= idle grace 1 s + 0.5 s)"
 "$examples/bench_client" drain "$bin" 5000 5000
+
+if command -v valgrind >/dev/null; then
+  bench/instructions.sh
+else
+  echo "(valgrind not installed: instruction counts skipped)"
+fi

@@ -4,6 +4,9 @@
 //!
 //! - `bench_client ws-rss BIN N`: opens N idle WebSockets to `BIN serve` and
 //!   prints the server's RSS growth per socket.
+//! - `bench_client ping ADDR N CONNS`: sends N `GET /ping` over CONNS
+//!   keep-alive connections to a running server (for instruction counts
+//!   under callgrind, where a fixed number of requests matters).
 //! - `bench_client drain BIN N_HTTP N_WS`: opens N_HTTP idle keep-alive
 //!   connections and N_WS idle WebSockets, sends SIGTERM, and prints the
 //!   time to exit and how every connection ended.
@@ -209,15 +212,33 @@ async fn drain(bin: &str, n_http: usize, n_ws: usize) {
     );
 }
 
+async fn ping(addr: SocketAddr, n: usize, conns: usize) {
+    let per = n / conns.max(1);
+    let tasks = (0..conns.max(1)).map(|_| {
+        tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(addr).await.expect("connect");
+            for _ in 0..per {
+                match conn.get("/ping", Duration::from_secs(60)).await {
+                    Outcome::Ok(res) if res.status == 200 => {}
+                    other => panic!("request failed: {other:?}"),
+                }
+            }
+        })
+    });
+    join_all(tasks).await.into_iter().for_each(|r| r.unwrap());
+    println!("ping: {} requests", per * conns.max(1));
+}
+
 #[tokio::main]
 async fn main() {
     raise_fd_limit(200_000);
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: bench_client ws-rss BIN N | bench_client drain BIN N_HTTP N_WS";
+    let usage = "usage: bench_client ws-rss BIN N | bench_client drain BIN N_HTTP N_WS | bench_client ping ADDR N CONNS";
     let num = |i: usize| -> usize { args.get(i).and_then(|s| s.parse().ok()).expect(usage) };
     match args.get(1).map(String::as_str) {
         Some("ws-rss") => ws_rss(&args[2], num(3)).await,
         Some("drain") => drain(&args[2], num(3), num(4)).await,
+        Some("ping") => ping(args[2].parse().expect(usage), num(3), num(4)).await,
         _ => {
             eprintln!("{usage}");
             std::process::exit(64);

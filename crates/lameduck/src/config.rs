@@ -42,6 +42,10 @@ pub struct Config {
     pub header_read_timeout: Option<Duration>,
     /// Interval of the `shutdown.progress` events (default 1 s).
     pub progress_interval: Duration,
+    /// Put axum's `ConnectInfo<SocketAddr>` (the client's address) in every
+    /// request's extensions, for the `ConnectInfo` extractor. Off by
+    /// default, as with `axum::serve`: it costs an allocation per request.
+    pub connect_info: bool,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             idle_grace: Duration::from_secs(1),
             header_read_timeout: Some(Duration::from_secs(10)),
             progress_interval: Duration::from_secs(1),
+            connect_info: false,
         }
     }
 }

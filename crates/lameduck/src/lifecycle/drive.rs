@@ -101,7 +101,7 @@ async fn run_phases(shared: &Shared, deadline: Instant) -> Outcome {
     if remaining == 0 {
         // Everything closed in the same instant the deadline passed, but the
         // listener might still be held by the accept loop.
-        shared.forcing.cancel();
+        shared.start_forcing();
         shared.tracker.wait().await;
         return Outcome::Drained;
     }
@@ -117,7 +117,7 @@ async fn run_phases(shared: &Shared, deadline: Instant) -> Outcome {
         in_flight = counts.in_flight,
         "shutdown.forcing"
     );
-    shared.forcing.cancel();
+    shared.start_forcing();
     if timeout(UNWIND_GRACE, shared.tracker.wait()).await.is_err() {
         tracing::warn!(
             still_open = shared.tracker.len(),

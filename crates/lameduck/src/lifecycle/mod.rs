@@ -12,7 +12,10 @@ use std::{
     collections::HashMap,
     fmt,
     future::Future,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use futures_util::task::AtomicWaker;
@@ -126,6 +129,11 @@ pub(crate) struct Shared {
     pub(crate) forcing: CancellationToken,
     /// The [`DrainWaiter`]s to wake when the drain starts.
     waiters: Mutex<Waiters>,
+    /// `draining` and `forcing` as plain flags for the hot paths (every
+    /// read, write and response): `CancellationToken::is_cancelled` takes a
+    /// lock shared by every clone of the token.
+    is_draining: AtomicBool,
+    is_forcing: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -163,7 +171,7 @@ impl DrainWaiter {
     /// drain starting in between still wakes the task.
     pub(crate) fn poll_drained(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         self.waker.register(cx.waker());
-        if self.shared.draining.is_cancelled() {
+        if self.shared.is_draining() {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
@@ -197,13 +205,32 @@ impl Shared {
             draining: CancellationToken::new(),
             forcing: CancellationToken::new(),
             waiters: Mutex::default(),
+            is_draining: AtomicBool::new(false),
+            is_forcing: AtomicBool::new(false),
         })
+    }
+
+    /// Whether connections have been asked to go; one atomic load.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.is_draining.load(Ordering::Acquire)
+    }
+
+    /// Whether what remains is being cut; one atomic load.
+    pub(crate) fn is_forcing(&self) -> bool {
+        self.is_forcing.load(Ordering::Acquire)
+    }
+
+    /// Cuts whatever remains: sockets fail, connection tasks drop.
+    pub(crate) fn start_forcing(&self) {
+        self.is_forcing.store(true, Ordering::Release);
+        self.forcing.cancel();
     }
 
     /// Starts the drain of every connection: sets the flag that
     /// [`DrainWaiter`]s check, then wakes them (one registered after the
     /// wake sees the flag).
     pub(crate) fn start_draining(&self) {
+        self.is_draining.store(true, Ordering::Release);
         self.draining.cancel();
         let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         for waker in waiters.wakers.values() {
@@ -362,7 +389,7 @@ impl Drain {
 
     /// Whether connections have been asked to go.
     pub fn is_draining(&self) -> bool {
-        self.shared.draining.is_cancelled()
+        self.shared.is_draining()
     }
 
     /// Whether the server should be taken out of rotation (any phase but

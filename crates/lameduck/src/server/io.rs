@@ -126,7 +126,7 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
         // cut; writes only check it. Registering takes the token's lock,
         // shared by every connection, so it waits until the drain has begun:
         // while serving, a read costs one atomic load more.
-        if this.conn.shared.draining.is_cancelled() && this.forced.as_mut().poll(cx).is_ready() {
+        if this.conn.shared.is_draining() && this.forced.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(cut()));
         }
         this.inner.poll_read(cx, buf)
@@ -139,7 +139,7 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.conn.shared.forcing.is_cancelled() {
+        if self.conn.shared.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
         self.project().inner.poll_write(cx, buf)
@@ -150,7 +150,7 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.conn.shared.forcing.is_cancelled() {
+        if self.conn.shared.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
         self.project().inner.poll_write_vectored(cx, bufs)

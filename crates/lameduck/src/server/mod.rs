@@ -115,9 +115,9 @@ impl Server {
 
     /// Serves `service` until the drain completes.
     ///
-    /// Each request carries its server's [`crate::Drain`] (see
-    /// [`crate::Drain::from_extensions`]) and axum's `ConnectInfo<SocketAddr>`
-    /// in its extensions. When a client goes away,
+    /// Each request carries its server's [`crate::Drain`] in its extensions
+    /// (see [`crate::Drain::from_extensions`]), and axum's
+    /// `ConnectInfo<SocketAddr>` when [`Config::connect_info`] is set. When a client goes away,
     /// or the drain deadline cuts its connection, the request's future is
     /// dropped.
     ///

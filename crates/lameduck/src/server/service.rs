@@ -59,13 +59,15 @@ where
             self.conn.set_kind(ConnKind::Http2);
         }
         req.extensions_mut().insert(self.drain.clone());
-        req.extensions_mut().insert(ConnectInfo(self.peer));
+        if self.conn.shared.config.connect_info {
+            req.extensions_mut().insert(ConnectInfo(self.peer));
+        }
         let response = self.inner.clone().oneshot(req);
         Box::pin(async move {
             let mut res = response.await?;
             if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                 in_flight.conn.set_kind(ConnKind::Websocket);
-            } else if http1 && in_flight.conn.shared.draining.is_cancelled() {
+            } else if http1 && in_flight.conn.shared.is_draining() {
                 // Tells the client, and hyper, that this connection ends with
                 // this response.
                 res.headers_mut()
