@@ -4,15 +4,14 @@
 //!
 //! Usage: `bare_hyper [ADDR]` (default 127.0.0.1:0); prints `listening ADDR`.
 
-use std::convert::Infallible;
-
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
+
+#[path = "shared/ping.rs"]
+mod shared;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -28,18 +27,8 @@ async fn main() -> std::io::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let service = service_fn(|req: Request<Incoming>| async move {
-                let res = if req.uri().path() == "/ping" {
-                    Response::new(Full::new(Bytes::from_static(b"pong")))
-                } else {
-                    let mut res = Response::new(Full::new(Bytes::new()));
-                    *res.status_mut() = StatusCode::NOT_FOUND;
-                    res
-                };
-                Ok::<_, Infallible>(res)
-            });
             let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(shared::ping))
                 .await;
         });
     }

@@ -5,11 +5,8 @@
 //! Usage: `lameduck_minimal [ADDR] [--no-header-timeout]`; prints
 //! `listening ADDR`.
 
-use std::convert::Infallible;
-
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming};
+#[path = "shared/ping.rs"]
+mod shared;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,18 +22,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening {}", listener.local_addr()?);
-    let service = tower::service_fn(|req: Request<Incoming>| async move {
-        let res = if req.uri().path() == "/ping" {
-            Response::new(Full::new(Bytes::from_static(b"pong")))
-        } else {
-            let mut res = Response::new(Full::new(Bytes::new()));
-            *res.status_mut() = StatusCode::NOT_FOUND;
-            res
-        };
-        Ok::<_, Infallible>(res)
-    });
     lameduck::Server::with_config(listener, config)
-        .serve(service)
+        .serve(tower::service_fn(shared::ping))
         .await?;
     Ok(())
 }

@@ -35,10 +35,13 @@
 //!
 //! # Events
 //!
-//! Tracing events with stable names: `server.listening`, `shutdown.begin`,
-//! `shutdown.draining`, `shutdown.listener_closed`, `shutdown.progress`
-//! (each second: time left, counts by kind), `shutdown.forcing`,
-//! `shutdown.complete` (totals, forced count).
+//! Tracing events with stable names (the event's message):
+//! `server.listening` (`addr`, `pid`), `signal.received`, `shutdown.begin`
+//! (reason, announce, timeout, deadline), `shutdown.draining`,
+//! `shutdown.listener_closed`, `shutdown.progress` (each second: time left,
+//! counts by kind, in-flight requests), `shutdown.second_signal`,
+//! `shutdown.forcing`, `shutdown.unwind_timeout`, `shutdown.complete`
+//! (totals, forced count).
 
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
