@@ -537,3 +537,70 @@ async fn websocket_heartbeat_drops_dead_peers() {
     assert_eq!(end, WsEnd::Close(1001));
     assert_eq!(wait_exit(&mut server, 20 * SEC).code(), Some(0));
 }
+
+// The reference service's endpoints and its answers to bad input; bad flags
+// are usage errors (exit 64), before anything listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_service_endpoints_and_bad_input() {
+    let mut server = Child::serve(BIN, &["--drain-timeout", "5s"]);
+    let addr = server.addr;
+    let ping = get(addr, "/ping", 5 * SEC).await.unwrap();
+    assert_eq!((ping.status, ping.body.as_slice()), (200, &b"pong"[..]));
+
+    let livez: serde_json::Value =
+        serde_json::from_slice(&get(addr, "/livez", 5 * SEC).await.unwrap().body).unwrap();
+    assert_eq!(livez["pid"], server.pid());
+
+    for (path, status) in [
+        ("/slow?ms=abc", 400),
+        ("/slow?ms=600001", 400),
+        ("/events?interval_ms=0", 400),
+        ("/no/such/path", 404),
+    ] {
+        let res = get(addr, path, 5 * SEC).await.unwrap();
+        assert_eq!(res.status, status, "{path}");
+        assert_eq!(
+            res.header("content-type"),
+            Some("application/json"),
+            "{path}"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path}: {body}"
+        );
+    }
+    let res = get(addr, "/slow?ms=10", 5 * SEC).await.unwrap();
+    assert_eq!(res.status, 200);
+
+    // A Last-Event-ID that is not a number.
+    let res = {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(
+            b"GET /events HTTP/1.1\r\nHost: t\r\nLast-Event-ID: x1\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut raw = Vec::new();
+        timeout(5 * SEC, tcp.read_to_end(&mut raw))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+
+    server.signal(SIGTERM);
+    assert_eq!(wait_exit(&mut server, 20 * SEC).code(), Some(0));
+
+    for args in [
+        &["serve", "--bogus"][..],
+        &["serve", "--drain-timeout", "soon"],
+        &["serve", "--log-format", "xml"],
+        &["nope"],
+    ] {
+        let out = std::process::Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}: no message");
+    }
+}
