@@ -139,7 +139,17 @@ pub(crate) struct Shared {
 #[derive(Debug, Default)]
 struct Waiters {
     next: u64,
-    wakers: HashMap<u64, Arc<AtomicWaker>>,
+    wakers: HashMap<u64, Arc<Wakers>>,
+}
+
+/// The tasks to wake for one waiter: the one that waits for the drain, and
+/// (for a connection's socket) the ones parked in a read or a write, which
+/// the deadline must wake to fail them.
+#[derive(Debug, Default)]
+struct Wakers {
+    drain: AtomicWaker,
+    read: AtomicWaker,
+    write: AtomicWaker,
 }
 
 /// Wakes its task when connections are asked to go, and is cheap to poll
@@ -150,32 +160,45 @@ struct Waiters {
 #[derive(Debug)]
 pub(crate) struct DrainWaiter {
     shared: Arc<Shared>,
-    waker: Arc<AtomicWaker>,
+    wakers: Arc<Wakers>,
     id: u64,
 }
 
 impl DrainWaiter {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        let waker = Arc::new(AtomicWaker::new());
+        let wakers = Arc::new(Wakers::default());
         let id = {
             let mut waiters = shared.waiters.lock().unwrap_or_else(|e| e.into_inner());
             waiters.next += 1;
             let id = waiters.next;
-            waiters.wakers.insert(id, waker.clone());
+            waiters.wakers.insert(id, wakers.clone());
             id
         };
-        Self { shared, waker, id }
+        Self { shared, wakers, id }
     }
 
     /// Ready once the drain has started. Registers before checking, so a
     /// drain starting in between still wakes the task.
     pub(crate) fn poll_drained(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.waker.register(cx.waker());
+        self.wakers.drain.register(cx.waker());
         if self.shared.is_draining() {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
         }
+    }
+
+    /// For a read about to return `Pending`: registers the task to be woken
+    /// at the cut, and tells whether the cut has come.
+    pub(crate) fn read_parked_until_cut(&self, cx: &mut std::task::Context<'_>) -> bool {
+        self.wakers.read.register(cx.waker());
+        self.shared.is_forcing()
+    }
+
+    /// As [`DrainWaiter::read_parked_until_cut`], for a write.
+    pub(crate) fn write_parked_until_cut(&self, cx: &mut std::task::Context<'_>) -> bool {
+        self.wakers.write.register(cx.waker());
+        self.shared.is_forcing()
     }
 }
 
@@ -220,10 +243,16 @@ impl Shared {
         self.is_forcing.load(Ordering::Acquire)
     }
 
-    /// Cuts whatever remains: sockets fail, connection tasks drop.
+    /// Cuts whatever remains: sockets fail (tasks parked in a read or a
+    /// write are woken to see it), connection tasks drop.
     pub(crate) fn start_forcing(&self) {
         self.is_forcing.store(true, Ordering::Release);
         self.forcing.cancel();
+        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for wakers in waiters.wakers.values() {
+            wakers.read.wake();
+            wakers.write.wake();
+        }
     }
 
     /// Starts the drain of every connection: sets the flag that
@@ -233,8 +262,8 @@ impl Shared {
         self.is_draining.store(true, Ordering::Release);
         self.draining.cancel();
         let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        for waker in waiters.wakers.values() {
-            waker.wake();
+        for wakers in waiters.wakers.values() {
+            wakers.drain.wake();
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::Notify,
 };
-use tokio_util::{sync::WaitForCancellationFutureOwned, task::task_tracker::TaskTrackerToken};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::{
     lifecycle::{DrainWaiter, Shared},
@@ -91,20 +91,13 @@ pin_project_lite::pin_project! {
     pub(crate) struct TrackedIo<T> {
         #[pin]
         inner: T,
-        // Boxed: hyper wants an `Unpin` socket.
-        forced: Pin<Box<WaitForCancellationFutureOwned>>,
         conn: Arc<ConnState>,
     }
 }
 
 impl<T> TrackedIo<T> {
     pub(crate) fn new(inner: T, conn: Arc<ConnState>) -> Self {
-        let forced = Box::pin(conn.shared.forcing.clone().cancelled_owned());
-        Self {
-            inner,
-            forced,
-            conn,
-        }
+        Self { inner, conn }
     }
 }
 
@@ -115,6 +108,10 @@ fn cut() -> io::Error {
     )
 }
 
+// Every operation checks the cut flag (one atomic load); one that is about
+// to park registers its task to be woken at the cut (lock-free), then checks
+// again, so a cut between the two is not missed.
+
 impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -122,14 +119,13 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        // Reads are where an idle connection waits, so they register for the
-        // cut; writes only check it. Registering takes the token's lock,
-        // shared by every connection, so it waits until the drain has begun:
-        // while serving, a read costs one atomic load more.
-        if this.conn.shared.is_draining() && this.forced.as_mut().poll(cx).is_ready() {
+        if this.conn.shared.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
-        this.inner.poll_read(cx, buf)
+        match this.inner.poll_read(cx, buf) {
+            Poll::Pending if this.conn.drain.read_parked_until_cut(cx) => Poll::Ready(Err(cut())),
+            other => other,
+        }
     }
 }
 
@@ -139,10 +135,14 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.conn.shared.is_forcing() {
+        let this = self.project();
+        if this.conn.shared.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
-        self.project().inner.poll_write(cx, buf)
+        match this.inner.poll_write(cx, buf) {
+            Poll::Pending if this.conn.drain.write_parked_until_cut(cx) => Poll::Ready(Err(cut())),
+            other => other,
+        }
     }
 
     fn poll_write_vectored(
@@ -150,10 +150,14 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.conn.shared.is_forcing() {
+        let this = self.project();
+        if this.conn.shared.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
-        self.project().inner.poll_write_vectored(cx, bufs)
+        match this.inner.poll_write_vectored(cx, bufs) {
+            Poll::Pending if this.conn.drain.write_parked_until_cut(cx) => Poll::Ready(Err(cut())),
+            other => other,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
