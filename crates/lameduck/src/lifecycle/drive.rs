@@ -13,15 +13,6 @@ use crate::report::DrainReport;
 /// ignore their errors.
 const UNWIND_GRACE: Duration = Duration::from_secs(1);
 
-/// How a drain ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// Every connection finished on its own.
-    Drained,
-    /// This many connections were still open when the drain was forced.
-    Forced(usize),
-}
-
 /// Waits for a drain request, then takes the server through
 /// announcing → draining → (forcing) → stopped, logging every step.
 pub(crate) async fn drive(shared: &Shared) -> DrainReport {
@@ -42,9 +33,9 @@ pub(crate) async fn drive(shared: &Shared) -> DrainReport {
         "shutdown.begin"
     );
 
-    let outcome = tokio::select! {
+    let forced = tokio::select! {
         biased;
-        outcome = run_phases(shared, deadline) => outcome,
+        forced = run_phases(shared, deadline) => forced,
         () = report_progress(shared, deadline) => unreachable!("progress reports until cancelled"),
     };
 
@@ -52,10 +43,7 @@ pub(crate) async fn drive(shared: &Shared) -> DrainReport {
     let report = DrainReport {
         reason,
         duration: started.elapsed(),
-        forced: match outcome {
-            Outcome::Drained => 0,
-            Outcome::Forced(n) => n,
-        },
+        forced,
         totals: shared.stats.totals(),
     };
     tracing::info!(
@@ -73,7 +61,8 @@ pub(crate) async fn drive(shared: &Shared) -> DrainReport {
     report
 }
 
-async fn run_phases(shared: &Shared, deadline: Instant) -> Outcome {
+/// Returns how many connections had to be cut (0 when all drained).
+async fn run_phases(shared: &Shared, deadline: Instant) -> usize {
     let announce = shared.config.drain_announce;
     if !announce.is_zero() {
         tokio::select! {
@@ -92,31 +81,29 @@ async fn run_phases(shared: &Shared, deadline: Instant) -> Outcome {
     tracing::info!("shutdown.draining");
 
     let why = tokio::select! {
-        () = shared.tracker.wait() => return Outcome::Drained,
+        () = shared.tracker.wait() => return 0,
         () = sleep_until(deadline) => "deadline",
         () = shared.force_requested.cancelled() => "forced",
     };
 
+    // Zero when the last connection closed as the deadline passed (or the
+    // drain was forced before the accept loop let go of the listener):
+    // nothing to cut, but the same bounded wait for the tracker to close.
     let remaining = shared.tracker.len();
-    if remaining == 0 {
-        // Everything closed in the same instant the deadline passed, but the
-        // listener might still be held by the accept loop.
-        shared.start_forcing();
-        shared.tracker.wait().await;
-        return Outcome::Drained;
+    if remaining > 0 {
+        shared.set_phase(Phase::Forcing);
+        let counts = shared.stats.counts();
+        tracing::warn!(
+            why,
+            forced = remaining,
+            http1 = counts.http1,
+            http2 = counts.http2,
+            websocket = counts.websocket,
+            sse = counts.sse,
+            in_flight = counts.in_flight,
+            "shutdown.forcing"
+        );
     }
-    shared.set_phase(Phase::Forcing);
-    let counts = shared.stats.counts();
-    tracing::warn!(
-        why,
-        forced = remaining,
-        http1 = counts.http1,
-        http2 = counts.http2,
-        websocket = counts.websocket,
-        sse = counts.sse,
-        in_flight = counts.in_flight,
-        "shutdown.forcing"
-    );
     shared.start_forcing();
     if timeout(UNWIND_GRACE, shared.tracker.wait()).await.is_err() {
         tracing::warn!(
@@ -125,7 +112,7 @@ async fn run_phases(shared: &Shared, deadline: Instant) -> Outcome {
             "shutdown.unwind_timeout"
         );
     }
-    Outcome::Forced(remaining)
+    remaining
 }
 
 async fn report_progress(shared: &Shared, deadline: Instant) {
