@@ -58,7 +58,9 @@ pub mod ws;
 
 pub use config::Config;
 pub use error::Error;
-pub use lifecycle::{Drain, DrainReason, Handle, MissingDrain, Phase, listen_for_signals};
+pub use lifecycle::{
+    Drain, DrainReason, Handle, JobGuard, MissingDrain, Phase, listen_for_signals,
+};
 pub use report::{DrainReport, EXIT_DRAINED, EXIT_FORCED};
 pub use server::{Server, TrackedBody};
 pub use stats::{ConnKind, Counts, Totals};

@@ -55,6 +55,8 @@ pub struct Counts {
     pub sse: usize,
     /// Requests being handled or whose response body is still being sent.
     pub in_flight: usize,
+    /// Background jobs running under a [`crate::JobGuard`].
+    pub jobs: usize,
 }
 
 impl Counts {
@@ -128,6 +130,7 @@ pub(crate) struct Stats {
     requests: Sharded,
     upgrades: AtomicU64,
     sse_streams: AtomicU64,
+    jobs: AtomicUsize,
 }
 
 impl Stats {
@@ -140,6 +143,7 @@ impl Stats {
             // A request can end on another thread than it began: only the
             // sum is meaningful, and it is never negative once settled.
             in_flight: self.in_flight.sum().max(0) as usize,
+            jobs: self.jobs.load(Relaxed),
         }
     }
 
@@ -191,6 +195,14 @@ impl Stats {
 
     pub(crate) fn sse_closed(&self) {
         self.sse.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn job_started(&self) {
+        self.jobs.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn job_ended(&self) {
+        self.jobs.fetch_sub(1, Relaxed);
     }
 }
 

@@ -133,6 +133,7 @@ async fn report_progress(shared: &Shared, deadline: Instant) {
             websocket = counts.websocket,
             sse = counts.sse,
             in_flight = counts.in_flight,
+            jobs = counts.jobs,
             "shutdown.progress"
         );
     }

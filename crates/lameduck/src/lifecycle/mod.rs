@@ -433,6 +433,22 @@ impl Drain {
         self.shared.draining.cancelled().await
     }
 
+    /// Resolves as soon as a drain is requested, before the announce period
+    /// (for work that no load balancer routes, such as background jobs).
+    pub fn requested(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.shared.drain_requested.clone().cancelled_owned()
+    }
+
+    /// Counts a background job in this server's [`Counts::jobs`] (and so in
+    /// the `shutdown.progress` events) until the guard is dropped. The drain
+    /// does not wait for it: whoever runs the job decides when to stop.
+    pub fn track_job(&self) -> JobGuard {
+        self.shared.stats.job_started();
+        JobGuard {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Like [`Drain::drained`], but owns what it needs, so it can be stored.
     pub fn drained_owned(&self) -> WaitForCancellationFutureOwned {
         self.shared.draining.clone().cancelled_owned()
@@ -456,6 +472,25 @@ impl Drain {
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+}
+
+/// A running background job, counted in its server's [`Counts::jobs`]
+/// until dropped; made by [`Drain::track_job`].
+#[must_use = "the job is counted only while the guard is held"]
+pub struct JobGuard {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for JobGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        self.shared.stats.job_ended();
     }
 }
 

@@ -1,0 +1,20 @@
+-- ARGV: prefix, kind, payload, max_attempts, delay_ms, idempotency_key ('' for none)
+-- Returns {id, created (1|0)}.
+local key = ARGV[6]
+if key ~= '' then
+  local existing = redis.call('GET', P .. ':idem:' .. key)
+  if existing then return { tonumber(existing), 0 } end
+end
+local id = redis.call('INCR', P .. ':seq')
+local now = now_ms()
+local ready = now + tonumber(ARGV[5])
+redis.call('HSET', jkey(id), 'kind', ARGV[2], 'payload', ARGV[3], 'state', 'pending',
+  'attempts', 0, 'max_attempts', ARGV[4], 'fence', 0, 'ready_at', ready,
+  'created_at', now, 'updated_at', now)
+if key ~= '' then
+  redis.call('SET', P .. ':idem:' .. key, id)
+  redis.call('HSET', jkey(id), 'idempotency_key', key)
+end
+redis.call('ZADD', P .. ':ready', ready, id)
+move_state(id, nil, 'pending')
+return { id, 1 }

@@ -1,0 +1,58 @@
+//! The SQLite schema and its migrations, versioned by `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+use crate::JournalError;
+
+/// Each entry takes the schema from version `i` to `i + 1`. Append only:
+/// a file written by an older build is brought forward, never rewritten.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs, with the indexes the claim, the lease sweep and the listing use.
+    "CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind             TEXT    NOT NULL,
+        payload          TEXT    NOT NULL,
+        state            TEXT    NOT NULL
+                         CHECK (state IN ('pending', 'running', 'completed', 'dead')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        max_attempts     INTEGER NOT NULL,
+        ready_at         INTEGER NOT NULL,
+        owner            TEXT,
+        fence            INTEGER NOT NULL DEFAULT 0,
+        lease_expires_at INTEGER,
+        checkpoint       TEXT,
+        result           TEXT,
+        last_error       TEXT,
+        idempotency_key  TEXT UNIQUE,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL
+    );
+    CREATE INDEX jobs_ready ON jobs (ready_at, id) WHERE state = 'pending';
+    CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE state = 'running';
+    CREATE INDEX jobs_state ON jobs (state, id);",
+];
+
+/// The schema version this build writes.
+pub(super) const VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the file to [`VERSION`], each step in its own transaction.
+/// Refuses a file from a newer build rather than guess at its layout.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
+    let sql_err = |e| JournalError::unavailable("migrating the SQLite journal", e);
+    let current: u32 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sql_err)?;
+    if current > VERSION {
+        return Err(JournalError::Corrupt(format!(
+            "the SQLite journal has schema version {current}; this build knows up to {VERSION}"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction().map_err(sql_err)?;
+        tx.execute_batch(sql).map_err(sql_err)?;
+        tx.pragma_update(None, "user_version", i as u32 + 1)
+            .map_err(sql_err)?;
+        tx.commit().map_err(sql_err)?;
+    }
+    Ok(())
+}
