@@ -13,7 +13,8 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run the reference service: /ping, /slow, /ws, /events, /livez, /readyz.
+    /// Run the reference service: /ping, /slow, /ws, /events, /jobs, /livez,
+    /// /readyz.
     Serve(ServeArgs),
 }
 
@@ -50,7 +51,34 @@ pub(crate) struct ServeArgs {
     pub(crate) ws_close_timeout: Duration,
 
     #[command(flatten)]
+    pub(crate) jobs: JobArgs,
+
+    #[command(flatten)]
     pub(crate) log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobArgs {
+    /// Where accepted jobs are kept: `sqlite:PATH`, or `redis://HOST:PORT[/DB]`
+    /// (add `?prefix=NAME` to choose the key prefix; instances that share
+    /// work share it).
+    #[arg(long, env = "LAMEDUCK_JOURNAL", default_value = "sqlite:./lameduck.db")]
+    pub(crate) journal: String,
+
+    /// Jobs run at once by this instance.
+    #[arg(long, env = "LAMEDUCK_JOBS_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub(crate) jobs_concurrency: u16,
+
+    /// Lease on each claimed job, renewed every third of it; a crashed
+    /// instance's jobs are taken back once it expires.
+    #[arg(long, env = "LAMEDUCK_JOBS_LEASE", default_value = "30s", value_parser = parse_lease)]
+    pub(crate) jobs_lease: Duration,
+
+    /// On drain, time running jobs get to finish before they are stopped and
+    /// given back (with their last checkpoint).
+    #[arg(long, env = "LAMEDUCK_JOBS_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub(crate) jobs_drain_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +105,15 @@ fn parse_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_owned())
         .map_err(|e| e.to_string())
+}
+
+/// A lease long enough to be renewed (every third of it) over a network.
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(300) {
+        return Err("a job lease must be at least 300ms".into());
+    }
+    Ok(d)
 }
 
 /// `250ms`, `2s`, `1m30s`; a bare number is seconds.
@@ -126,5 +163,7 @@ mod tests {
         assert!(Cli::try_parse_from(["lameduck", "serve", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["lameduck", "serve", "--log-level", "zz["]).is_err());
         assert!(Cli::try_parse_from(["lameduck", "serve", "--log-format", "xml"]).is_err());
+        assert!(Cli::try_parse_from(["lameduck", "serve", "--jobs-lease", "10ms"]).is_err());
+        assert!(Cli::try_parse_from(["lameduck", "serve", "--jobs-concurrency", "0"]).is_err());
     }
 }

@@ -39,6 +39,8 @@ struct Logs {
 pub struct Child {
     child: std::process::Child,
     logs: Arc<Logs>,
+    /// The job journal's directory, when the caller did not name a journal.
+    _journal_dir: Option<tempfile::TempDir>,
     /// The address from the `server.listening` event.
     pub addr: SocketAddr,
 }
@@ -54,14 +56,27 @@ impl std::fmt::Debug for Child {
 
 impl Child {
     /// Starts `bin serve --listen 127.0.0.1:0 --log-format json <args>` and
-    /// waits (10 s at most) for its `server.listening` event.
+    /// waits (10 s at most) for its `server.listening` event. Without a
+    /// `--journal` in `args`, the job journal is a SQLite file in a temp dir
+    /// removed with the child.
     ///
     /// # Panics
     ///
     /// When the process cannot start or never reports its address.
     pub fn serve(bin: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        let mut command = Command::new(bin);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]);
+        let journal_dir = if args.contains(&"--journal") {
+            None
+        } else {
+            let dir = tempfile::tempdir().expect("temp dir for the journal");
+            command.arg("--journal").arg(format!(
+                "sqlite:{}",
+                dir.path().join("jobs.db").display()
+            ));
+            Some(dir)
+        };
+        let mut child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -85,6 +100,7 @@ impl Child {
         let mut this = Self {
             child,
             logs,
+            _journal_dir: journal_dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         let listening = this

@@ -1,14 +1,20 @@
 //! `lameduck serve`: the reference service, built only on lameduck's public
 //! API.
 
+mod jobs;
 mod routes;
+mod sleep_job;
 
 use anyhow::Context;
-use lameduck::{Config, Server, ws::WsConfig};
+use lameduck::{Config, EXIT_FORCED, Server, ws::WsConfig};
+use lameduck_jobs::{PoolConfig, WorkerPool};
 
 use crate::cli::ServeArgs;
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    let journal = lameduck_jobs::open(&args.jobs.journal)
+        .await
+        .with_context(|| format!("cannot open the job journal {:?}", args.jobs.journal))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -23,8 +29,25 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     ws.pong_timeout = args.ws_pong_timeout;
     ws.close_timeout = args.ws_close_timeout;
 
-    let report = Server::with_config(listener, config)
-        .serve(routes::app(ws))
-        .await?;
-    Ok(report.exit_code())
+    let mut pool_config = PoolConfig::default();
+    pool_config.concurrency = usize::from(args.jobs.jobs_concurrency);
+    pool_config.lease = args.jobs.jobs_lease;
+    pool_config.drain_timeout = args.jobs.jobs_drain_timeout;
+    let pool = WorkerPool::with_config(journal.clone(), pool_config).handler("sleep", sleep_job::run);
+
+    let server = Server::with_config(listener, config);
+    let app = routes::app(ws).merge(jobs::routes(jobs::Jobs {
+        journal,
+        pool: pool.handle(),
+    }));
+    let workers = tokio::spawn(pool.run_until_drained(server.handle().watcher()));
+    let report = server.serve(app).await?;
+    let jobs = workers.await.context("the job pool panicked")?;
+    // Jobs given back at the deadline lost nothing (they resume from their
+    // checkpoint), but they were cut, as connections cut at the deadline are.
+    Ok(if jobs.forced > 0 {
+        EXIT_FORCED
+    } else {
+        report.exit_code()
+    })
 }

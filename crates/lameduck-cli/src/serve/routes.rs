@@ -41,13 +41,13 @@ pub(crate) fn app(ws: WsConfig) -> Router {
 }
 
 /// A JSON error response: `{"error": "..."}`.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
 /// Reads `name` from a query string as an integer in `0..=max`; absent means
 /// `default`.
-fn query_u64(
+pub(super) fn query_u64(
     query: Option<&str>,
     name: &str,
     default: u64,

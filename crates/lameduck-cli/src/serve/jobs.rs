@@ -1,0 +1,218 @@
+//! `/jobs`: submit a job (202 only once it is durable), read one, list them.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, RawQuery, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use lameduck_jobs::{JobId, JobState, Journal, JournalError, NewJob, PoolHandle};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    routes::{error, query_u64},
+    sleep_job::{MAX_STEP_MS, MAX_STEPS},
+};
+
+/// Largest `POST /jobs` body.
+const MAX_BODY: usize = 64 * 1024;
+/// How long a request waits for the journal before answering 503.
+const JOURNAL_WAIT: Duration = Duration::from_secs(5);
+const LIST_DEFAULT: u64 = 100;
+const LIST_MAX: u64 = 1_000;
+
+#[derive(Clone, Debug)]
+pub(crate) struct Jobs {
+    pub(crate) journal: Arc<dyn Journal>,
+    pub(crate) pool: PoolHandle,
+}
+
+pub(crate) fn routes(jobs: Jobs) -> Router {
+    Router::new()
+        .route("/jobs", get(list).post(submit))
+        .route("/jobs/counts", get(counts))
+        .route("/jobs/{id}", get(show))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(jobs)
+}
+
+/// The jobs this service runs, as `POST /jobs` takes them.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum Submit {
+    Sleep { steps: u32, step_ms: u64 },
+}
+
+impl Submit {
+    fn into_job(self) -> Result<NewJob, String> {
+        match self {
+            Submit::Sleep { steps, step_ms } => {
+                if !(1..=MAX_STEPS).contains(&steps) {
+                    return Err(format!("steps must be in 1..={MAX_STEPS}"));
+                }
+                if step_ms > MAX_STEP_MS {
+                    return Err(format!("step_ms must be in 0..={MAX_STEP_MS}"));
+                }
+                Ok(NewJob::new(
+                    "sleep",
+                    json!({ "steps": steps, "step_ms": step_ms }),
+                ))
+            }
+        }
+    }
+}
+
+/// Answers for a journal that failed: 503 with `Retry-After` when it may
+/// come back, 500 when the data is bad.
+fn journal_error(e: &JournalError) -> Response {
+    match e {
+        JournalError::Invalid(msg) => error(StatusCode::BAD_REQUEST, msg.clone()),
+        JournalError::Unavailable { .. } => {
+            tracing::warn!(error = %e, "job.journal_unavailable");
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; the job was not accepted, retry later"),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+        other => {
+            tracing::error!(error = %other, "job.journal_error");
+            error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+        }
+    }
+}
+
+async fn bounded<T>(
+    fut: impl Future<Output = Result<T, JournalError>>,
+) -> Result<T, JournalError> {
+    tokio::time::timeout(JOURNAL_WAIT, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(JournalError::Unavailable {
+                context: "journal".into(),
+                source: format!("no answer within {JOURNAL_WAIT:?}").into(),
+            })
+        })
+}
+
+/// `POST /jobs` with `{"kind":"sleep","steps":N,"step_ms":M}`: 202
+/// `{"id":...}` once the job is durable; the same id again for a repeated
+/// `Idempotency-Key`.
+async fn submit(
+    State(jobs): State<Jobs>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/json",
+        );
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    let submit: Submit = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid job: {e}")),
+    };
+    let mut job = match submit.into_job() {
+        Ok(job) => job,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, format!("invalid job: {msg}")),
+    };
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key.to_str().ok().map(str::trim).filter(|k| {
+            !k.is_empty() && k.len() <= lameduck_jobs::MAX_IDEMPOTENCY_KEY_LEN
+        });
+        match key {
+            Some(key) => job = job.idempotency_key(key),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid Idempotency-Key: expected 1 to 255 visible ASCII characters",
+                );
+            }
+        }
+    }
+    match bounded(jobs.journal.enqueue(job)).await {
+        Ok(queued) => {
+            if queued.created {
+                jobs.pool.wake();
+            }
+            let location = format!("/jobs/{}", queued.id);
+            let mut response = (
+                StatusCode::ACCEPTED,
+                Json(json!({ "id": queued.id, "created": queued.created })),
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            response
+        }
+        Err(e) => journal_error(&e),
+    }
+}
+
+/// `GET /jobs/{id}`.
+async fn show(State(jobs): State<Jobs>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<JobId>() else {
+        return error(StatusCode::BAD_REQUEST, format!("invalid job id {id:?}"));
+    };
+    match bounded(jobs.journal.get(id)).await {
+        Ok(Some(job)) => Json(job).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => journal_error(&e),
+    }
+}
+
+/// `GET /jobs?state=S&after=ID&limit=N`: jobs by id, a page at a time;
+/// `next_after` is the `after` of the next page (absent on the last).
+async fn list(State(jobs): State<Jobs>, RawQuery(query): RawQuery) -> Response {
+    let query = query.as_deref();
+    let state = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("state="));
+    let state = match state.map(str::parse::<JobState>).transpose() {
+        Ok(state) => state,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let (after, limit) = match (
+        query_u64(query, "after", 0, 0, u64::MAX),
+        query_u64(query, "limit", LIST_DEFAULT, 1, LIST_MAX),
+    ) {
+        (Ok(after), Ok(limit)) => (after, limit),
+        (Err(msg), _) | (_, Err(msg)) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let after = (after > 0).then_some(JobId(after));
+    match bounded(jobs.journal.list(state, after, limit as usize)).await {
+        Ok(page) => {
+            let next = (page.len() as u64 == limit).then(|| page.last().map(|j| j.id)).flatten();
+            Json(json!({ "jobs": page, "next_after": next })).into_response()
+        }
+        Err(e) => journal_error(&e),
+    }
+}
+
+/// `GET /jobs/counts`: how many jobs are in each state.
+async fn counts(State(jobs): State<Jobs>) -> Response {
+    match bounded(jobs.journal.counts()).await {
+        Ok(counts) => Json(counts).into_response(),
+        Err(e) => journal_error(&e),
+    }
+}
