@@ -70,10 +70,9 @@ impl Child {
             None
         } else {
             let dir = tempfile::tempdir().expect("temp dir for the journal");
-            command.arg("--journal").arg(format!(
-                "sqlite:{}",
-                dir.path().join("jobs.db").display()
-            ));
+            command
+                .arg("--journal")
+                .arg(format!("sqlite:{}", dir.path().join("jobs.db").display()));
             Some(dir)
         };
         let mut child = command

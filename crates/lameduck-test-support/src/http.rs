@@ -28,6 +28,11 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The body as JSON (`null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
     /// Whether the server said it closes the connection after this response.
     pub fn closes(&self) -> bool {
         self.header("connection")
@@ -71,8 +76,30 @@ impl KeepAlive {
 
     /// Sends `GET path` and reads the response, within `limit`.
     pub async fn get(&mut self, path: &str, limit: Duration) -> Outcome {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: lameduck\r\n\r\n");
-        if let Err(err) = self.stream.write_all(request.as_bytes()).await {
+        self.request("GET", path, &[], b"", limit).await
+    }
+
+    /// Sends a request with extra `headers` and a `body` (framed with
+    /// Content-Length), and reads the response, within `limit`.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        limit: Duration,
+    ) -> Outcome {
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: lameduck\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() || method != "GET" {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        if let Err(err) = self.stream.write_all(&bytes).await {
             return Outcome::NotSent(err);
         }
         match timeout(limit, self.read_response()).await {
@@ -151,6 +178,47 @@ pub async fn get(addr: SocketAddr, path: &str, limit: Duration) -> io::Result<Re
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     match conn.get(path, limit).await {
+        Outcome::Ok(res) => Ok(res),
+        Outcome::NotSent(err) => Err(err),
+        Outcome::Lost(why) => Err(io::Error::other(why)),
+    }
+}
+
+/// `POST path` with a JSON body (and extra `headers`) on a new connection,
+/// within `limit`.
+///
+/// # Errors
+///
+/// When the connection is refused, or the response is lost.
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    limit: Duration,
+) -> io::Result<Response> {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    send(addr, "POST", path, &all, body.as_bytes(), limit).await
+}
+
+/// Any request on a new connection, within `limit`.
+///
+/// # Errors
+///
+/// When the connection is refused, or the response is lost.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    limit: Duration,
+) -> io::Result<Response> {
+    let mut conn = timeout(limit, KeepAlive::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    match conn.request(method, path, headers, body, limit).await {
         Outcome::Ok(res) => Ok(res),
         Outcome::NotSent(err) => Err(err),
         Outcome::Lost(why) => Err(io::Error::other(why)),

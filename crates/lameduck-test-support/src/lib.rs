@@ -6,6 +6,8 @@
 
 mod child;
 mod http;
+mod redis;
 
 pub use child::{Child, raise_fd_limit};
-pub use http::{KeepAlive, Outcome, Response, get};
+pub use http::{KeepAlive, Outcome, Response, get, post_json, send};
+pub use redis::{RedisServer, redis_url};

@@ -90,9 +90,7 @@ fn journal_error(e: &JournalError) -> Response {
     }
 }
 
-async fn bounded<T>(
-    fut: impl Future<Output = Result<T, JournalError>>,
-) -> Result<T, JournalError> {
+async fn bounded<T>(fut: impl Future<Output = Result<T, JournalError>>) -> Result<T, JournalError> {
     tokio::time::timeout(JOURNAL_WAIT, fut)
         .await
         .unwrap_or_else(|_| {
@@ -135,9 +133,11 @@ async fn submit(
         Err(msg) => return error(StatusCode::BAD_REQUEST, format!("invalid job: {msg}")),
     };
     if let Some(key) = headers.get("idempotency-key") {
-        let key = key.to_str().ok().map(str::trim).filter(|k| {
-            !k.is_empty() && k.len() <= lameduck_jobs::MAX_IDEMPOTENCY_KEY_LEN
-        });
+        let key = key
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && k.len() <= lameduck_jobs::MAX_IDEMPOTENCY_KEY_LEN);
         match key {
             Some(key) => job = job.idempotency_key(key),
             None => {
@@ -202,7 +202,9 @@ async fn list(State(jobs): State<Jobs>, RawQuery(query): RawQuery) -> Response {
     let after = (after > 0).then_some(JobId(after));
     match bounded(jobs.journal.list(state, after, limit as usize)).await {
         Ok(page) => {
-            let next = (page.len() as u64 == limit).then(|| page.last().map(|j| j.id)).flatten();
+            let next = (page.len() as u64 == limit)
+                .then(|| page.last().map(|j| j.id))
+                .flatten();
             Json(json!({ "jobs": page, "next_after": next })).into_response()
         }
         Err(e) => journal_error(&e),

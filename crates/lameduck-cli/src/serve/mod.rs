@@ -33,7 +33,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     pool_config.concurrency = usize::from(args.jobs.jobs_concurrency);
     pool_config.lease = args.jobs.jobs_lease;
     pool_config.drain_timeout = args.jobs.jobs_drain_timeout;
-    let pool = WorkerPool::with_config(journal.clone(), pool_config).handler("sleep", sleep_job::run);
+    let pool =
+        WorkerPool::with_config(journal.clone(), pool_config).handler("sleep", sleep_job::run);
 
     let server = Server::with_config(listener, config);
     let app = routes::app(ws).merge(jobs::routes(jobs::Jobs {

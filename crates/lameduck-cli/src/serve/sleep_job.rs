@@ -58,7 +58,8 @@ pub(super) async fn run(ctx: JobContext) -> Result<Value, JobError> {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(spec.step_ms)) => {}
             () = ctx.cancelled() => {
-                tracing::info!(job.id = %id, step, pid, "job.step_interrupted");
+                let end_ms = now_ms();
+                tracing::info!(job.id = %id, step, pid, start_ms, end_ms, "job.step_interrupted");
                 return Err(JobError::Cancelled);
             }
         }

@@ -1,0 +1,527 @@
+//! The job durability contract of DESIGN.md, checked on the real binary with
+//! a real SQLite file and the real Redis server: jobs survive a drain, a
+//! `kill -9` and a rolling deploy; bad input and a dead journal never get a
+//! 202. Every wait is bounded and every child is killed on drop.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+    process::ExitStatus,
+    time::{Duration, Instant},
+};
+
+use lameduck_jobs::{JobId, JobState, Journal, SqliteJournal};
+use lameduck_test_support::{Child, RedisServer, get, post_json, redis_url, send};
+use nix::sys::signal::Signal::{SIGKILL, SIGTERM};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
+const HTTP: Duration = Duration::from_secs(10);
+
+fn wait_exit(server: &mut Child, limit: Duration) -> ExitStatus {
+    tokio::task::block_in_place(|| server.wait_exit(limit)).unwrap_or_else(|| {
+        panic!(
+            "server did not exit within {limit:?}; logs: {:#?}",
+            server.logs()
+        )
+    })
+}
+
+fn sleep_job(steps: u32, step_ms: u64) -> String {
+    format!(r#"{{"kind":"sleep","steps":{steps},"step_ms":{step_ms}}}"#)
+}
+
+async fn submit(addr: SocketAddr, body: &str) -> u64 {
+    let res = post_json(addr, "/jobs", &[], body, HTTP)
+        .await
+        .expect("POST /jobs");
+    assert_eq!(res.status, 202, "{}", String::from_utf8_lossy(&res.body));
+    res.json()["id"].as_u64().expect("id in the 202")
+}
+
+/// Submits `n` jobs from 8 concurrent clients; returns their ids.
+async fn submit_many(addrs: &[SocketAddr], n: usize, body: &str) -> Vec<u64> {
+    let tasks: Vec<_> = (0..8)
+        .map(|c| {
+            let addrs = addrs.to_vec();
+            let body = body.to_owned();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in (c..n).step_by(8) {
+                    ids.push(submit(addrs[i % addrs.len()], &body).await);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    ids.sort_unstable();
+    ids
+}
+
+async fn counts(addr: SocketAddr) -> Value {
+    let res = get(addr, "/jobs/counts", HTTP)
+        .await
+        .expect("GET /jobs/counts");
+    assert_eq!(res.status, 200);
+    res.json()
+}
+
+/// Polls `/jobs/counts` until `state` reaches `n` (bounded by `limit`).
+async fn wait_count(addr: SocketAddr, state: &str, n: u64, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let c = counts(addr).await;
+        if c[state].as_u64() >= Some(n) {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{state} did not reach {n} within {limit:?}: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn job(addr: SocketAddr, id: u64) -> Value {
+    let res = get(addr, &format!("/jobs/{id}"), HTTP)
+        .await
+        .expect("GET /jobs/{id}");
+    assert_eq!(res.status, 200);
+    res.json()
+}
+
+/// The `job.id` of a job event (logged as a string).
+fn event_job(e: &Value) -> u64 {
+    e["job.id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| e["job.id"].as_u64())
+        .unwrap_or_else(|| panic!("no job.id in {e}"))
+}
+
+/// 20 sleep jobs (10 × 300 ms) are running; SIGTERM: each is released with
+/// its checkpoint within the drain, and the process exits 0. A new process on
+/// the same file completes all 20, resuming: per job, at most steps + 1 step
+/// executions in total, and the steps done before the drain are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_releases_jobs_with_checkpoints_and_restart_resumes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    let journal = format!("sqlite:{}", db.display());
+    let args = ["--journal", &journal, "--jobs-concurrency", "32"];
+
+    let mut first = Child::serve(BIN, &args);
+    let ids = submit_many(&[first.addr], 20, &sleep_job(10, 300)).await;
+    // Every job has finished at least one step (and checkpointed it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stepped: HashSet<u64> = first.events("job.step").iter().map(event_job).collect();
+        if stepped.len() == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs did not start: {:#?}",
+            first.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.signal(SIGTERM);
+    let status = wait_exit(&mut first, Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "released jobs are not forced; logs: {:#?}",
+        first.logs()
+    );
+    let released: HashSet<u64> = first.events("job.released").iter().map(event_job).collect();
+    assert_eq!(
+        released,
+        ids.iter().copied().collect(),
+        "every running job is released"
+    );
+
+    // Between the two processes, the file itself says: pending, checkpointed.
+    {
+        let stored = SqliteJournal::open(&db).unwrap();
+        for &id in &ids {
+            let j = stored.get(JobId(id)).await.unwrap().unwrap();
+            assert_eq!(j.state, JobState::Pending, "job {id}");
+            assert_eq!(j.attempts, 0, "a drain does not use up an attempt");
+            let next = j.checkpoint.as_ref().and_then(|c| c["next_step"].as_u64());
+            assert!(
+                next.is_some_and(|n| (1..10).contains(&n)),
+                "job {id}: {:?}",
+                j.checkpoint
+            );
+        }
+    }
+
+    let second = Child::serve(BIN, &args);
+    wait_count(second.addr, "completed", 20, Duration::from_secs(60)).await;
+    let mut started: HashMap<u64, usize> = HashMap::new();
+    for e in first
+        .events("job.step_started")
+        .iter()
+        .chain(&second.events("job.step_started"))
+    {
+        *started.entry(event_job(e)).or_default() += 1;
+    }
+    for &id in &ids {
+        let j = job(second.addr, id).await;
+        assert_eq!(j["state"], "completed");
+        let log = j["result"]["log"].as_array().expect("result log");
+        let steps: Vec<u64> = log.iter().map(|s| s["step"].as_u64().unwrap()).collect();
+        assert_eq!(
+            steps,
+            (0..10).collect::<Vec<_>>(),
+            "job {id}: each step once, in order"
+        );
+        let pids: HashSet<u64> = log.iter().map(|s| s["pid"].as_u64().unwrap()).collect();
+        assert!(
+            pids.contains(&u64::from(first.pid())),
+            "job {id} kept its first steps"
+        );
+        assert!(
+            pids.contains(&u64::from(second.pid())),
+            "job {id} was resumed by the second"
+        );
+        assert!(
+            started[&id] <= 11,
+            "job {id} ran {} steps for 10",
+            started[&id]
+        );
+    }
+}
+
+/// 1,000 jobs; `kill -9` while they are processed; a new process on the same
+/// file takes back the dead one's leases when they expire and completes
+/// every job: none lost, none dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loses_no_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    let journal = format!("sqlite:{}", db.display());
+    let args = [
+        "--journal",
+        &journal,
+        "--jobs-concurrency",
+        "16",
+        "--jobs-lease",
+        "2s",
+    ];
+
+    let first = Child::serve(BIN, &args);
+    let ids = submit_many(&[first.addr], 1000, &sleep_job(2, 20)).await;
+    assert_eq!(ids.len(), 1000);
+    wait_count(first.addr, "completed", 100, Duration::from_secs(60)).await;
+    first.signal(SIGKILL);
+    let mut first = first;
+    wait_exit(&mut first, Duration::from_secs(10));
+
+    let at_crash = SqliteJournal::open(&db).unwrap().counts().await.unwrap();
+    assert_eq!(at_crash.total(), 1000, "every accepted job is in the file");
+    assert!(
+        at_crash.completed < 1000,
+        "the crash came mid-way: {at_crash:?}"
+    );
+
+    let second = Child::serve(BIN, &args);
+    let done = wait_count(second.addr, "completed", 1000, Duration::from_secs(120)).await;
+    assert_eq!(done["dead"], 0, "{done}");
+    assert_eq!(
+        done["pending"].as_u64().unwrap() + done["running"].as_u64().unwrap(),
+        0
+    );
+    if at_crash.running > 0 {
+        assert!(
+            !second.events("job.reclaimed").is_empty(),
+            "the crashed process's leases were taken back"
+        );
+    }
+}
+
+/// Deletes a test's Redis keys, whatever happens.
+struct RedisKeys {
+    prefix: String,
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut conn)
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+}
+
+/// Two instances on one Redis prefix share 500 jobs; instance A drains while
+/// B runs. A's running jobs are released and B takes them at once (the
+/// lease is 120 s, longer than the test may take, so waiting for expiry
+/// would fail it); all 500 complete; and no job's steps ever ran in two
+/// processes at overlapping times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_deploy_on_redis_hands_jobs_over() {
+    let keys = RedisKeys {
+        prefix: format!("lameduck-roll-{}", std::process::id()),
+    };
+    let journal = format!("{}?prefix={}", redis_url(), keys.prefix);
+    let args = [
+        "--journal",
+        &journal,
+        "--jobs-concurrency",
+        "16",
+        "--jobs-lease",
+        "120s",
+    ];
+    let mut a = Child::serve(BIN, &args);
+    let b = Child::serve(BIN, &args);
+
+    let ids = submit_many(&[a.addr, b.addr], 500, &sleep_job(3, 50)).await;
+    assert_eq!(ids.len(), 500);
+    wait_count(b.addr, "completed", 100, Duration::from_secs(60)).await;
+    a.signal(SIGTERM);
+    assert_eq!(wait_exit(&mut a, Duration::from_secs(30)).code(), Some(0));
+    let released: HashSet<u64> = a.events("job.released").iter().map(event_job).collect();
+    assert!(
+        !released.is_empty(),
+        "A held running jobs when it drained: {:#?}",
+        a.logs()
+    );
+
+    let done = wait_count(b.addr, "completed", 500, Duration::from_secs(60)).await;
+    assert_eq!(done["dead"], 0);
+    for &id in &released {
+        let j = job(b.addr, id).await;
+        assert_eq!(j["state"], "completed");
+        let steps: Vec<u64> = j["result"]["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, vec![0, 1, 2], "job {id} resumed, each step once");
+    }
+
+    // Every step execution, finished or interrupted, from both processes:
+    // per job, intervals from different processes never overlap.
+    let mut runs: BTreeMap<u64, Vec<(u64, u64, u64)>> = BTreeMap::new();
+    for child in [&a, &b] {
+        for name in ["job.step", "job.step_interrupted"] {
+            for e in child.events(name) {
+                let (pid, start, end) = (
+                    e["pid"].as_u64().unwrap(),
+                    e["start_ms"].as_u64().unwrap(),
+                    e["end_ms"].as_u64().unwrap(),
+                );
+                runs.entry(event_job(&e))
+                    .or_default()
+                    .push((pid, start, end));
+            }
+        }
+    }
+    assert_eq!(runs.len(), 500, "every job ran steps");
+    let mut both = 0;
+    for (id, mut r) in runs {
+        r.sort_by_key(|&(_, start, _)| start);
+        let pids: HashSet<u64> = r.iter().map(|&(pid, _, _)| pid).collect();
+        both += usize::from(pids.len() > 1);
+        for w in r.windows(2) {
+            let ((p1, _, end1), (p2, start2, _)) = (w[0], w[1]);
+            assert!(
+                p1 == p2 || end1 <= start2,
+                "job {id}: pid {p1} until {end1} overlaps pid {p2} from {start2}"
+            );
+        }
+    }
+    assert!(both > 0, "some jobs ran in both processes (handed over)");
+}
+
+/// Bad requests get a 4xx JSON error and write nothing to the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_job_requests_are_refused_and_write_nothing() {
+    let server = Child::serve(BIN, &[]);
+    let addr = server.addr;
+    let json = [("Content-Type", "application/json")];
+    let long_key = "k".repeat(300);
+    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
+        ("malformed JSON", json.to_vec(), b"{\"kind\":".to_vec(), 400),
+        ("not an object", json.to_vec(), b"[1,2]".to_vec(), 400),
+        (
+            "unknown kind",
+            json.to_vec(),
+            br#"{"kind":"mine","steps":1,"step_ms":1}"#.to_vec(),
+            400,
+        ),
+        (
+            "no kind",
+            json.to_vec(),
+            br#"{"steps":1,"step_ms":1}"#.to_vec(),
+            400,
+        ),
+        (
+            "negative steps",
+            json.to_vec(),
+            br#"{"kind":"sleep","steps":-1,"step_ms":1}"#.to_vec(),
+            400,
+        ),
+        (
+            "zero steps",
+            json.to_vec(),
+            br#"{"kind":"sleep","steps":0,"step_ms":1}"#.to_vec(),
+            400,
+        ),
+        (
+            "huge steps",
+            json.to_vec(),
+            br#"{"kind":"sleep","steps":99999999999,"step_ms":1}"#.to_vec(),
+            400,
+        ),
+        (
+            "huge step_ms",
+            json.to_vec(),
+            br#"{"kind":"sleep","steps":1,"step_ms":3600001}"#.to_vec(),
+            400,
+        ),
+        (
+            "float",
+            json.to_vec(),
+            br#"{"kind":"sleep","steps":1.5,"step_ms":1}"#.to_vec(),
+            400,
+        ),
+        (
+            "extra field",
+            json.to_vec(),
+            br#"{"kind":"sleep","steps":1,"step_ms":1,"x":1}"#.to_vec(),
+            400,
+        ),
+        ("empty body", json.to_vec(), Vec::new(), 400),
+        (
+            "wrong content type",
+            vec![("Content-Type", "text/plain")],
+            sleep_job(1, 1).into_bytes(),
+            415,
+        ),
+        ("no content type", vec![], sleep_job(1, 1).into_bytes(), 415),
+        ("oversized body", json.to_vec(), vec![b' '; 100 * 1024], 413),
+        (
+            "bad idempotency key",
+            vec![
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", &long_key),
+            ],
+            sleep_job(1, 1).into_bytes(),
+            400,
+        ),
+    ];
+    for (what, headers, body, status) in cases {
+        let res = send(addr, "POST", "/jobs", &headers, &body, HTTP)
+            .await
+            .expect(what);
+        assert_eq!(
+            res.status,
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(&res.body)
+        );
+        assert!(res.json()["error"].is_string(), "{what}: a JSON error");
+    }
+    for (path, status) in [
+        ("/jobs/abc", 400),
+        ("/jobs/-1", 400),
+        ("/jobs/123456", 404),
+        ("/jobs?state=done", 400),
+        ("/jobs?limit=0", 400),
+        ("/jobs?limit=100000", 400),
+        ("/jobs?after=x", 400),
+    ] {
+        let res = get(addr, path, HTTP).await.unwrap();
+        assert_eq!(res.status, status, "{path}");
+        assert!(res.json()["error"].is_string(), "{path}: a JSON error");
+    }
+    let c = counts(addr).await;
+    assert_eq!(
+        c,
+        serde_json::json!({"pending":0,"running":0,"completed":0,"dead":0})
+    );
+
+    // The same key twice: one job.
+    let key = [("Idempotency-Key", "order-1")];
+    let one = post_json(addr, "/jobs", &key, &sleep_job(1, 1), HTTP)
+        .await
+        .unwrap();
+    let two = post_json(addr, "/jobs", &key, &sleep_job(1, 1), HTTP)
+        .await
+        .unwrap();
+    assert_eq!((one.status, two.status), (202, 202));
+    assert_eq!(one.json()["id"], two.json()["id"]);
+    assert_eq!(two.json()["created"], false);
+    let listed = get(addr, "/jobs", HTTP).await.unwrap().json();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+}
+
+/// With Redis gone, a submission gets 503 with Retry-After, never 202, and
+/// the service keeps serving its other routes; when Redis is back, jobs are
+/// accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_down_means_503_never_202() {
+    let mut redis = RedisServer::start();
+    let journal = redis.url();
+    let server = Child::serve(BIN, &["--journal", &journal]);
+    let addr = server.addr;
+    submit(addr, &sleep_job(1, 1)).await;
+
+    tokio::task::block_in_place(|| redis.stop());
+    for _ in 0..3 {
+        let res = post_json(addr, "/jobs", &[], &sleep_job(1, 1), HTTP)
+            .await
+            .unwrap();
+        assert_eq!(res.status, 503, "{}", String::from_utf8_lossy(&res.body));
+        assert!(res.header("retry-after").is_some());
+        assert!(res.json()["error"].is_string());
+        assert_eq!(get(addr, "/ping", HTTP).await.unwrap().status, 200);
+        assert_eq!(get(addr, "/livez", HTTP).await.unwrap().status, 200);
+        assert_eq!(get(addr, "/jobs/counts", HTTP).await.unwrap().status, 503);
+    }
+
+    // A process started while its journal is down serves, and refuses jobs.
+    let orphan = Child::serve(BIN, &["--journal", &journal]);
+    let res = post_json(orphan.addr, "/jobs", &[], &sleep_job(1, 1), HTTP)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 503);
+    assert_eq!(get(orphan.addr, "/ping", HTTP).await.unwrap().status, 200);
+    drop(orphan);
+
+    // Redis back on the same port: accepted again (the connection is remade).
+    let port = redis.addr.port();
+    let _back = tokio::task::block_in_place(|| RedisServer::start_on(port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = post_json(addr, "/jobs", &[], &sleep_job(1, 1), HTTP)
+            .await
+            .unwrap();
+        if res.status == 202 {
+            break;
+        }
+        assert_eq!(res.status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "jobs not accepted after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
