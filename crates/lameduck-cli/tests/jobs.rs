@@ -357,7 +357,9 @@ async fn bad_job_requests_are_refused_and_write_nothing() {
     let addr = server.addr;
     let json = [("Content-Type", "application/json")];
     let long_key = "k".repeat(300);
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
+    // (what, headers, body, expected status)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", json.to_vec(), b"{\"kind\":".to_vec(), 400),
         ("not an object", json.to_vec(), b"[1,2]".to_vec(), 400),
         (

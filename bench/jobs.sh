@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Job journal throughput: durable enqueues from 64 submitters (SQLite with
+# group commit, SQLite with one commit per job, Redis) and claim+complete
+# with 8 workers, all in one run. Usage: bench/jobs.sh [JOBS] [ROUNDS]
+# Needs Redis at $REDIS_URL (default redis://127.0.0.1:6379). The SQLite
+# files go under $TMPDIR: keep it on a real disk.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=${1:-20000}
+rounds=${2:-3}
+cargo build --release -q -p lameduck-jobs --example journal_bench
+for r in $(seq 1 "$rounds"); do
+  echo "== round $r: journal_bench $jobs"
+  target/release/examples/journal_bench "$jobs"
+done
