@@ -155,10 +155,10 @@ fn configure(conn: &Connection, config: &SqliteConfig) -> rusqlite::Result<()> {
 }
 
 /// The writer thread: takes the first waiting request, then every other one
-/// already queued (up to `max_batch`), runs them in one transaction, each
-/// under a savepoint so that one failing statement does not undo the others,
-/// and answers them all once the commit is on disk. Ends when every handle
-/// is dropped.
+/// already queued (up to `max_batch`), runs them in one transaction, and
+/// answers them all once the commit is on disk. Ends when every handle is
+/// dropped. No savepoint per request is needed: each operation writes with
+/// one statement at most, and refuses before writing.
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Request>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
@@ -177,21 +177,19 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Request>) {
     let now = now_ms();
     let mut answers = Vec::with_capacity(batch.len());
     let committed = (|| -> rusqlite::Result<()> {
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for request in batch.iter_mut() {
             let op = std::mem::replace(&mut request.op, Op::Counts);
-            let mut sp = tx.savepoint()?;
-            let answer = match ops::apply(&sp, op, now) {
-                Ok(reply) => {
-                    sp.commit()?;
-                    Ok(reply)
-                }
-                Err(OpError::Refused(e)) => {
-                    sp.rollback()?;
-                    Err(e)
-                }
+            let answer = match ops::apply(&tx, op, now) {
+                Ok(reply) => Ok(reply),
+                Err(OpError::Refused(e)) => Err(e),
                 Err(OpError::Sql(e)) => {
-                    sp.rollback()?;
+                    // SQLite undoes a failed statement by itself, but some
+                    // errors (I/O, disk full) undo the whole transaction:
+                    // then nothing in this batch is durable.
+                    if tx.is_autocommit() {
+                        return Err(e);
+                    }
                     Err(JournalError::unavailable("SQLite journal", e))
                 }
             };

@@ -1,4 +1,9 @@
 //! Each journal operation as SQL, run inside the writer's transaction.
+//!
+//! Invariant the writer relies on: an operation writes with one statement at
+//! most, and a refusal (stale lease, unknown job) is decided before or by a
+//! write that changed nothing, so a refused or failed operation leaves no
+//! trace in the batch it shares with others.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
