@@ -55,7 +55,7 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     /// 4 workers, 30 s leases, 20 s to drain, 200 ms polls, retries from
-    /// 1 s to 5 min, owner `hostname-pid` style (`lameduck-<pid>-<random>`).
+    /// 1 s to 5 min, owner `lameduck-<pid>-<start time hex>`.
     fn default() -> Self {
         Self {
             concurrency: 4,
@@ -274,7 +274,7 @@ impl WorkerPool {
         let mut next_sweep = Instant::now() + sweep_every;
         let mut errors = 0u32;
 
-        'claiming: while !stop.is_cancelled() {
+        while !stop.is_cancelled() {
             let first = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
@@ -320,14 +320,16 @@ impl WorkerPool {
             }
             let mut first = Some(first);
             for job in claimed {
+                // We asked for no more jobs than free slots, and only this
+                // loop takes slots: a slot is always there. Should that ever
+                // change, the job goes back rather than wait for its lease.
                 let permit = match first.take() {
                     Some(p) => p,
-                    // Asked for no more than the free slots.
                     None => match slots.clone().try_acquire_owned() {
                         Ok(p) => p,
                         Err(_) => {
                             supervise::give_back(&*journal, &job.lease, "no free slot").await;
-                            continue 'claiming;
+                            continue;
                         }
                     },
                 };
