@@ -95,55 +95,30 @@ pub(super) fn apply(conn: &Connection, op: Op, now: u64) -> OpResult {
         } => claim(conn, &owner, lease_ms, max, now),
         Op::Renew { lease, lease_ms } => {
             let expires = now.saturating_add(lease_ms);
-            let n = conn
-                .prepare_cached(
-                    "UPDATE jobs SET lease_expires_at = ?1, updated_at = ?2
-                     WHERE id = ?3 AND state = 'running' AND fence = ?4 AND owner = ?5",
-                )?
-                .execute(params![
-                    expires as i64,
-                    now as i64,
-                    lease.job.0 as i64,
-                    lease.fence as i64,
-                    lease.owner
-                ])?;
-            held(conn, &lease, n)?;
+            update_held(
+                conn,
+                &lease,
+                now,
+                "lease_expires_at = ?5",
+                params![expires as i64],
+            )?;
             Ok(Reply::Lease(Lease {
                 expires_at_ms: expires,
                 ..lease
             }))
         }
         Op::Checkpoint { lease, checkpoint } => {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE jobs SET checkpoint = ?1, updated_at = ?2
-                     WHERE id = ?3 AND state = 'running' AND fence = ?4 AND owner = ?5",
-                )?
-                .execute(params![
-                    checkpoint,
-                    now as i64,
-                    lease.job.0 as i64,
-                    lease.fence as i64,
-                    lease.owner
-                ])?;
-            held(conn, &lease, n)?;
+            update_held(conn, &lease, now, "checkpoint = ?5", params![checkpoint])?;
             Ok(Reply::Done)
         }
         Op::Complete { lease, result } => {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE jobs SET state = 'completed', result = ?1, owner = NULL,
-                         lease_expires_at = NULL, updated_at = ?2
-                     WHERE id = ?3 AND state = 'running' AND fence = ?4 AND owner = ?5",
-                )?
-                .execute(params![
-                    result,
-                    now as i64,
-                    lease.job.0 as i64,
-                    lease.fence as i64,
-                    lease.owner
-                ])?;
-            held(conn, &lease, n)?;
+            update_held(
+                conn,
+                &lease,
+                now,
+                "state = 'completed', result = ?5, owner = NULL, lease_expires_at = NULL",
+                params![result],
+            )?;
             Ok(Reply::Done)
         }
         Op::Fail {
@@ -182,20 +157,14 @@ pub(super) fn apply(conn: &Connection, op: Op, now: u64) -> OpResult {
             Ok(Reply::State(parse_state(&state)?))
         }
         Op::Release(lease) => {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE jobs SET state = 'pending', ready_at = ?1,
-                         attempts = MAX(attempts - 1, 0), owner = NULL, lease_expires_at = NULL,
-                         updated_at = ?1
-                     WHERE id = ?2 AND state = 'running' AND fence = ?3 AND owner = ?4",
-                )?
-                .execute(params![
-                    now as i64,
-                    lease.job.0 as i64,
-                    lease.fence as i64,
-                    lease.owner
-                ])?;
-            held(conn, &lease, n)?;
+            update_held(
+                conn,
+                &lease,
+                now,
+                "state = 'pending', ready_at = ?4, attempts = MAX(attempts - 1, 0),
+                 owner = NULL, lease_expires_at = NULL",
+                params![],
+            )?;
             Ok(Reply::Done)
         }
         Op::Reclaim => {
@@ -328,6 +297,27 @@ fn claim(conn: &Connection, owner: &str, lease_ms: u64, max: usize, now: u64) ->
     // RETURNING gives rows in no promised order.
     claimed.sort_by_key(|c| (c.job.ready_at_ms, c.job.id));
     Ok(Reply::Claimed(claimed))
+}
+
+/// `UPDATE jobs SET {set}, updated_at = now` if `lease` is the job's current
+/// lease; refuses otherwise. In `set`, `?4` is now and `?5`... are `extra`.
+fn update_held(
+    conn: &Connection,
+    lease: &Lease,
+    now: u64,
+    set: &str,
+    extra: &[&dyn rusqlite::ToSql],
+) -> Result<(), OpError> {
+    let sql = format!(
+        "UPDATE jobs SET {set}, updated_at = ?4
+         WHERE id = ?1 AND state = 'running' AND fence = ?2 AND owner = ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let (id, fence, now) = (lease.job.0 as i64, lease.fence as i64, now as i64);
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&id, &fence, &lease.owner, &now];
+    values.extend_from_slice(extra);
+    let n = stmt.execute(values.as_slice())?;
+    held(conn, lease, n)
 }
 
 /// After a write guarded by the lease: refuses with the precise reason when
