@@ -1,0 +1,228 @@
+//! The worker pool against a real SQLite journal in a temp dir: how jobs
+//! end when they succeed, fail, panic, have no handler, ignore a drain, or
+//! finish within it.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lameduck_jobs::{
+    JobError, JobId, JobState, Journal, NewJob, PoolConfig, SqliteJournal, WorkerPool,
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+fn journal() -> (tempfile::TempDir, Arc<SqliteJournal>) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Arc::new(SqliteJournal::open(dir.path().join("jobs.db")).unwrap());
+    (dir, j)
+}
+
+fn fast_config() -> PoolConfig {
+    let mut c = PoolConfig::default();
+    c.poll_interval = Duration::from_millis(10);
+    c.retry_base = Duration::from_millis(10);
+    c.retry_max = Duration::from_millis(50);
+    c.lease = Duration::from_secs(30);
+    c
+}
+
+/// Waits (10 s at most) until job `id` is in `state`.
+async fn wait_state(j: &SqliteJournal, id: JobId, state: JobState) -> lameduck_jobs::Job {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let job = j.get(id).await.unwrap().unwrap();
+        if job.state == state {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never reached {state}: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// A failing handler is retried with backoff until its attempts are used up,
+// then the job is dead with the last error; a panic counts as a failure and
+// the pool keeps running; a kind without handler fails the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_retry_then_die() {
+    let (_dir, j) = journal();
+    let failing = j
+        .enqueue(NewJob::new("fails", json!(null)).max_attempts(3))
+        .await
+        .unwrap()
+        .id;
+    let panics = j
+        .enqueue(NewJob::new("panics", json!(null)).max_attempts(2))
+        .await
+        .unwrap()
+        .id;
+    let orphan = j
+        .enqueue(NewJob::new("nobody", json!(null)).max_attempts(2))
+        .await
+        .unwrap()
+        .id;
+    let ok = j.enqueue(NewJob::new("ok", json!(1))).await.unwrap().id;
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let pool = WorkerPool::with_config(j.clone(), fast_config())
+        .handler("fails", move |ctx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Err(JobError::failed(format!(
+                    "attempt {} failed",
+                    ctx.attempt()
+                )))
+            }
+        })
+        .handler("panics", |_| async { panic!("handler bug") })
+        .handler("ok", |_| async { Ok(json!("done")) });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(pool.run(stop.clone()));
+
+    let dead = wait_state(&j, failing, JobState::Dead).await;
+    assert_eq!(dead.attempts, 3);
+    assert_eq!(dead.last_error.as_deref(), Some("attempt 3 failed"));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let dead = wait_state(&j, panics, JobState::Dead).await;
+    assert!(dead.last_error.unwrap().contains("panic"));
+    let dead = wait_state(&j, orphan, JobState::Dead).await;
+    assert!(dead.last_error.unwrap().contains("no handler"));
+    assert_eq!(
+        wait_state(&j, ok, JobState::Completed).await.result,
+        Some(json!("done"))
+    );
+
+    stop.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.completed, 1);
+    assert_eq!(report.failed, 3 + 2 + 2);
+}
+
+// On drain, a job that ignores its cancellation is dropped at the drain
+// timeout and released with its last checkpoint (counted as forced); one that
+// finishes within the timeout completes; one that stops on cancellation is
+// released at once. None uses up an attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_releases_or_completes() {
+    let (_dir, j) = journal();
+    let stubborn = j
+        .enqueue(NewJob::new("stubborn", json!(null)))
+        .await
+        .unwrap()
+        .id;
+    let finisher = j
+        .enqueue(NewJob::new("finisher", json!(null)))
+        .await
+        .unwrap()
+        .id;
+    let polite = j
+        .enqueue(NewJob::new("polite", json!(null)))
+        .await
+        .unwrap()
+        .id;
+
+    let mut config = fast_config();
+    config.drain_timeout = Duration::from_millis(500);
+    let pool = WorkerPool::with_config(j.clone(), config)
+        .handler("stubborn", |ctx| async move {
+            ctx.checkpoint(&json!({"step": 1})).await?;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(json!("never"))
+        })
+        .handler("finisher", |ctx| async move {
+            ctx.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(json!("finished during the drain"))
+        })
+        .handler("polite", |ctx| async move {
+            ctx.checkpoint(&json!({"step": 7})).await?;
+            ctx.cancelled().await;
+            Err(JobError::Cancelled)
+        });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(pool.run(stop.clone()));
+    for id in [stubborn, finisher, polite] {
+        wait_state(&j, id, JobState::Running).await;
+    }
+    // Let the handlers store their checkpoints.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while j.get(stubborn).await.unwrap().unwrap().checkpoint.is_none()
+        || j.get(polite).await.unwrap().unwrap().checkpoint.is_none()
+    {
+        assert!(Instant::now() < deadline, "handlers did not checkpoint");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    stop.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (report.completed, report.released, report.forced),
+        (1, 1, 1),
+        "{report:?}"
+    );
+
+    let s = j.get(stubborn).await.unwrap().unwrap();
+    assert_eq!((s.state, s.attempts), (JobState::Pending, 0));
+    assert_eq!(s.checkpoint, Some(json!({"step": 1})));
+    let p = j.get(polite).await.unwrap().unwrap();
+    assert_eq!((p.state, p.attempts), (JobState::Pending, 0));
+    assert_eq!(p.checkpoint, Some(json!({"step": 7})));
+    let f = j.get(finisher).await.unwrap().unwrap();
+    assert_eq!(f.state, JobState::Completed);
+    assert_eq!(f.result, Some(json!("finished during the drain")));
+}
+
+// A pool renews its leases: a job that runs for several lease periods is
+// never reclaimed by another pool sweeping the same journal, and completes
+// once, under its first claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_while_a_job_runs() {
+    let (_dir, j) = journal();
+    let id = j
+        .enqueue(NewJob::new("long", json!(null)))
+        .await
+        .unwrap()
+        .id;
+    let mut config = fast_config();
+    config.lease = Duration::from_millis(300);
+    let runs = Arc::new(AtomicU32::new(0));
+    let make_pool = |runs: Arc<AtomicU32>| {
+        WorkerPool::with_config(j.clone(), config.clone()).handler("long", move |_| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Ok(json!("ok"))
+            }
+        })
+    };
+    let stop = CancellationToken::new();
+    let first = tokio::spawn(make_pool(runs.clone()).run(stop.clone()));
+    wait_state(&j, id, JobState::Running).await;
+    // A second pool sweeps every 150 ms and would take the job the moment
+    // its lease expired.
+    let second = tokio::spawn(make_pool(runs.clone()).run(stop.clone()));
+    let done = wait_state(&j, id, JobState::Completed).await;
+    stop.cancel();
+    for pool in [first, second] {
+        tokio::time::timeout(Duration::from_secs(10), pool)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "run once");
+    assert_eq!((done.fence, done.attempts), (1, 1), "claimed once");
+}
