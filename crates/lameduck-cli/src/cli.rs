@@ -21,7 +21,8 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the bound address is
-    /// in the first log line, `server.listening`).
+    /// in the `server.listening` log line). Ignored when a listening socket
+    /// is inherited (systemd socket activation, or an upgrade).
     #[arg(long, env = "LAMEDUCK_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
 
@@ -49,6 +50,16 @@ pub(crate) struct ServeArgs {
     /// How long to wait for the peer's Close after sending ours.
     #[arg(long, env = "LAMEDUCK_WS_CLOSE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub(crate) ws_close_timeout: Duration,
+
+    /// Program started on SIGHUP to take over the listening socket (default:
+    /// this binary, as it is on disk now), with the same arguments.
+    #[arg(long, env = "LAMEDUCK_UPGRADE_BINARY")]
+    pub(crate) upgrade_binary: Option<std::path::PathBuf>,
+
+    /// How long the new process gets to report ready before it is killed and
+    /// this one keeps serving.
+    #[arg(long, env = "LAMEDUCK_UPGRADE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) upgrade_timeout: Duration,
 
     #[command(flatten)]
     pub(crate) jobs: JobArgs,

@@ -1,7 +1,8 @@
 //! `lameduck`: the reference service (`serve`) built on the lameduck library.
 //!
 //! Exit codes: 0 drained cleanly, 1 failed to start or serve, 3 drained but
-//! had to cut connections (`lameduck::EXIT_FORCED`), 64 bad usage.
+//! had to cut connections (`lameduck::EXIT_FORCED`), 64 bad usage (flags, or
+//! an inherited socket environment that does not fit).
 
 use std::process::ExitCode;
 
@@ -36,10 +37,25 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
     match cli.command {
         cli::Command::Serve(args) => {
             logging::init(&args.log)?;
+            // Before any thread starts: this edits the environment.
+            let inherited = match lameduck::handoff::inherited_listeners() {
+                Ok(listeners) => listeners,
+                Err(err) => {
+                    eprintln!("lameduck: error: {err}");
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            if inherited.len() > 1 {
+                eprintln!(
+                    "lameduck: error: {} listening sockets inherited; `serve` takes one",
+                    inherited.len()
+                );
+                return Ok(EXIT_USAGE);
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve::run(args))
+            runtime.block_on(serve::run(args, inherited.into_iter().next()))
         }
     }
 }

@@ -10,4 +10,7 @@ pub enum Error {
     /// The listener has no local address (it is not bound).
     #[error("cannot read the listener's address")]
     LocalAddr(#[source] std::io::Error),
+    /// The listening socket could not be duplicated for upgrades.
+    #[error("cannot prepare the listening socket for upgrades")]
+    Upgrade(#[source] std::io::Error),
 }

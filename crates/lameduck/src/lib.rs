@@ -48,6 +48,7 @@
 
 mod config;
 mod error;
+pub mod handoff;
 pub mod health;
 mod lifecycle;
 mod report;

@@ -6,18 +6,25 @@ mod routes;
 mod sleep_job;
 
 use anyhow::Context;
-use lameduck::{Config, EXIT_FORCED, Server, ws::WsConfig};
+use lameduck::{Config, EXIT_FORCED, Server, handoff::UpgradeConfig, ws::WsConfig};
 use lameduck_jobs::{PoolConfig, WorkerPool};
 
 use crate::cli::ServeArgs;
 
-pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(
+    args: ServeArgs,
+    inherited: Option<std::net::TcpListener>,
+) -> anyhow::Result<u8> {
     let journal = lameduck_jobs::open(&args.jobs.journal)
         .await
         .with_context(|| format!("cannot open the job journal {:?}", args.jobs.journal))?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = match inherited {
+        Some(listener) => tokio::net::TcpListener::from_std(listener)
+            .context("cannot use the inherited listening socket")?,
+        None => tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?,
+    };
 
     let mut config = Config::default();
     config.drain_timeout = args.drain_timeout;
@@ -36,7 +43,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let pool =
         WorkerPool::with_config(journal.clone(), pool_config).handler("sleep", sleep_job::run);
 
-    let server = Server::with_config(listener, config);
+    let mut upgrade = UpgradeConfig::default();
+    upgrade.binary = args.upgrade_binary;
+    upgrade.ready_timeout = args.upgrade_timeout;
+
+    let server = Server::with_config(listener, config).with_upgrade(upgrade);
     let app = routes::app(ws).merge(jobs::routes(jobs::Jobs {
         journal,
         pool: pool.handle(),

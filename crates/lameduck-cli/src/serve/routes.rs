@@ -87,7 +87,7 @@ async fn websocket(
     drain: Drain,
     State(config): State<WsConfig>,
 ) -> Response {
-    upgrade
+    let response = upgrade
         .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let mut ws = WsSession::with_config(socket, drain, config);
@@ -97,7 +97,17 @@ async fn websocket(
                 }
             }
             tracing::debug!(end = ?ws.end(), "ws.end");
-        })
+        });
+    with_pid(response)
+}
+
+/// Says which process answered (`x-lameduck-pid`), so clients can tell the
+/// old process from its successor across an upgrade.
+fn with_pid(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert("x-lameduck-pid", std::process::id().into());
+    response
 }
 
 /// `GET /events?interval_ms=N`: an event every N ms (default 100), numbered
@@ -129,9 +139,11 @@ async fn events(RawQuery(query): RawQuery, headers: HeaderMap, drain: Drain) -> 
             }
         },
     };
-    Sse::new(SseStream::new(numbered(last, interval), drain))
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    with_pid(
+        Sse::new(SseStream::new(numbered(last, interval), drain))
+            .keep_alive(KeepAlive::default())
+            .into_response(),
+    )
 }
 
 fn numbered(last: u64, interval: Duration) -> impl Stream<Item = Result<Event, Infallible>> {

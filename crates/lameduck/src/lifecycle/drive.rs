@@ -25,6 +25,9 @@ pub(crate) async fn drive(shared: &Shared) -> DrainReport {
         .unwrap_or_else(|| DrainReason::Requested("unknown".into()));
     let deadline = started + config.drain_announce + config.drain_timeout;
     shared.set_phase(Phase::Announcing);
+    if !reason.is_restart() {
+        crate::handoff::notify::stopping();
+    }
     tracing::info!(
         reason = %reason,
         announce_ms = config.drain_announce.as_millis() as u64,
@@ -136,6 +139,13 @@ async fn report_progress(shared: &Shared, deadline: Instant) {
             jobs = counts.jobs,
             "shutdown.progress"
         );
+        crate::handoff::notify::status(&format!(
+            "{}: {} connections, {} requests in flight, {} jobs",
+            shared.phase(),
+            shared.tracker.len(),
+            counts.in_flight,
+            counts.jobs
+        ));
     }
 }
 

@@ -21,7 +21,7 @@ use std::{
 use futures_util::task::AtomicWaker;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{
     sync::{CancellationToken, WaitForCancellationFutureOwned},
     task::TaskTracker,
@@ -29,6 +29,7 @@ use tokio_util::{
 
 use crate::{
     Config,
+    handoff::UpgradeError,
     stats::{Counts, Stats},
 };
 
@@ -134,7 +135,15 @@ pub(crate) struct Shared {
     /// lock shared by every clone of the token.
     is_draining: AtomicBool,
     is_forcing: AtomicBool,
+    /// Set while an upgrade runs: one at a time.
+    upgrading: AtomicBool,
+    /// Where [`Handle::upgrade`] sends its requests; set by a server that
+    /// was given an upgrade configuration.
+    pub(crate) upgrades: OnceLock<mpsc::UnboundedSender<UpgradeRequest>>,
 }
+
+/// An upgrade request and where to send its outcome (the successor's pid).
+pub(crate) type UpgradeRequest = oneshot::Sender<Result<u32, UpgradeError>>;
 
 #[derive(Debug, Default)]
 struct Waiters {
@@ -230,6 +239,8 @@ impl Shared {
             waiters: Mutex::default(),
             is_draining: AtomicBool::new(false),
             is_forcing: AtomicBool::new(false),
+            upgrading: AtomicBool::new(false),
+            upgrades: OnceLock::new(),
         })
     }
 
@@ -277,6 +288,15 @@ impl Shared {
 
     pub(crate) fn reason(&self) -> Option<&DrainReason> {
         self.reason.get()
+    }
+
+    /// Cancelled when a drain is requested.
+    pub(crate) fn drain_requested(&self) -> &CancellationToken {
+        &self.drain_requested
+    }
+
+    pub(crate) fn upgrade_finished(&self) {
+        self.upgrading.store(false, Ordering::Release);
     }
 }
 
@@ -335,6 +355,35 @@ impl Handle {
     pub fn force(&self) {
         self.drain(DrainReason::Requested("force".into()));
         self.shared.force_requested.cancel();
+    }
+
+    /// Starts a new copy of the program on the same listening socket (see
+    /// [`crate::handoff`]); once it reports ready, this server drains with
+    /// [`DrainReason::Restart`]. Returns the new process's pid. `SIGHUP` does
+    /// the same.
+    ///
+    /// # Errors
+    ///
+    /// When upgrades are not enabled ([`crate::Server::with_upgrade`]), one
+    /// is under way already, the server is draining, or the new process
+    /// fails to start or to become ready; in every case this server keeps
+    /// serving.
+    pub async fn upgrade(&self) -> Result<u32, UpgradeError> {
+        if self.shared.reason().is_some() {
+            return Err(UpgradeError::Draining);
+        }
+        let Some(requests) = self.shared.upgrades.get() else {
+            return Err(UpgradeError::NotEnabled);
+        };
+        if self.shared.upgrading.swap(true, Ordering::AcqRel) {
+            return Err(UpgradeError::InProgress);
+        }
+        let (reply, outcome) = oneshot::channel();
+        if requests.send(reply).is_err() {
+            self.shared.upgrade_finished();
+            return Err(UpgradeError::Draining);
+        }
+        outcome.await.unwrap_or(Err(UpgradeError::Draining))
     }
 
     /// A watcher of this server's drain.

@@ -5,11 +5,17 @@
 //! - `SIGINT`: Ctrl-C in a terminal: drain, as for `SIGTERM`.
 //! - A second `SIGTERM` or `SIGINT` during the drain: the operator will not
 //!   wait; cut what remains now.
+//! - `SIGHUP`: the conventional "reload" (systemd's `ExecReload=kill -HUP`):
+//!   upgrade, handing the listening socket to a new copy of the program (see
+//!   [`crate::handoff`]). Ignored, with a log line, when upgrades are not
+//!   enabled or one is under way; it never stops the process.
 
 use super::{DrainReason, Handle};
+use crate::handoff::UpgradeError;
 
 /// Listens for `SIGTERM` and `SIGINT`: the first starts a drain through
-/// `handle`, the next one forces it. [`crate::Server`] calls this unless told
+/// `handle`, the next one forces it; and for `SIGHUP`, which starts an
+/// upgrade. [`crate::Server`] calls this unless told
 /// [`without_signals`](crate::Server::without_signals).
 ///
 /// The returned task runs until aborted.
@@ -23,6 +29,21 @@ pub fn listen_for_signals(handle: Handle) -> std::io::Result<tokio::task::JoinHa
         let mut drain_started = false;
         loop {
             let name = signals.recv().await;
+            if name == "SIGHUP" {
+                tracing::info!(signal = name, "signal.received");
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle.upgrade().await {
+                        if matches!(
+                            e,
+                            UpgradeError::InProgress | UpgradeError::NotEnabled | UpgradeError::Draining
+                        ) {
+                            tracing::warn!(reason = %e, "upgrade.ignored");
+                        }
+                    }
+                });
+                continue;
+            }
             if drain_started {
                 tracing::warn!(signal = name, "shutdown.second_signal");
                 handle.force();
@@ -43,6 +64,7 @@ pub fn listen_for_signals(handle: Handle) -> std::io::Result<tokio::task::JoinHa
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 #[cfg(unix)]
@@ -52,6 +74,7 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -59,6 +82,7 @@ impl Signals {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
         }
     }
 }

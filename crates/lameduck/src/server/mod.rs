@@ -6,25 +6,75 @@ mod conn;
 mod io;
 mod service;
 
-use std::{fmt, net::SocketAddr, sync::Arc};
+use std::{
+    fmt,
+    net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
+    sync::Arc,
+};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::mpsc};
 use tower::Service;
 
 use service::BoxError;
 pub use service::TrackedBody;
 
 use crate::{
-    Config,
+    Config, DrainReason,
     error::Error,
-    lifecycle::{self, Handle, Shared},
+    handoff::{self, UpgradeConfig},
+    lifecycle::{self, Handle, Shared, UpgradeRequest},
     report::DrainReport,
 };
+
+/// Runs upgrades one at a time, as [`Handle::upgrade`] asks: on success the
+/// server drains with [`DrainReason::Restart`]; on failure it keeps serving.
+async fn upgrades(
+    shared: Arc<Shared>,
+    listener: OwnedFd,
+    config: UpgradeConfig,
+    mut requests: mpsc::UnboundedReceiver<UpgradeRequest>,
+) {
+    while let Some(reply) = requests.recv().await {
+        handoff::notify::reloading();
+        tracing::info!(
+            timeout_ms = config.ready_timeout.as_millis() as u64,
+            "upgrade.begin"
+        );
+        let outcome =
+            handoff::start_successor(listener.as_fd(), &config, shared.drain_requested()).await;
+        match &outcome {
+            Ok(pid) => {
+                tracing::info!(new_pid = pid, "upgrade.ready");
+                Handle {
+                    shared: shared.clone(),
+                }
+                .drain(DrainReason::Restart);
+            }
+            Err(e) => {
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(e);
+                while let Some(s) = source {
+                    why.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                tracing::warn!(error = %why, "upgrade.failed");
+                handoff::notify::still_ready();
+                shared.upgrade_finished();
+            }
+        }
+        let done = outcome.is_ok();
+        let _ = reply.send(outcome);
+        if done {
+            return;
+        }
+    }
+}
 
 /// Serves a `tower::Service` (an axum `Router`, typically) until a drain
 /// completes, and returns its [`DrainReport`].
@@ -63,6 +113,7 @@ pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
     signals: bool,
+    upgrade: Option<UpgradeConfig>,
 }
 
 impl fmt::Debug for Server {
@@ -71,6 +122,7 @@ impl fmt::Debug for Server {
             .field("listener", &self.listener)
             .field("config", &self.shared.config)
             .field("signals", &self.signals)
+            .field("upgrade", &self.upgrade)
             .finish()
     }
 }
@@ -87,7 +139,16 @@ impl Server {
             listener,
             shared: Shared::new(config),
             signals: true,
+            upgrade: None,
         }
+    }
+
+    /// Enables upgrades: on `SIGHUP` (or [`Handle::upgrade`]) the server
+    /// starts its successor on the same listening socket and drains once
+    /// the successor is ready (see [`crate::handoff`]).
+    pub fn with_upgrade(mut self, config: UpgradeConfig) -> Self {
+        self.upgrade = Some(config);
+        self
     }
 
     /// Does not listen for `SIGTERM`/`SIGINT`: the drain starts only through
@@ -137,8 +198,23 @@ impl Server {
             listener,
             shared,
             signals,
+            upgrade,
         } = self;
         let addr = listener.local_addr().map_err(Error::LocalAddr)?;
+        let upgrades = match upgrade {
+            Some(config) => {
+                // Our own copy of the socket, to give to successors; it is
+                // close-on-exec, so only the child it is mapped into gets it.
+                let fd = listener
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(Error::Upgrade)?;
+                let (tx, rx) = mpsc::unbounded_channel();
+                let _ = shared.upgrades.set(tx);
+                Some(tokio::spawn(upgrades(shared.clone(), fd, config, rx)))
+            }
+            None => None,
+        };
         let signals = if signals {
             let handle = Handle {
                 shared: shared.clone(),
@@ -177,9 +253,14 @@ impl Server {
             ))
         };
 
+        handoff::notify::ready();
+
         let report = lifecycle::drive(&shared).await;
         if let Some(signals) = signals {
             signals.abort();
+        }
+        if let Some(upgrades) = upgrades {
+            upgrades.abort();
         }
         // The loop ended before the tracker could close; this only collects
         // the task.

@@ -1,0 +1,95 @@
+//! Listening sockets inherited from systemd or from the process this one
+//! replaces, following `sd_listen_fds(3)`: `LISTEN_FDS` sockets from fd 3,
+//! for this process if `LISTEN_PID` names it (or is absent, as after a
+//! handoff, where the parent cannot know the child's pid before it runs).
+
+use std::net::TcpListener;
+
+/// Why the inherited sockets cannot be used. A service started with a bad
+/// socket environment must not silently bind elsewhere: the caller should
+/// stop (the reference binary exits 64).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InheritError {
+    /// `LISTEN_FDS` is not a count of sockets.
+    #[error("LISTEN_FDS={0:?} is not a number of sockets (1 to 64)")]
+    BadCount(String),
+    /// `LISTEN_PID` names another process: the sockets are not ours.
+    #[error("LISTEN_PID={listen_pid} but this process is {pid}: the sockets are not for it")]
+    WrongPid {
+        /// What the environment says.
+        listen_pid: String,
+        /// This process.
+        pid: u32,
+    },
+    /// An fd announced by `LISTEN_FDS` is not a listening TCP socket.
+    #[error("inherited fd {fd} is not a TCP listening socket")]
+    NotTcp {
+        /// The fd.
+        fd: i32,
+        /// What was found.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The listening sockets this process inherited, in fd order; empty when
+/// `LISTEN_FDS` is not set.
+///
+/// Call it once, at the start of `main`, before any thread is started: like
+/// `sd_listen_fds(1)`, it removes `LISTEN_PID` and `LISTEN_FDS` from the
+/// environment (so that children do not inherit them), and changing the
+/// environment while other threads run is unsound. The sockets are set
+/// close-on-exec and non-blocking, ready for
+/// `tokio::net::TcpListener::from_std`.
+///
+/// # Errors
+///
+/// See [`InheritError`].
+///
+/// # Examples
+///
+/// ```no_run
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let inherited = lameduck::handoff::inherited_listeners()?;
+///     let runtime = tokio::runtime::Runtime::new()?;
+///     runtime.block_on(async {
+///         let listener = match inherited.into_iter().next() {
+///             Some(std) => tokio::net::TcpListener::from_std(std)?,
+///             None => tokio::net::TcpListener::bind("127.0.0.1:8080").await?,
+///         };
+///         let app = axum::Router::new();
+///         lameduck::Server::new(listener).serve(app).await?;
+///         Ok(())
+///     })
+/// }
+/// ```
+pub fn inherited_listeners() -> Result<Vec<TcpListener>, InheritError> {
+    let Ok(count) = std::env::var("LISTEN_FDS") else {
+        return Ok(Vec::new());
+    };
+    let n: usize = match count.trim().parse() {
+        Ok(n) if (1..=64).contains(&n) => n,
+        _ => return Err(InheritError::BadCount(count)),
+    };
+    let pid = std::process::id();
+    if let Ok(listen_pid) = std::env::var("LISTEN_PID") {
+        if !listen_pid.is_empty() && listen_pid.trim().parse() != Ok(pid) {
+            return Err(InheritError::WrongPid { listen_pid, pid });
+        }
+    }
+    let mut fds = listenfd::ListenFd::from_env();
+    (0..n)
+        .map(|i| {
+            let fd = 3 + i as i32;
+            let listener = fds
+                .take_tcp_listener(i)
+                .and_then(|l| l.ok_or_else(|| std::io::Error::other("fd not passed")))
+                .map_err(|source| InheritError::NotTcp { fd, source })?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|source| InheritError::NotTcp { fd, source })?;
+            Ok(listener)
+        })
+        .collect()
+}

@@ -1,0 +1,178 @@
+//! Starting the successor and waiting for it to be ready.
+
+use std::{
+    ffi::OsString,
+    os::fd::BorrowedFd,
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use command_fds::{CommandFdExt, FdMapping};
+use tokio::net::UnixDatagram;
+use tokio_util::sync::CancellationToken;
+
+use super::READY_SOCKET_ENV;
+
+/// How a server starts its successor on `SIGHUP` or
+/// [`crate::Handle::upgrade`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// # async fn run(listener: tokio::net::TcpListener) -> Result<(), lameduck::Error> {
+/// let mut upgrade = lameduck::handoff::UpgradeConfig::default();
+/// upgrade.ready_timeout = Duration::from_secs(10);
+/// // SIGHUP now starts a new copy of this binary on the same socket.
+/// lameduck::Server::new(listener).with_upgrade(upgrade).serve(axum::Router::new()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct UpgradeConfig {
+    /// The program to start; this process's own executable when `None`
+    /// (as it is on disk now: a deploy replaces the file, then sends
+    /// `SIGHUP`).
+    pub binary: Option<PathBuf>,
+    /// Its arguments; this process's own when `None`.
+    pub args: Option<Vec<OsString>>,
+    /// How long the successor gets to report ready before it is killed and
+    /// this process keeps serving.
+    pub ready_timeout: Duration,
+}
+
+impl Default for UpgradeConfig {
+    /// This binary, these arguments, 30 s to be ready.
+    fn default() -> Self {
+        Self {
+            binary: None,
+            args: None,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why an upgrade did not happen. The server keeps serving in every case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// Another upgrade is under way; this request is ignored.
+    #[error("an upgrade is already under way")]
+    InProgress,
+    /// The server is draining already.
+    #[error("the server is draining")]
+    Draining,
+    /// The server was not given an [`UpgradeConfig`].
+    #[error("upgrades are not enabled for this server")]
+    NotEnabled,
+    /// The successor could not be started.
+    #[error("cannot start {binary:?}")]
+    Spawn {
+        /// The program.
+        binary: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The successor exited before reporting ready.
+    #[error("the new process exited before it was ready ({0})")]
+    Exited(ExitStatus),
+    /// The successor did not report ready in time; it was killed.
+    #[error("the new process was not ready within {0:?}; killed")]
+    Timeout(Duration),
+    /// Setting up the handoff failed (socket, fd duplication).
+    #[error("cannot set up the handoff")]
+    Io(#[source] std::io::Error),
+}
+
+/// Starts the successor with `listener` as fd 3 and waits until it reports
+/// ready; returns its pid. On failure, or when `cancel` fires first (a drain
+/// began), the successor is killed and reaped.
+pub(crate) async fn start_successor(
+    listener: BorrowedFd<'_>,
+    config: &UpgradeConfig,
+    cancel: &CancellationToken,
+) -> Result<u32, UpgradeError> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let binary = match &config.binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().map_err(UpgradeError::Io)?,
+    };
+    let args: Vec<OsString> = match &config.args {
+        Some(a) => a.clone(),
+        None => std::env::args_os().skip(1).collect(),
+    };
+    let path = std::env::temp_dir().join(format!(
+        "lameduck-upgrade-{}-{}.sock",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&path);
+    let reports = UnixDatagram::bind(&path).map_err(UpgradeError::Io)?;
+    let _remove = RemoveOnDrop(path.clone());
+
+    let fd = listener.try_clone_to_owned().map_err(UpgradeError::Io)?;
+    let mut command = std::process::Command::new(&binary);
+    command
+        .args(&args)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "http")
+        .env_remove("LISTEN_PID")
+        .env(READY_SOCKET_ENV, &path)
+        .stdin(Stdio::null());
+    command
+        .fd_mappings(vec![FdMapping {
+            parent_fd: fd,
+            child_fd: 3,
+        }])
+        .map_err(|e| UpgradeError::Io(std::io::Error::other(e)))?;
+    let mut child = tokio::process::Command::from(command)
+        .spawn()
+        .map_err(|source| UpgradeError::Spawn {
+            binary: binary.clone(),
+            source,
+        })?;
+    let pid = child.id().unwrap_or(0);
+    tracing::info!(pid, binary = %binary.display(), "upgrade.started");
+
+    let outcome = tokio::select! {
+        ready = wait_ready(&reports) => ready.map_err(UpgradeError::Io),
+        status = child.wait() => Err(match status {
+            Ok(status) => UpgradeError::Exited(status),
+            Err(e) => UpgradeError::Io(e),
+        }),
+        () = tokio::time::sleep(config.ready_timeout) => Err(UpgradeError::Timeout(config.ready_timeout)),
+        () = cancel.cancelled() => Err(UpgradeError::Draining),
+    };
+    match outcome {
+        Ok(()) => Ok(pid),
+        Err(e) => {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            Err(e)
+        }
+    }
+}
+
+/// Reads reports until one says `READY=1`.
+async fn wait_ready(reports: &UnixDatagram) -> std::io::Result<()> {
+    let mut buf = [0u8; 512];
+    loop {
+        let n = reports.recv(&mut buf).await?;
+        let msg = String::from_utf8_lossy(&buf[..n]);
+        if msg.lines().any(|l| l.trim() == "READY=1") {
+            return Ok(());
+        }
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
