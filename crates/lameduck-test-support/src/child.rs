@@ -66,6 +66,7 @@ impl Child {
     pub fn serve(bin: &str, args: &[&str]) -> Self {
         let mut command = Command::new(bin);
         command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]);
+        command.args(args);
         let journal_dir = if args.contains(&"--journal") {
             None
         } else {
@@ -75,8 +76,19 @@ impl Child {
                 .arg(format!("sqlite:{}", dir.path().join("jobs.db").display()));
             Some(dir)
         };
+        Self::spawn(command, journal_dir)
+    }
+
+    /// Starts `command` (which must log JSON to stderr) and waits (10 s at
+    /// most) for its `server.listening` event; `keep` lives as long as the
+    /// child.
+    ///
+    /// # Panics
+    ///
+    /// When the process cannot start or never reports its address.
+    pub fn spawn(mut command: Command, keep: Option<tempfile::TempDir>) -> Self {
+        let journal_dir = keep;
         let mut child = command
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -115,6 +127,17 @@ impl Child {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Every process that logged `server.listening` on this child's stderr:
+    /// the child, and the successors it started by upgrades (they inherit
+    /// its stderr), in order.
+    pub fn listening_pids(&self) -> Vec<u32> {
+        self.events("server.listening")
+            .iter()
+            .filter_map(|e| e["pid"].as_u64())
+            .map(|p| p as u32)
+            .collect()
     }
 
     /// Sends `signal` to the process.
@@ -175,5 +198,30 @@ impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Successors started by upgrades are not our children: kill them by
+        // pid, checking the pid still names a lameduck process.
+        for pid in self.listening_pids() {
+            if pid != self.child.id() && is_alive(pid) && is_lameduck(pid) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
     }
+}
+
+/// Whether `pid` is a running process (not gone, not a zombie).
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn is_lameduck(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("lameduck"))
+        .unwrap_or(false)
 }

@@ -8,6 +8,6 @@ mod child;
 mod http;
 mod redis;
 
-pub use child::{Child, raise_fd_limit};
+pub use child::{Child, is_alive, raise_fd_limit};
 pub use http::{KeepAlive, Outcome, Response, get, post_json, send};
 pub use redis::{RedisServer, redis_url};

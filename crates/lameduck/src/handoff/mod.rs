@@ -24,8 +24,8 @@ pub(crate) mod notify;
 mod upgrade;
 
 pub use inherit::{InheritError, inherited_listeners};
-pub use upgrade::{UpgradeConfig, UpgradeError};
 pub(crate) use upgrade::start_successor;
+pub use upgrade::{UpgradeConfig, UpgradeError};
 
 /// The environment variable naming the datagram socket a successor reports
 /// ready on.

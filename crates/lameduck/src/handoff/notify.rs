@@ -42,7 +42,10 @@ pub(crate) fn reloading() {
 
 /// An upgrade failed: still serving, as before.
 pub(crate) fn still_ready() {
-    send(&[NotifyState::Ready, NotifyState::Status("serving (upgrade failed)")]);
+    send(&[
+        NotifyState::Ready,
+        NotifyState::Status("serving (upgrade failed)"),
+    ]);
 }
 
 /// A drain that ends the service (not a handoff).

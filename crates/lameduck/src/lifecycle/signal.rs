@@ -36,7 +36,9 @@ pub fn listen_for_signals(handle: Handle) -> std::io::Result<tokio::task::JoinHa
                     if let Err(e) = handle.upgrade().await {
                         if matches!(
                             e,
-                            UpgradeError::InProgress | UpgradeError::NotEnabled | UpgradeError::Draining
+                            UpgradeError::InProgress
+                                | UpgradeError::NotEnabled
+                                | UpgradeError::Draining
                         ) {
                             tracing::warn!(reason = %e, "upgrade.ignored");
                         }
