@@ -47,7 +47,8 @@ struct Server {
 
 impl Server {
     fn start(bin: &str) -> Self {
-        let journal = std::env::temp_dir().join(format!("lameduck-bench-{}.db", std::process::id()));
+        let journal =
+            std::env::temp_dir().join(format!("lameduck-bench-{}.db", std::process::id()));
         let mut child = Command::new(bin)
             .args([
                 "serve",

@@ -17,6 +17,10 @@
 //! killed and the old process keeps serving: a broken build never takes the
 //! service down.
 //!
+//! There is no `unsafe` here: turning inherited fds into sockets (`listenfd`)
+//! and placing the socket at fd 3 in the child between fork and exec
+//! (`command-fds`) are done by small, widely used crates.
+//!
 //! [`DrainReason::Restart`]: crate::DrainReason::Restart
 
 mod inherit;

@@ -2,7 +2,7 @@
 
 use std::{
     ffi::OsString,
-    os::fd::BorrowedFd,
+    os::fd::OwnedFd,
     path::PathBuf,
     process::{ExitStatus, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -88,11 +88,12 @@ pub enum UpgradeError {
     Io(#[source] std::io::Error),
 }
 
-/// Starts the successor with `listener` as fd 3 and waits until it reports
+/// Starts the successor with `listener` (a copy, given to the child and
+/// closed here once it is started) as fd 3 and waits until it reports
 /// ready; returns its pid. On failure, or when `cancel` fires first (a drain
 /// began), the successor is killed and reaped.
 pub(crate) async fn start_successor(
-    listener: BorrowedFd<'_>,
+    listener: OwnedFd,
     config: &UpgradeConfig,
     cancel: &CancellationToken,
 ) -> Result<u32, UpgradeError> {
@@ -114,7 +115,6 @@ pub(crate) async fn start_successor(
     let reports = UnixDatagram::bind(&path).map_err(UpgradeError::Io)?;
     let _remove = RemoveOnDrop(path.clone());
 
-    let fd = listener.try_clone_to_owned().map_err(UpgradeError::Io)?;
     let mut command = std::process::Command::new(&binary);
     command
         .args(&args)
@@ -125,10 +125,12 @@ pub(crate) async fn start_successor(
         .stdin(Stdio::null());
     command
         .fd_mappings(vec![FdMapping {
-            parent_fd: fd,
+            parent_fd: listener,
             child_fd: 3,
         }])
         .map_err(|e| UpgradeError::Io(std::io::Error::other(e)))?;
+    // The command (and with it our copy of the socket) is dropped as soon as
+    // the child has started.
     let mut child = tokio::process::Command::from(command)
         .spawn()
         .map_err(|source| UpgradeError::Spawn {

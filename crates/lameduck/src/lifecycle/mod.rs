@@ -12,6 +12,7 @@ use std::{
     collections::HashMap,
     fmt,
     future::Future,
+    os::fd::OwnedFd,
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
@@ -140,6 +141,11 @@ pub(crate) struct Shared {
     /// Where [`Handle::upgrade`] sends its requests; set by a server that
     /// was given an upgrade configuration.
     pub(crate) upgrades: OnceLock<mpsc::UnboundedSender<UpgradeRequest>>,
+    /// A copy of the listening socket for successors. The accept loop drops
+    /// it with its own listener: a copy left open would keep the socket
+    /// listening with nobody accepting, and connections made during the
+    /// drain would be queued, then reset, instead of refused.
+    pub(crate) upgrade_socket: Mutex<Option<OwnedFd>>,
 }
 
 /// An upgrade request and where to send its outcome (the successor's pid).
@@ -241,6 +247,7 @@ impl Shared {
             is_forcing: AtomicBool::new(false),
             upgrading: AtomicBool::new(false),
             upgrades: OnceLock::new(),
+            upgrade_socket: Mutex::new(None),
         })
     }
 

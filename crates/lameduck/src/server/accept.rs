@@ -40,7 +40,19 @@ pub(crate) async fn run(
     }
 
     let from_queue = match listener.into_std() {
-        Ok(listener) => drain_queue(&listener, &mut on_conn),
+        Ok(listener) => {
+            let taken = drain_queue(&listener, &mut on_conn);
+            // The copy kept for upgrades goes with our listener (the socket
+            // stays open only in a successor, if there is one).
+            drop(
+                shared
+                    .upgrade_socket
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            );
+            taken
+        }
         Err(err) => {
             tracing::error!(error = %err, "accept.queue_error");
             0

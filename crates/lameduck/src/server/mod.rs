@@ -9,7 +9,7 @@ mod service;
 use std::{
     fmt,
     net::SocketAddr,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::AsFd,
     sync::Arc,
 };
 
@@ -36,7 +36,6 @@ use crate::{
 /// server drains with [`DrainReason::Restart`]; on failure it keeps serving.
 async fn upgrades(
     shared: Arc<Shared>,
-    listener: OwnedFd,
     config: UpgradeConfig,
     mut requests: mpsc::UnboundedReceiver<UpgradeRequest>,
 ) {
@@ -46,8 +45,19 @@ async fn upgrades(
             timeout_ms = config.ready_timeout.as_millis() as u64,
             "upgrade.begin"
         );
-        let outcome =
-            handoff::start_successor(listener.as_fd(), &config, shared.drain_requested()).await;
+        let socket = shared
+            .upgrade_socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|fd| fd.try_clone());
+        let outcome = match socket {
+            None => Err(handoff::UpgradeError::Draining),
+            Some(Err(e)) => Err(handoff::UpgradeError::Io(e)),
+            Some(Ok(socket)) => {
+                handoff::start_successor(socket, &config, shared.drain_requested()).await
+            }
+        };
         match &outcome {
             Ok(pid) => {
                 tracing::info!(new_pid = pid, "upgrade.ready");
@@ -203,15 +213,19 @@ impl Server {
         let addr = listener.local_addr().map_err(Error::LocalAddr)?;
         let upgrades = match upgrade {
             Some(config) => {
-                // Our own copy of the socket, to give to successors; it is
+                // A copy of the socket, to give to successors; it is
                 // close-on-exec, so only the child it is mapped into gets it.
                 let fd = listener
                     .as_fd()
                     .try_clone_to_owned()
                     .map_err(Error::Upgrade)?;
+                *shared
+                    .upgrade_socket
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(fd);
                 let (tx, rx) = mpsc::unbounded_channel();
                 let _ = shared.upgrades.set(tx);
-                Some(tokio::spawn(upgrades(shared.clone(), fd, config, rx)))
+                Some(tokio::spawn(upgrades(shared.clone(), config, rx)))
             }
             None => None,
         };
