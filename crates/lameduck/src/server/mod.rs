@@ -6,12 +6,7 @@ mod conn;
 mod io;
 mod service;
 
-use std::{
-    fmt,
-    net::SocketAddr,
-    os::fd::AsFd,
-    sync::Arc,
-};
+use std::{fmt, net::SocketAddr, os::fd::AsFd, sync::Arc};
 
 use bytes::Bytes;
 use http::{Request, Response};
