@@ -23,6 +23,7 @@ use super::READY_SOCKET_ENV;
 /// ```no_run
 /// use std::time::Duration;
 ///
+/// # #[allow(dead_code)]
 /// # async fn run(listener: tokio::net::TcpListener) -> Result<(), lameduck::Error> {
 /// let mut upgrade = lameduck::handoff::UpgradeConfig::default();
 /// upgrade.ready_timeout = Duration::from_secs(10);
