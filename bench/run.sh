@@ -53,7 +53,7 @@ start_server hyper "$examples/bare_hyper"
 start_server lib "$examples/lameduck_minimal"
 start_server lib_nt "$examples/lameduck_minimal" 127.0.0.1:0 --no-header-timeout
 start_server axum "$examples/plain_axum"
-start_server serve "$bin" serve --listen 127.0.0.1:0 --log-format json --log-level warn,lameduck=info
+start_server serve "$bin" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --journal "sqlite:$out/bench.db" --log-format json --log-level warn,lameduck=info
 names=(hyper lib lib_nt axum serve)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -54,6 +54,8 @@ impl Server {
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
                 "--log-format",
                 "json",
                 "--log-level",

@@ -51,6 +51,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "LAMEDUCK_WS_CLOSE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub(crate) ws_close_timeout: Duration,
 
+    /// Address of the admin listener (`/metrics`, `POST /admin/drain`,
+    /// `POST /admin/upgrade`); keep it off the public network. The admin
+    /// endpoints need `Authorization: Bearer $LAMEDUCK_ADMIN_TOKEN`, and are
+    /// disabled when that variable is unset or empty.
+    #[arg(long, env = "LAMEDUCK_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub(crate) admin_listen: SocketAddr,
+
     /// Program started on SIGHUP to take over the listening socket (default:
     /// this binary, as it is on disk now), with the same arguments.
     #[arg(long, env = "LAMEDUCK_UPGRADE_BINARY")]

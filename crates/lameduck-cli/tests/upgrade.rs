@@ -463,6 +463,7 @@ fn socket_activated(
         .arg(format!("LISTEN_PID={listen_pid} exec \"$0\" \"$@\""))
         .arg(BIN)
         .args(["serve", "--listen", "127.0.0.1:1", "--log-format", "json"])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .env("LISTEN_FDS", "1")
         .env("LISTEN_FDNAMES", "http");
     for (k, v) in extra_env {
@@ -505,7 +506,13 @@ async fn socket_activation_serves_on_the_inherited_socket() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("LISTEN_PID"));
 
     let out = Command::new(BIN)
-        .args(["serve", "--log-format", "json"])
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .env("LISTEN_FDS", "zero")
         .output()
         .unwrap();
@@ -526,6 +533,8 @@ async fn sd_notify_reports_ready_and_stopping() {
         .args([
             "serve",
             "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
             "--log-format",
             "json",

@@ -43,6 +43,8 @@ pub struct Child {
     _journal_dir: Option<tempfile::TempDir>,
     /// The address from the `server.listening` event.
     pub addr: SocketAddr,
+    /// The admin listener's address, from the `admin.listening` event.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Child {
@@ -55,7 +57,8 @@ impl std::fmt::Debug for Child {
 }
 
 impl Child {
-    /// Starts `bin serve --listen 127.0.0.1:0 --log-format json <args>` and
+    /// Starts `bin serve --listen 127.0.0.1:0 --log-format json <args>`
+    /// (with `--admin-listen 127.0.0.1:0` unless `args` name one), and
     /// waits (10 s at most) for its `server.listening` event. Without a
     /// `--journal` in `args`, the job journal is a SQLite file in a temp dir
     /// removed with the child.
@@ -66,6 +69,9 @@ impl Child {
     pub fn serve(bin: &str, args: &[&str]) -> Self {
         let mut command = Command::new(bin);
         command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]);
+        if !args.contains(&"--admin-listen") {
+            command.args(["--admin-listen", "127.0.0.1:0"]);
+        }
         command.args(args);
         let journal_dir = if args.contains(&"--journal") {
             None
@@ -113,6 +119,7 @@ impl Child {
             logs,
             _journal_dir: journal_dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: None,
         };
         let listening = this
             .wait_for_event("server.listening", Duration::from_secs(10))
@@ -121,6 +128,12 @@ impl Child {
             .as_str()
             .and_then(|a| a.parse().ok())
             .expect("addr in server.listening");
+        // Logged before the service listens, so already here.
+        this.admin_addr = this
+            .events("admin.listening")
+            .first()
+            .and_then(|e| e["addr"].as_str())
+            .and_then(|a| a.parse().ok());
         this
     }
 

@@ -80,6 +80,10 @@ pub struct Totals {
     pub upgrades: u64,
     /// SSE streams opened.
     pub sse_streams: u64,
+    /// Connections closed (upgraded ones when their socket is dropped).
+    pub closed: u64,
+    /// Connections cut at the drain deadline (or by a forced drain).
+    pub forced: u64,
 }
 
 /// A counter written on every request by every worker thread. One shared
@@ -131,6 +135,8 @@ pub(crate) struct Stats {
     upgrades: AtomicU64,
     sse_streams: AtomicU64,
     jobs: AtomicUsize,
+    closed: AtomicU64,
+    forced: AtomicU64,
 }
 
 impl Stats {
@@ -154,6 +160,8 @@ impl Stats {
             requests: self.requests.sum().max(0) as u64,
             upgrades: self.upgrades.load(Relaxed),
             sse_streams: self.sse_streams.load(Relaxed),
+            closed: self.closed.load(Relaxed),
+            forced: self.forced.load(Relaxed),
         }
     }
 
@@ -165,7 +173,12 @@ impl Stats {
         self.by_kind[kind.as_u8() as usize].fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn conns_forced(&self, n: usize) {
+        self.forced.fetch_add(n as u64, Relaxed);
+    }
+
     pub(crate) fn conn_closed(&self, kind: ConnKind) {
+        self.closed.fetch_add(1, Relaxed);
         self.by_kind[kind.as_u8() as usize].fetch_sub(1, Relaxed);
     }
 

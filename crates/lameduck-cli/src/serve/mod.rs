@@ -1,13 +1,17 @@
 //! `lameduck serve`: the reference service, built only on lameduck's public
 //! API.
 
+mod admin;
 mod jobs;
 mod routes;
 mod sleep_job;
 
+use std::{future::IntoFuture, net::SocketAddr, sync::Arc};
+
 use anyhow::Context;
 use lameduck::{Config, EXIT_FORCED, Server, handoff::UpgradeConfig, ws::WsConfig};
 use lameduck_jobs::{PoolConfig, WorkerPool};
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
 
@@ -48,6 +52,25 @@ pub(crate) async fn run(
     upgrade.ready_timeout = args.upgrade_timeout;
 
     let server = Server::with_config(listener, config).with_upgrade(upgrade);
+    let admin_listener = bind_admin(args.admin_listen)
+        .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
+    tracing::info!(addr = %admin_listener.local_addr()?, "admin.listening");
+    let token = std::env::var("LAMEDUCK_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(Arc::from);
+    let admin_app = admin::routes(admin::Admin {
+        handle: server.handle(),
+        journal: journal.clone(),
+        token,
+    });
+    let admin_done = CancellationToken::new();
+    let admin_server = tokio::spawn(
+        axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(admin_done.clone().cancelled_owned())
+            .into_future(),
+    );
+
     let app = routes::app(ws).merge(jobs::routes(jobs::Jobs {
         journal,
         pool: pool.handle(),
@@ -55,6 +78,11 @@ pub(crate) async fn run(
     let workers = tokio::spawn(pool.run_until_drained(server.handle().watcher()));
     let report = server.serve(app).await?;
     let jobs = workers.await.context("the job pool panicked")?;
+    // The admin plane answers until the very end (metrics of the drain).
+    admin_done.cancel();
+    if let Ok(Err(e)) = admin_server.await {
+        tracing::warn!(error = %e, "admin.error");
+    }
     // Jobs given back at the deadline lost nothing (they resume from their
     // checkpoint), but they were cut, as connections cut at the deadline are.
     Ok(if jobs.forced > 0 {
@@ -62,4 +90,18 @@ pub(crate) async fn run(
     } else {
         report.exit_code()
     })
+}
+
+/// The admin listener, with `SO_REUSEPORT`: during an upgrade the new
+/// process binds the same admin address while the old one still holds it.
+fn bind_admin(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
 }

@@ -18,6 +18,7 @@ const UNWIND_GRACE: Duration = Duration::from_secs(1);
 pub(crate) async fn drive(shared: &Shared) -> DrainReport {
     shared.drain_requested.cancelled().await;
     let started = Instant::now();
+    let _ = shared.drain_started.set(started.into_std());
     let config = &shared.config;
     let reason = shared
         .reason()
@@ -93,6 +94,7 @@ async fn run_phases(shared: &Shared, deadline: Instant) -> usize {
     // drain was forced before the accept loop let go of the listener):
     // nothing to cut, but the same bounded wait for the tracker to close.
     let remaining = shared.tracker.len();
+    shared.stats.conns_forced(remaining);
     if remaining > 0 {
         shared.set_phase(Phase::Forcing);
         let counts = shared.stats.counts();

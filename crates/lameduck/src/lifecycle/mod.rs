@@ -31,7 +31,7 @@ use tokio_util::{
 use crate::{
     Config,
     handoff::UpgradeError,
-    stats::{Counts, Stats},
+    stats::{Counts, Stats, Totals},
 };
 
 pub(crate) use drive::drive;
@@ -146,6 +146,8 @@ pub(crate) struct Shared {
     /// listening with nobody accepting, and connections made during the
     /// drain would be queued, then reset, instead of refused.
     pub(crate) upgrade_socket: Mutex<Option<OwnedFd>>,
+    /// When the drain started.
+    pub(crate) drain_started: OnceLock<std::time::Instant>,
 }
 
 /// An upgrade request and where to send its outcome (the successor's pid).
@@ -248,6 +250,7 @@ impl Shared {
             upgrading: AtomicBool::new(false),
             upgrades: OnceLock::new(),
             upgrade_socket: Mutex::new(None),
+            drain_started: OnceLock::new(),
         })
     }
 
@@ -408,6 +411,16 @@ impl Handle {
     /// Live counts of connections, streams and requests.
     pub fn counts(&self) -> Counts {
         self.shared.stats.counts()
+    }
+
+    /// Totals since the server started.
+    pub fn totals(&self) -> Totals {
+        self.shared.stats.totals()
+    }
+
+    /// Time since the drain started; `None` before it starts.
+    pub fn drain_elapsed(&self) -> Option<std::time::Duration> {
+        self.shared.drain_started.get().map(|t| t.elapsed())
     }
 
     /// Waits until the phase changes from `current`, and returns the new one.

@@ -1,0 +1,256 @@
+//! The admin listener: Prometheus metrics, and the drain and upgrade
+//! endpoints behind a bearer token. Separate from the service port so that
+//! it can stay on loopback (or a private network) while the service faces
+//! the world.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use lameduck::{DrainReason, Handle, Phase, handoff::UpgradeError};
+use lameduck_jobs::{JobState, Journal};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde_json::json;
+
+use super::routes::error;
+
+#[derive(Clone, Debug)]
+pub(crate) struct Admin {
+    pub(crate) handle: Handle,
+    pub(crate) journal: Arc<dyn Journal>,
+    /// `None`: the drain and upgrade endpoints are disabled.
+    pub(crate) token: Option<Arc<str>>,
+}
+
+pub(crate) fn routes(admin: Admin) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/admin/drain", post(drain))
+        .route("/admin/upgrade", post(upgrade))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin route") })
+        .with_state(admin)
+}
+
+/// Compares in time that depends only on the lengths, so that response times
+/// do not tell how much of a guess was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `Ok` when the request carries the token; the error response otherwise.
+#[allow(clippy::result_large_err)]
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &admin.token else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "admin endpoints are disabled (LAMEDUCK_ADMIN_TOKEN is not set)",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if same(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        // No hint: missing, malformed and wrong tokens look the same.
+        Err(error(StatusCode::UNAUTHORIZED, "unauthorized"))
+    }
+}
+
+/// `POST /admin/drain`: starts the drain (202), as SIGTERM would.
+async fn drain(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorize(&admin, &headers) {
+        return denied;
+    }
+    let started = admin
+        .handle
+        .drain(DrainReason::Requested("POST /admin/drain".into()));
+    tracing::info!(started, "admin.drain");
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "started": started, "phase": admin.handle.phase() })),
+    )
+        .into_response()
+}
+
+/// `POST /admin/upgrade`: upgrades as SIGHUP would, and answers once the new
+/// process is ready (200 with its pid) or the upgrade failed (the old
+/// process keeps serving).
+async fn upgrade(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorize(&admin, &headers) {
+        return denied;
+    }
+    match admin.handle.upgrade().await {
+        Ok(pid) => axum::Json(json!({ "new_pid": pid })).into_response(),
+        Err(e @ (UpgradeError::InProgress | UpgradeError::Draining)) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("upgrade failed: {e}")),
+    }
+}
+
+/// `GET /metrics`: OpenMetrics text.
+async fn metrics(State(admin): State<Admin>) -> Response {
+    let counts = admin.handle.counts();
+    let totals = admin.handle.totals();
+    let phase = admin.handle.phase();
+    let mut registry = Registry::with_prefix("lameduck");
+
+    let gauge = |registry: &mut Registry, name: &str, help: &str, v: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(v as i64);
+        registry.register(name, help, g);
+    };
+    let counter = |registry: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        registry.register(name, help, c);
+    };
+
+    let connections = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+    for (kind, n) in [
+        ("http1", counts.http1),
+        ("http2", counts.http2),
+        ("websocket", counts.websocket),
+    ] {
+        connections
+            .get_or_create(&vec![("kind", kind)])
+            .set(n as i64);
+    }
+    registry.register("connections", "Open connections by kind", connections);
+    gauge(
+        &mut registry,
+        "sse_streams",
+        "Open SSE streams",
+        counts.sse as u64,
+    );
+    gauge(
+        &mut registry,
+        "in_flight_requests",
+        "Requests being handled or whose response is being sent",
+        counts.in_flight as u64,
+    );
+    gauge(
+        &mut registry,
+        "jobs_running",
+        "Jobs running in this process",
+        counts.jobs as u64,
+    );
+    counter(
+        &mut registry,
+        "connections_accepted",
+        "Connections accepted",
+        totals.connections,
+    );
+    counter(
+        &mut registry,
+        "connections_closed",
+        "Connections closed",
+        totals.closed,
+    );
+    counter(
+        &mut registry,
+        "connections_forced",
+        "Connections cut at the drain deadline",
+        totals.forced,
+    );
+    counter(
+        &mut registry,
+        "requests",
+        "Requests received",
+        totals.requests,
+    );
+    counter(
+        &mut registry,
+        "websocket_upgrades",
+        "WebSocket upgrades",
+        totals.upgrades,
+    );
+
+    let phases = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+    for p in [
+        Phase::Serving,
+        Phase::Announcing,
+        Phase::Draining,
+        Phase::Forcing,
+        Phase::Stopped,
+    ] {
+        phases
+            .get_or_create(&vec![("phase", p.as_str())])
+            .set(i64::from(p == phase));
+    }
+    registry.register("phase", "1 for the current lifecycle phase", phases);
+    let drain_secs = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    drain_secs.set(
+        admin
+            .handle
+            .drain_elapsed()
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+    registry.register(
+        "drain_duration_seconds",
+        "Time since the drain started (0 before)",
+        drain_secs,
+    );
+
+    match tokio::time::timeout(Duration::from_secs(1), admin.journal.counts()).await {
+        Ok(Ok(states)) => {
+            gauge(
+                &mut registry,
+                "journal_up",
+                "Whether the job journal answered",
+                1,
+            );
+            let jobs = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+            for s in JobState::ALL {
+                jobs.get_or_create(&vec![("state", s.as_str())])
+                    .set(states.get(s) as i64);
+            }
+            registry.register("jobs", "Jobs in the journal by state", jobs);
+        }
+        _ => gauge(
+            &mut registry,
+            "journal_up",
+            "Whether the job journal answered",
+            0,
+        ),
+    }
+
+    let mut body = String::new();
+    if let Err(e) = encode(&mut body, &registry) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn token_comparison() {
+        assert!(same(b"secret", b"secret"));
+        assert!(!same(b"secret", b"secreT"));
+        assert!(!same(b"secret", b"secret2"));
+        assert!(!same(b"", b"x"));
+        assert!(same(b"", b""));
+    }
+}

@@ -1,0 +1,245 @@
+//! The admin listener on the real binary: metrics that match what the test
+//! did, and drain/upgrade endpoints that are disabled without a token and
+//! refuse a wrong one without a hint.
+
+use std::{collections::HashMap, net::SocketAddr, process::Command, time::Duration};
+
+use lameduck_test_support::{Child, get, post_json, send};
+use tokio::{io::AsyncWriteExt, net::TcpStream, time::timeout};
+use tokio_tungstenite::client_async;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
+const SEC: Duration = Duration::from_secs(1);
+
+/// Starts the binary with `LAMEDUCK_ADMIN_TOKEN` set (or not).
+fn serve_with_token(token: Option<&str>) -> Child {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json", "--journal"])
+        .arg(format!("sqlite:{}", dir.path().join("jobs.db").display()))
+        .env_remove("LAMEDUCK_ADMIN_TOKEN");
+    if let Some(token) = token {
+        command.env("LAMEDUCK_ADMIN_TOKEN", token);
+    }
+    Child::spawn(command, Some(dir))
+}
+
+/// `name{labels}` → value, from OpenMetrics text; panics on a line that is
+/// neither a comment nor a sample.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {l:?}"));
+            (name.to_owned(), value)
+        })
+        .collect()
+}
+
+async fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
+    let res = get(admin, "/metrics", 5 * SEC).await.unwrap();
+    assert_eq!(res.status, 200);
+    assert!(
+        res.header("content-type")
+            .unwrap_or("")
+            .starts_with("application/openmetrics-text")
+    );
+    parse_metrics(&String::from_utf8(res.body).unwrap())
+}
+
+// Metrics count what the test did: requests, open WebSockets and SSE
+// streams, jobs by state, the phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_what_happened() {
+    let server = serve_with_token(None);
+    let (addr, admin) = (
+        server.addr,
+        server.admin_addr.expect("admin address logged"),
+    );
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/ping", 5 * SEC).await.unwrap().status, 200);
+    }
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (ws, _) = client_async(format!("ws://{addr}/ws"), tcp).await.unwrap();
+        sockets.push(ws);
+    }
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        streams.push(tcp);
+    }
+    for _ in 0..2 {
+        let res = post_json(
+            addr,
+            "/jobs",
+            &[],
+            r#"{"kind":"sleep","steps":1,"step_ms":1}"#,
+            5 * SEC,
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status, 202);
+    }
+
+    // The SSE streams and the jobs settle asynchronously: poll (bounded).
+    let mut m = HashMap::new();
+    for _ in 0..100 {
+        m = metrics(admin).await;
+        if m.get("lameduck_sse_streams") == Some(&2.0)
+            && m.get(r#"lameduck_jobs{state="completed"}"#) == Some(&2.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(m[r#"lameduck_connections{kind="websocket"}"#], 3.0, "{m:?}");
+    assert_eq!(m["lameduck_websocket_upgrades_total"], 3.0);
+    assert_eq!(m["lameduck_sse_streams"], 2.0);
+    assert_eq!(m[r#"lameduck_jobs{state="completed"}"#], 2.0);
+    assert_eq!(m[r#"lameduck_jobs{state="dead"}"#], 0.0);
+    assert_eq!(m["lameduck_journal_up"], 1.0);
+    assert_eq!(m[r#"lameduck_phase{phase="serving"}"#], 1.0);
+    assert_eq!(m[r#"lameduck_phase{phase="draining"}"#], 0.0);
+    assert_eq!(m["lameduck_drain_duration_seconds"], 0.0);
+    // 10 pings, 3 upgrades, 2 SSE streams, 2 job submissions.
+    assert_eq!(m["lameduck_requests_total"], 17.0);
+    // 10 pings on their own connections + 3 + 2 + 2, all accepted.
+    assert_eq!(m["lameduck_connections_accepted_total"], 17.0);
+    assert_eq!(m["lameduck_connections_forced_total"], 0.0);
+    drop(sockets);
+    drop(streams);
+}
+
+// Without a token the drain endpoint is disabled (and the service keeps
+// serving); with one, a missing or wrong token gets 401 with no hint, and
+// the right one starts the drain: the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_drain_needs_the_token() {
+    let open = serve_with_token(None);
+    let admin = open.admin_addr.unwrap();
+    let res = send(
+        admin,
+        "POST",
+        "/admin/drain",
+        &[("Authorization", "Bearer x")],
+        b"",
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 404);
+    assert!(res.json()["error"].as_str().unwrap().contains("disabled"));
+    assert_eq!(
+        get(open.addr, "/readyz", 5 * SEC).await.unwrap().status,
+        200,
+        "still serving"
+    );
+    drop(open);
+
+    let mut server = serve_with_token(Some("s3cret-token"));
+    let admin = server.admin_addr.unwrap();
+    let mut bodies = Vec::new();
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer s3cret-toke"),
+        Some("s3cret-token"),
+    ] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let res = send(admin, "POST", "/admin/drain", &headers, b"", 5 * SEC)
+            .await
+            .unwrap();
+        assert_eq!(res.status, 401, "{auth:?}");
+        bodies.push(res.body);
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "every refusal looks the same"
+    );
+    assert_eq!(
+        get(server.addr, "/readyz", 5 * SEC).await.unwrap().status,
+        200
+    );
+
+    let res = send(
+        admin,
+        "POST",
+        "/admin/drain",
+        &[("Authorization", "Bearer s3cret-token")],
+        b"",
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 202);
+    assert_eq!(res.json()["started"], true);
+    let status = tokio::task::block_in_place(|| server.wait_exit(20 * SEC)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    let begin = server.events("shutdown.begin");
+    assert!(
+        begin[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("/admin/drain"),
+        "{begin:?}"
+    );
+}
+
+// POST /admin/upgrade upgrades like SIGHUP and answers with the new pid once
+// it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_upgrade_hands_over() {
+    let server = serve_with_token(Some("t0ken"));
+    let admin = server.admin_addr.unwrap();
+    let res = timeout(
+        30 * SEC,
+        send(
+            admin,
+            "POST",
+            "/admin/upgrade",
+            &[("Authorization", "Bearer t0ken")],
+            b"",
+            30 * SEC,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    let new_pid = res.json()["new_pid"].as_u64().unwrap();
+    assert_ne!(new_pid, u64::from(server.pid()));
+    let deadline = std::time::Instant::now() + 20 * SEC;
+    loop {
+        let live = get(server.addr, "/livez", 5 * SEC).await.unwrap().json();
+        if live["pid"].as_u64() == Some(new_pid) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new process never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
