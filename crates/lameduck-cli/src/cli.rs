@@ -68,11 +68,52 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "LAMEDUCK_UPGRADE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub(crate) upgrade_timeout: Duration,
 
+    /// Largest WebSocket message; a larger one closes the socket with 1009.
+    #[arg(long, env = "LAMEDUCK_WS_MAX_MESSAGE", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u32).range(1024..=(16 << 20)))]
+    pub(crate) ws_max_message: u32,
+
+    /// Largest WebSocket frame; a larger one closes the socket with 1009.
+    #[arg(long, env = "LAMEDUCK_WS_MAX_FRAME", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u32).range(1024..=(16 << 20)))]
+    pub(crate) ws_max_frame: u32,
+
+    /// Origins allowed to open WebSockets besides the service's own host
+    /// (exact `https://host[:port]`, or `*`); repeat the flag, or give a
+    /// comma-separated list in the variable. Others get 403.
+    #[arg(
+        long = "ws-allowed-origin",
+        env = "LAMEDUCK_WS_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub(crate) ws_allowed_origins: Vec<String>,
+
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+
     #[command(flatten)]
     pub(crate) jobs: JobArgs,
 
     #[command(flatten)]
     pub(crate) log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LimitArgs {
+    /// Connections held at once; past it new ones get 503 with Retry-After
+    /// and are closed. 0: no limit.
+    #[arg(long, env = "LAMEDUCK_MAX_CONNECTIONS", default_value_t = 25_000)]
+    pub(crate) max_connections: u32,
+
+    /// Requests handled at once; past it requests get 503 with Retry-After.
+    /// 0: no limit.
+    #[arg(long, env = "LAMEDUCK_MAX_IN_FLIGHT", default_value_t = 0)]
+    pub(crate) max_in_flight: u32,
+
+    /// Largest HTTP/1 request head; larger ones get 431.
+    #[arg(long, env = "LAMEDUCK_MAX_HEADER_BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u32).range(8192..=(16 << 20)))]
+    pub(crate) max_header_bytes: u32,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,8 @@
-//! Timings of a drain.
+//! Timings of a drain, and limits.
 
 use std::time::Duration;
 
-/// How long each step of a drain may take.
+/// How long each step of a drain may take, and how much a server takes on.
 ///
 /// The defaults follow Kubernetes: `drain_timeout` (25 s) leaves room under the
 /// default 30 s `terminationGracePeriodSeconds`. On Kubernetes, also set
@@ -46,6 +46,18 @@ pub struct Config {
     /// request's extensions, for the `ConnectInfo` extractor. Off by
     /// default, as with `axum::serve`: it costs an allocation per request.
     pub connect_info: bool,
+    /// Connections held at once. Past it, a new connection is answered
+    /// `503 Service Unavailable` with `Retry-After: 1` and closed, never left
+    /// hanging in the queue (default 25,000; `None`: no limit).
+    pub max_connections: Option<usize>,
+    /// Requests handled at once. Past it, a request is answered 503 with
+    /// `Retry-After: 1` without reaching the application (default `None`:
+    /// no limit; it costs one shared counter per request when set).
+    pub max_in_flight: Option<usize>,
+    /// Largest HTTP/1 request head (request line and headers); larger ones
+    /// get `431 Request Header Fields Too Large` (default 64 KiB, at least
+    /// 8 KiB).
+    pub max_header_bytes: usize,
 }
 
 impl Default for Config {
@@ -57,6 +69,9 @@ impl Default for Config {
             header_read_timeout: Some(Duration::from_secs(10)),
             progress_interval: Duration::from_secs(1),
             connect_info: false,
+            max_connections: Some(25_000),
+            max_in_flight: None,
+            max_header_bytes: 64 * 1024,
         }
     }
 }

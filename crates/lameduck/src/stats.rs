@@ -84,6 +84,10 @@ pub struct Totals {
     pub closed: u64,
     /// Connections cut at the drain deadline (or by a forced drain).
     pub forced: u64,
+    /// Connections refused with 503 past [`crate::Config::max_connections`].
+    pub rejected_connections: u64,
+    /// Requests refused with 503 past [`crate::Config::max_in_flight`].
+    pub rejected_requests: u64,
 }
 
 /// A counter written on every request by every worker thread. One shared
@@ -137,6 +141,11 @@ pub(crate) struct Stats {
     jobs: AtomicUsize,
     closed: AtomicU64,
     forced: AtomicU64,
+    rejected_connections: AtomicU64,
+    rejected_requests: AtomicU64,
+    /// In-flight requests as one shared counter, kept only when
+    /// `max_in_flight` is set (the limit needs an exact, current value).
+    in_flight_limited: AtomicUsize,
 }
 
 impl Stats {
@@ -162,6 +171,8 @@ impl Stats {
             sse_streams: self.sse_streams.load(Relaxed),
             closed: self.closed.load(Relaxed),
             forced: self.forced.load(Relaxed),
+            rejected_connections: self.rejected_connections.load(Relaxed),
+            rejected_requests: self.rejected_requests.load(Relaxed),
         }
     }
 
@@ -171,6 +182,25 @@ impl Stats {
             self.accepted_during_drain.fetch_add(1, Relaxed);
         }
         self.by_kind[kind.as_u8() as usize].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn conn_rejected(&self) {
+        self.rejected_connections.fetch_add(1, Relaxed);
+    }
+
+    /// Takes a place under the in-flight limit; `false` (and the request
+    /// counted as rejected) when there is none.
+    pub(crate) fn try_admit(&self, max: usize) -> bool {
+        if self.in_flight_limited.fetch_add(1, Relaxed) >= max {
+            self.in_flight_limited.fetch_sub(1, Relaxed);
+            self.rejected_requests.fetch_add(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn release_admitted(&self) {
+        self.in_flight_limited.fetch_sub(1, Relaxed);
     }
 
     pub(crate) fn conns_forced(&self, n: usize) {

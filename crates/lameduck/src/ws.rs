@@ -68,8 +68,81 @@ pub enum WsEnd {
     },
     /// No pong within the pong timeout.
     PeerDead,
+    /// The peer broke a limit or the protocol: we sent Close with this code
+    /// (1009 message too big, 1007 invalid UTF-8 in a text message, 1002
+    /// protocol error) and dropped the socket.
+    Refused {
+        /// The close code sent.
+        code: u16,
+        /// What the peer did.
+        reason: String,
+    },
     /// The socket ended without a Close frame, or failed.
     Gone(String),
+}
+
+/// Close code for a message over the size limit (RFC 6455).
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a text message that is not UTF-8 (RFC 6455).
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code for a protocol violation (RFC 6455).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+
+/// The close code owed to a peer whose frame made `err`, if the error is the
+/// peer's doing.
+fn refusal_code(err: &axum::Error) -> Option<u16> {
+    use std::error::Error as _;
+    let inner = err.source()?.downcast_ref::<tungstenite::Error>()?;
+    match inner {
+        tungstenite::Error::Capacity(_) => Some(CLOSE_TOO_BIG),
+        tungstenite::Error::Utf8(_) => Some(CLOSE_INVALID_DATA),
+        tungstenite::Error::Protocol(_) => Some(CLOSE_PROTOCOL_ERROR),
+        _ => None,
+    }
+}
+
+/// Whether a WebSocket upgrade request may proceed, judged by its `Origin`
+/// header: requests without one (non-browser clients) pass; a browser's
+/// must come from the same host as the request (`Host`), or be listed in
+/// `allowed` (exact `scheme://host[:port]`, or `*` for any). Browsers send
+/// `Origin` on every WebSocket handshake, so this is what stops another
+/// site's page from opening sockets with your users' cookies.
+///
+/// # Examples
+///
+/// ```
+/// use http::HeaderMap;
+/// use lameduck::ws::origin_allowed;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("host", "app.example.com".parse().unwrap());
+/// assert!(origin_allowed(&headers, &[]));
+/// headers.insert("origin", "https://app.example.com".parse().unwrap());
+/// assert!(origin_allowed(&headers, &[]));
+/// headers.insert("origin", "https://evil.example".parse().unwrap());
+/// assert!(!origin_allowed(&headers, &[]));
+/// assert!(origin_allowed(&headers, &["https://evil.example".to_owned()]));
+/// ```
+pub fn origin_allowed(headers: &http::HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 /// A WebSocket that takes part in the server's drain.
@@ -189,7 +262,19 @@ impl WsSession {
                         return self.finish(WsEnd::ClosedByPeer { code: frame.map(|f| f.code) });
                     }
                     Some(Ok(msg)) => return Some(msg),
-                    Some(Err(err)) => return self.finish(WsEnd::Gone(err.to_string())),
+                    Some(Err(err)) => {
+                        let Some(code) = refusal_code(&err) else {
+                            return self.finish(WsEnd::Gone(err.to_string()));
+                        };
+                        let reason = err.to_string();
+                        tracing::debug!(code, reason = %reason, "ws.refused");
+                        let close = Message::Close(Some(CloseFrame {
+                            code,
+                            reason: "".into(),
+                        }));
+                        let _ = timeout(self.config.close_timeout, self.socket.send(close)).await;
+                        return self.finish(WsEnd::Refused { code, reason });
+                    }
                     None => return self.finish(WsEnd::Gone("end of stream without Close".into())),
                 }
             }

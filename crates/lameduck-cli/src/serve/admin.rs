@@ -177,6 +177,18 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         "WebSocket upgrades",
         totals.upgrades,
     );
+    let rejected = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+    rejected
+        .get_or_create(&vec![("reason", "max_connections")])
+        .inc_by(totals.rejected_connections);
+    rejected
+        .get_or_create(&vec![("reason", "max_in_flight")])
+        .inc_by(totals.rejected_requests);
+    registry.register(
+        "rejected",
+        "Connections and requests refused by a limit",
+        rejected,
+    );
 
     let phases = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
     for p in [

@@ -34,6 +34,10 @@ pub(crate) async fn run(
     config.drain_timeout = args.drain_timeout;
     config.drain_announce = args.drain_announce;
     config.idle_grace = args.drain_idle_grace;
+    let limit = |n: u32| (n > 0).then_some(n as usize);
+    config.max_connections = limit(args.limits.max_connections);
+    config.max_in_flight = limit(args.limits.max_in_flight);
+    config.max_header_bytes = args.limits.max_header_bytes as usize;
 
     let mut ws = WsConfig::default();
     ws.ping_interval = args.ws_ping_interval;
@@ -71,6 +75,12 @@ pub(crate) async fn run(
             .into_future(),
     );
 
+    let ws = routes::WsLimits {
+        config: ws,
+        max_message: args.ws_max_message as usize,
+        max_frame: args.ws_max_frame as usize,
+        allowed_origins: args.ws_allowed_origins.into(),
+    };
     let app = routes::app(ws).merge(jobs::routes(jobs::Jobs {
         journal,
         pool: pool.handle(),

@@ -28,7 +28,16 @@ const EVENTS_MAX_MS: u64 = 60_000;
 /// 128 KiB per socket.
 const WS_READ_BUFFER: usize = 4 * 1024;
 
-pub(crate) fn app(ws: WsConfig) -> Router {
+/// The WebSocket endpoint's settings.
+#[derive(Clone, Debug)]
+pub(crate) struct WsLimits {
+    pub(crate) config: WsConfig,
+    pub(crate) max_message: usize,
+    pub(crate) max_frame: usize,
+    pub(crate) allowed_origins: std::sync::Arc<[String]>,
+}
+
+pub(crate) fn app(ws: WsLimits) -> Router {
     Router::new()
         .route("/ping", get(|| async { "pong" }))
         .route("/slow", get(slow))
@@ -85,10 +94,17 @@ async fn slow(RawQuery(query): RawQuery) -> Response {
 async fn websocket(
     upgrade: WebSocketUpgrade,
     drain: Drain,
-    State(config): State<WsConfig>,
+    headers: HeaderMap,
+    State(ws): State<WsLimits>,
 ) -> Response {
+    if !lameduck::ws::origin_allowed(&headers, &ws.allowed_origins) {
+        return error(StatusCode::FORBIDDEN, "WebSocket origin not allowed");
+    }
+    let config = ws.config;
     let response = upgrade
         .read_buffer_size(WS_READ_BUFFER)
+        .max_message_size(ws.max_message)
+        .max_frame_size(ws.max_frame)
         .on_upgrade(move |socket| async move {
             let mut ws = WsSession::with_config(socket, drain, config);
             while let Some(msg) = ws.recv().await {

@@ -1,8 +1,19 @@
 //! The accept loop, and the hand-over from accepting to draining.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 
 use crate::lifecycle::Shared;
 
@@ -24,7 +35,13 @@ pub(crate) async fn run(
             biased;
             () = shared.stop_accepting.cancelled() => break,
             res = listener.accept() => match res {
-                Ok((stream, peer)) => on_conn(stream, peer, false),
+                Ok((stream, peer)) => {
+                    if over_limit(&shared) {
+                        reject(stream, &shared);
+                    } else {
+                        on_conn(stream, peer, false);
+                    }
+                }
                 Err(err) if is_connection_error(&err) => {}
                 Err(err) => {
                     // Out of file descriptors, most likely: retrying at once
@@ -41,7 +58,7 @@ pub(crate) async fn run(
 
     let from_queue = match listener.into_std() {
         Ok(listener) => {
-            let taken = drain_queue(&listener, &mut on_conn);
+            let taken = drain_queue(&listener, &shared, &mut on_conn);
             // The copy kept for upgrades goes with our listener (the socket
             // stays open only in a successor, if there is one).
             drop(
@@ -67,6 +84,7 @@ pub(crate) async fn run(
 /// stale), until the queue is empty.
 fn drain_queue(
     listener: &std::net::TcpListener,
+    shared: &Shared,
     on_conn: &mut impl FnMut(TcpStream, SocketAddr, bool),
 ) -> usize {
     let mut taken = 0;
@@ -77,6 +95,7 @@ fn drain_queue(
                     .set_nonblocking(true)
                     .and_then(|()| TcpStream::from_std(stream));
                 match stream {
+                    Ok(stream) if over_limit(shared) => reject(stream, shared),
                     Ok(stream) => {
                         taken += 1;
                         on_conn(stream, peer, true);
@@ -93,6 +112,58 @@ fn drain_queue(
         }
     }
     taken
+}
+
+/// Whether the server holds `max_connections` already.
+fn over_limit(shared: &Shared) -> bool {
+    shared
+        .config
+        .max_connections
+        .is_some_and(|max| shared.tracker.len() >= max)
+}
+
+/// Rejections being written at once; past this, a connection over the limit
+/// is just closed (a flood must not make the server spawn without bound).
+const MAX_REJECTING: usize = 1024;
+static REJECTING: AtomicUsize = AtomicUsize::new(0);
+
+const REJECTION: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+    Retry-After: 1\r\n\
+    Content-Type: application/json\r\n\
+    Content-Length: 52\r\n\
+    Connection: close\r\n\r\n\
+    {\"error\":\"too many connections; retry in a second\"}\n";
+
+/// Answers a connection over `max_connections` with 503 and closes it,
+/// without counting it as one of the server's connections. The response is
+/// followed by a FIN, and what the client sends is read and dropped until it
+/// closes (2 s at most), so that closing does not turn into a reset that
+/// would destroy the response before the client reads it.
+fn reject(mut stream: TcpStream, shared: &Shared) {
+    shared.stats.conn_rejected();
+    let n = shared.stats.totals().rejected_connections;
+    if n.is_power_of_two() {
+        tracing::warn!(
+            rejected = n,
+            max_connections = shared.config.max_connections,
+            "conn.limit_reached"
+        );
+    }
+    if REJECTING.fetch_add(1, Ordering::Relaxed) >= MAX_REJECTING {
+        REJECTING.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            stream.write_all(REJECTION).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, io::Error>(())
+        })
+        .await;
+        REJECTING.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// Errors that concern one connection, not the listener.

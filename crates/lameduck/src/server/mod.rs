@@ -234,6 +234,9 @@ impl Server {
         };
 
         let mut builder = conn::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .max_buf_size(shared.config.max_header_bytes.max(8192));
         if let Some(limit) = shared.config.header_read_timeout {
             builder
                 .http1()

@@ -11,7 +11,10 @@ use std::{
 
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Version, header::CONNECTION};
+use http::{
+    HeaderValue, Request, Response, StatusCode, Version,
+    header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER},
+};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tower::{Service, ServiceExt};
@@ -53,7 +56,13 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let in_flight = InFlight::start(self.conn.clone());
+        let limited = self.conn.shared.config.max_in_flight;
+        if let Some(max) = limited {
+            if !self.conn.shared.stats.try_admit(max) {
+                return Box::pin(async { Ok(overloaded()) });
+            }
+        }
+        let in_flight = InFlight::start(self.conn.clone(), limited.is_some());
         let http1 = req.version() != Version::HTTP_2;
         if !http1 && self.conn.kind() != ConnKind::Http2 {
             self.conn.set_kind(ConnKind::Http2);
@@ -73,10 +82,7 @@ where
                 res.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok(res.map(|inner| TrackedBody {
-                inner,
-                in_flight: Some(in_flight),
-            }))
+            Ok(res.map(|inner| TrackedBody::app(inner, in_flight)))
         })
     }
 }
@@ -86,52 +92,115 @@ where
 #[derive(Debug)]
 pub(crate) struct InFlight {
     conn: Arc<ConnState>,
+    /// Holds a place under `max_in_flight`.
+    admitted: bool,
 }
 
 impl InFlight {
-    fn start(conn: Arc<ConnState>) -> Self {
+    fn start(conn: Arc<ConnState>, admitted: bool) -> Self {
         conn.request_started();
-        Self { conn }
+        Self { conn, admitted }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.conn.request_finished();
+        if self.admitted {
+            self.conn.shared.stats.release_admitted();
+        }
+    }
+}
+
+const OVERLOADED: &str = r#"{"error":"too many requests in flight; retry later"}"#;
+
+/// The answer past `max_in_flight`: 503, `Retry-After: 1`, a JSON error.
+fn overloaded<B>() -> Response<TrackedBody<B>> {
+    let mut res = Response::new(TrackedBody::canned(OVERLOADED));
+    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = res.headers_mut();
+    headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its request's in-flight count when it ends
+    /// (or a short answer of the server's own, such as a 503 past a limit).
+    #[derive(Debug)]
+    pub struct TrackedBody<B> {
+        #[pin]
+        state: BodyState<B>,
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that ends its request's in-flight count when it ends.
     #[derive(Debug)]
-    pub struct TrackedBody<B> {
-        #[pin]
-        inner: B,
-        in_flight: Option<InFlight>,
+    #[project = BodyStateProj]
+    enum BodyState<B> {
+        App {
+            #[pin]
+            inner: B,
+            in_flight: Option<InFlight>,
+        },
+        Canned {
+            body: Option<Bytes>,
+        },
     }
 }
 
-impl<B: Body> Body for TrackedBody<B> {
-    type Data = B::Data;
+impl<B> TrackedBody<B> {
+    fn app(inner: B, in_flight: InFlight) -> Self {
+        Self {
+            state: BodyState::App {
+                inner,
+                in_flight: Some(in_flight),
+            },
+        }
+    }
+
+    fn canned(body: &'static str) -> Self {
+        Self {
+            state: BodyState::Canned {
+                body: Some(Bytes::from_static(body.as_bytes())),
+            },
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for TrackedBody<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = this.inner.poll_frame(cx);
-        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-            this.in_flight.take();
+        match self.project().state.project() {
+            BodyStateProj::App { inner, in_flight } => {
+                let frame = inner.poll_frame(cx);
+                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+                    in_flight.take();
+                }
+                frame
+            }
+            BodyStateProj::Canned { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
         }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.state {
+            BodyState::App { inner, .. } => inner.is_end_stream(),
+            BodyState::Canned { body } => body.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.state {
+            BodyState::App { inner, .. } => inner.size_hint(),
+            BodyState::Canned { body } => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }

@@ -1,0 +1,282 @@
+//! Limits, seen by real clients of the real binary: connections and
+//! requests past their maximum get 503 with Retry-After, oversized heads
+//! 431, oversized bodies 413, WebSocket abuse the right close code (1009,
+//! 1007, 1002), foreign origins 403. After each, the drain still completes
+//! with exit code 0.
+
+use std::{net::SocketAddr, time::Duration};
+
+use lameduck_test_support::{Child, KeepAlive, Outcome, get, send};
+use nix::sys::signal::Signal::SIGTERM;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
+const SEC: Duration = Duration::from_secs(1);
+
+fn drains_cleanly(mut server: Child) {
+    server.signal(SIGTERM);
+    let status = tokio::task::block_in_place(|| server.wait_exit(30 * SEC)).expect("exits");
+    assert_eq!(status.code(), Some(0), "logs: {:#?}", server.logs());
+}
+
+/// Reads a whole HTTP/1.1 response from a connection the server closes.
+async fn read_to_close(tcp: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    timeout(5 * SEC, tcp.read_to_end(&mut raw))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+// Past --max-connections a new connection is answered 503 with Retry-After
+// and closed; once one leaves, new ones are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_get_503() {
+    let server = Child::serve(BIN, &["--max-connections", "5"]);
+    let addr = server.addr;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut c = KeepAlive::connect(addr).await.unwrap();
+        assert!(matches!(c.get("/ping", 5 * SEC).await, Outcome::Ok(r) if r.status == 200));
+        held.push(c);
+    }
+    for _ in 0..3 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let res = read_to_close(&mut tcp).await;
+        assert!(res.starts_with("HTTP/1.1 503"), "{res}");
+        assert!(res.contains("Retry-After: 1"), "{res}");
+        assert!(res.contains("\"error\""), "{res}");
+    }
+    let m = get(server.admin_addr.unwrap(), "/metrics", 5 * SEC)
+        .await
+        .unwrap();
+    let text = String::from_utf8(m.body).unwrap();
+    assert!(
+        text.contains("lameduck_rejected_total{reason=\"max_connections\"} 3"),
+        "{text}"
+    );
+
+    held.pop();
+    let deadline = std::time::Instant::now() + 10 * SEC;
+    loop {
+        if let Ok(res) = get(addr, "/ping", 5 * SEC).await {
+            if res.status == 200 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(held);
+    drains_cleanly(server);
+}
+
+// Past --max-in-flight a request gets 503 with Retry-After (JSON), without
+// reaching the application; the requests in flight complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_in_flight_limit_get_503() {
+    let server = Child::serve(BIN, &["--max-in-flight", "2"]);
+    let addr = server.addr;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move { get(addr, "/slow?ms=2000", 10 * SEC).await.unwrap().status })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let res = get(addr, "/ping", 5 * SEC).await.unwrap();
+    assert_eq!(res.status, 503);
+    assert_eq!(res.header("retry-after"), Some("1"));
+    assert!(res.json()["error"].is_string());
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    assert_eq!(get(addr, "/ping", 5 * SEC).await.unwrap().status, 200);
+    drains_cleanly(server);
+}
+
+// A request head over --max-header-bytes gets 431; a body over the route's
+// limit gets 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_and_bodies_are_refused() {
+    let server = Child::serve(BIN, &["--max-header-bytes", "16384"]);
+    let addr = server.addr;
+    let big = "x".repeat(32 * 1024);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET /ping HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let res = read_to_close(&mut tcp).await;
+    assert!(res.starts_with("HTTP/1.1 431"), "{res}");
+    // Just under the limit is fine.
+    let fine = "x".repeat(8 * 1024);
+    let res = send(addr, "GET", "/ping", &[("X-Fine", &fine)], b"", 5 * SEC)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 200);
+
+    let body = vec![b'{'; 200 * 1024];
+    let res = send(
+        addr,
+        "POST",
+        "/jobs",
+        &[("Content-Type", "application/json")],
+        &body,
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 413);
+    drains_cleanly(server);
+}
+
+/// A WebSocket handshake over raw TCP, so that the test can then send
+/// frames no well-behaved client library would.
+async fn raw_ws(addr: SocketAddr, origin: Option<&str>) -> (TcpStream, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{origin}\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(
+            timeout(5 * SEC, tcp.read(&mut byte))
+                .await
+                .unwrap()
+                .unwrap()
+                == 1,
+            "eof in head"
+        );
+        head.push(byte[0]);
+    }
+    (tcp, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// A client frame: `first` is FIN/RSV/opcode, masked unless `unmasked`.
+fn frame(first: u8, payload: &[u8], unmasked: bool) -> Vec<u8> {
+    let mut out = vec![first];
+    let mask_bit = if unmasked { 0 } else { 0x80 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if unmasked {
+        out.extend_from_slice(payload);
+    } else {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    }
+    out
+}
+
+/// Reads server frames until a Close; returns its code.
+async fn close_code(tcp: &mut TcpStream) -> Option<u16> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Parse what we have: server frames are unmasked, short here.
+        while buf.len() >= 2 {
+            let len = (buf[1] & 0x7f) as usize;
+            assert!(len < 126, "unexpected long server frame");
+            if buf.len() < 2 + len {
+                break;
+            }
+            let (opcode, payload) = (buf[0] & 0x0f, buf[2..2 + len].to_vec());
+            buf.drain(..2 + len);
+            if opcode == 8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+        let n = timeout(10 * SEC, tcp.read(&mut chunk)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+// WebSocket abuse gets the close code RFC 6455 names for it; a foreign
+// Origin is refused with 403 unless listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_abuse_gets_the_right_close_code() {
+    let server = Child::serve(
+        BIN,
+        &[
+            "--ws-max-message",
+            "1024",
+            "--ws-allowed-origin",
+            "https://friend.example",
+        ],
+    );
+    let addr = server.addr;
+
+    // Text message over the limit: 1009.
+    let (mut tcp, head) = raw_ws(addr, None).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(&frame(0x81, &[b'a'; 2000], false))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut tcp).await, Some(1009));
+
+    // Invalid UTF-8 in a text message: 1007.
+    let (mut tcp, _) = raw_ws(addr, None).await;
+    tcp.write_all(&frame(0x81, &[0xff, 0xfe, 0x41], false))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut tcp).await, Some(1007));
+
+    // Protocol errors: 1002.
+    for (what, bytes) in [
+        ("unmasked client frame", frame(0x81, b"hi", true)),
+        ("reserved bits set", frame(0x81 | 0x40, b"hi", false)),
+        ("unknown opcode", frame(0x83, b"hi", false)),
+        ("fragmented control frame", frame(0x09, b"hi", false)),
+    ] {
+        let (mut tcp, _) = raw_ws(addr, None).await;
+        tcp.write_all(&bytes).await.unwrap();
+        assert_eq!(close_code(&mut tcp).await, Some(1002), "{what}");
+    }
+
+    // A well-formed message is still echoed.
+    let (mut tcp, _) = raw_ws(addr, None).await;
+    tcp.write_all(&frame(0x81, b"hello", false)).await.unwrap();
+    let mut echo = [0u8; 7];
+    timeout(5 * SEC, tcp.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"\x81\x05hello");
+
+    // Origins: the service's own host and listed ones pass; others get 403.
+    let (_, head) = raw_ws(addr, Some(&format!("http://{addr}"))).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_, head) = raw_ws(addr, Some("https://friend.example")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_, head) = raw_ws(addr, Some("https://evil.example")).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+
+    // Every refused socket was released: only the echo one and the two
+    // accepted handshakes may still be open, and the drain ends cleanly.
+    drains_cleanly(server);
+}
