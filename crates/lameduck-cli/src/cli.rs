@@ -110,6 +110,19 @@ pub(crate) struct LimitArgs {
     #[arg(long, env = "LAMEDUCK_MAX_IN_FLIGHT", default_value_t = 0)]
     pub(crate) max_in_flight: u32,
 
+    /// Time a client has to send a complete HTTP/1 request head (slowloris);
+    /// 0 turns it off. hyper also applies it to idle keep-alive connections
+    /// (the time to the next request's head), which it therefore closes after
+    /// this long.
+    #[arg(long, env = "LAMEDUCK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) header_read_timeout: Duration,
+
+    /// Time a handler has to produce its response head; past it the client
+    /// gets 504 with a JSON error. 0 (the default) turns it off. Streaming
+    /// bodies (SSE) and WebSockets are not limited by it.
+    #[arg(long, env = "LAMEDUCK_REQUEST_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub(crate) request_timeout: Duration,
+
     /// Largest HTTP/1 request head; larger ones get 431.
     #[arg(long, env = "LAMEDUCK_MAX_HEADER_BYTES", default_value_t = 64 * 1024,
           value_parser = clap::value_parser!(u32).range(8192..=(16 << 20)))]

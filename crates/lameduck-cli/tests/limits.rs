@@ -280,3 +280,91 @@ async fn websocket_abuse_gets_the_right_close_code() {
     // accepted handshakes may still be open, and the drain ends cleanly.
     drains_cleanly(server);
 }
+
+// Slowloris: 500 connections trickling a request head byte by byte are all
+// closed after the header-read timeout, while a normal client keeps being
+// served; the live connection count returns to zero, and the drain is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_closed_at_the_header_timeout() {
+    lameduck_test_support::raise_fd_limit(4096);
+    let server = Child::serve(BIN, &["--header-read-timeout", "2s"]);
+    let addr = server.addr;
+    let started = std::time::Instant::now();
+    let trickles: Vec<_> = (0..500)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut tcp = TcpStream::connect(addr).await.unwrap();
+                tcp.write_all(b"GET /ping HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+                    .await
+                    .unwrap();
+                // One byte every 200 ms, for at most 15 s; returns when the
+                // server closes the connection.
+                for _ in 0..75 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if tcp.write_all(b"a").await.is_err() {
+                        return true;
+                    }
+                    let mut probe = [0u8; 64];
+                    match timeout(Duration::from_millis(1), tcp.read(&mut probe)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return true,
+                        Ok(Ok(_)) => return true,
+                        Err(_) => {}
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+    // Meanwhile, normal requests are served.
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/ping", 5 * SEC).await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for t in trickles {
+        assert!(t.await.unwrap(), "a trickling connection was never closed");
+    }
+    assert!(
+        started.elapsed() >= 2 * SEC,
+        "closed by the timeout, not at once"
+    );
+    let admin = server.admin_addr.unwrap();
+    let deadline = std::time::Instant::now() + 10 * SEC;
+    loop {
+        let text = String::from_utf8(get(admin, "/metrics", 5 * SEC).await.unwrap().body).unwrap();
+        if text.contains("lameduck_connections{kind=\"http1\"} 0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections still open: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drains_cleanly(server);
+}
+
+// --request-timeout: a handler that takes longer gets 504 (JSON); streams
+// are not cut by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_answers_504() {
+    let server = Child::serve(BIN, &["--request-timeout", "500ms"]);
+    let addr = server.addr;
+    let res = get(addr, "/slow?ms=3000", 10 * SEC).await.unwrap();
+    assert_eq!(res.status, 504);
+    assert!(res.json()["error"].as_str().unwrap().contains("timeout"));
+    assert_eq!(get(addr, "/slow?ms=10", 5 * SEC).await.unwrap().status, 200);
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /events?interval_ms=400 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    while !seen.contains("id: 3\n") {
+        let n = timeout(5 * SEC, tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "stream cut: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(tcp);
+    drains_cleanly(server);
+}

@@ -38,6 +38,8 @@ pub(crate) async fn run(
     config.max_connections = limit(args.limits.max_connections);
     config.max_in_flight = limit(args.limits.max_in_flight);
     config.max_header_bytes = args.limits.max_header_bytes as usize;
+    let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+    config.header_read_timeout = nonzero(args.limits.header_read_timeout);
 
     let mut ws = WsConfig::default();
     ws.ping_interval = args.ws_ping_interval;
@@ -81,10 +83,13 @@ pub(crate) async fn run(
         max_frame: args.ws_max_frame as usize,
         allowed_origins: args.ws_allowed_origins.into(),
     };
-    let app = routes::app(ws).merge(jobs::routes(jobs::Jobs {
+    let mut app = routes::app(ws).merge(jobs::routes(jobs::Jobs {
         journal,
         pool: pool.handle(),
     }));
+    if let Some(limit) = nonzero(args.limits.request_timeout) {
+        app = routes::with_timeout(app, limit);
+    }
     let workers = tokio::spawn(pool.run_until_drained(server.handle().watcher()));
     let report = server.serve(app).await?;
     let jobs = workers.await.context("the job pool panicked")?;

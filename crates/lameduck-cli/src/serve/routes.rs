@@ -49,6 +49,23 @@ pub(crate) fn app(ws: WsLimits) -> Router {
         .with_state(ws)
 }
 
+/// Answers 504 (JSON) when a handler takes longer than `limit` to produce
+/// its response head.
+pub(crate) fn with_timeout(app: Router, limit: Duration) -> Router {
+    app.layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                move |_: tower::BoxError| async move {
+                    error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("no response within the request timeout ({limit:?})"),
+                    )
+                },
+            ))
+            .layer(tower::timeout::TimeoutLayer::new(limit)),
+    )
+}
+
 /// A JSON error response: `{"error": "..."}`.
 pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
