@@ -110,12 +110,16 @@ pub(crate) struct LimitArgs {
     #[arg(long, env = "LAMEDUCK_MAX_IN_FLIGHT", default_value_t = 0)]
     pub(crate) max_in_flight: u32,
 
-    /// Time a client has to send a complete HTTP/1 request head (slowloris);
-    /// 0 turns it off. hyper also applies it to idle keep-alive connections
-    /// (the time to the next request's head), which it therefore closes after
-    /// this long.
+    /// Time a client has to send a complete HTTP/1 request head, from its
+    /// first byte (or from connecting, for the first request): slowloris.
+    /// 0 turns it off.
     #[arg(long, env = "LAMEDUCK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub(crate) header_read_timeout: Duration,
+
+    /// How long an HTTP/1 keep-alive connection may stay idle between
+    /// requests before it is closed. 0 turns it off.
+    #[arg(long, env = "LAMEDUCK_KEEP_ALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) keep_alive_timeout: Duration,
 
     /// Time a handler has to produce its response head; past it the client
     /// gets 504 with a JSON error. 0 (the default) turns it off. Streaming

@@ -368,3 +368,41 @@ async fn request_timeout_answers_504() {
     drop(tcp);
     drains_cleanly(server);
 }
+
+// The header-read and keep-alive timeouts are separate: a keep-alive
+// connection idle for longer than the header timeout stays open until the
+// keep-alive timeout; a connection that never sends a byte is closed at the
+// header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_idle_is_not_the_header_timeout() {
+    let server = Child::serve(
+        BIN,
+        &["--header-read-timeout", "1s", "--keep-alive-timeout", "4s"],
+    );
+    let addr = server.addr;
+    let mut idle = KeepAlive::connect(addr).await.unwrap();
+    assert!(matches!(idle.get("/ping", 5 * SEC).await, Outcome::Ok(r) if r.status == 200));
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let opened = std::time::Instant::now();
+
+    // The silent one goes at the header timeout (1 s, seen within 10 s).
+    let mut byte = [0u8; 1];
+    let end = timeout(10 * SEC, silent.read(&mut byte))
+        .await
+        .expect("closed");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    assert!(opened.elapsed() >= SEC);
+
+    // The idle keep-alive one is still usable after 2 s, past the header
+    // timeout...
+    tokio::time::sleep(2 * SEC).await;
+    assert!(matches!(idle.get("/ping", 5 * SEC).await, Outcome::Ok(r) if r.status == 200));
+    // ...and closed once idle for the keep-alive timeout.
+    let idle_since = std::time::Instant::now();
+    assert!(
+        idle.closed_by_server(15 * SEC).await,
+        "idle connection never closed"
+    );
+    assert!(idle_since.elapsed() >= 4 * SEC);
+    drains_cleanly(server);
+}

@@ -35,11 +35,15 @@ pub struct Config {
     /// served (with `Connection: close`) instead of lost (`drain.idle_grace`,
     /// default 1 s).
     pub idle_grace: Duration,
-    /// Time an HTTP/1 client has to send a complete request head, against
-    /// slowloris (default 10 s). `None` turns it off, which saves hyper a
-    /// timer per request, for servers behind a proxy that already enforces
-    /// one.
+    /// Time an HTTP/1 client has to send a complete request head, from its
+    /// first byte (or from the connection's start, for its first request),
+    /// against slowloris (default 10 s; `None`: no limit). Checked by a sweep
+    /// four times a second rather than a timer per request.
     pub header_read_timeout: Option<Duration>,
+    /// How long an HTTP/1 keep-alive connection may stay idle between
+    /// requests before the server closes it (default 60 s; `None`: no
+    /// limit).
+    pub keep_alive_timeout: Option<Duration>,
     /// Interval of the `shutdown.progress` events (default 1 s).
     pub progress_interval: Duration,
     /// Put axum's `ConnectInfo<SocketAddr>` (the client's address) in every
@@ -67,6 +71,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(25),
             idle_grace: Duration::from_secs(1),
             header_read_timeout: Some(Duration::from_secs(10)),
+            keep_alive_timeout: Some(Duration::from_secs(60)),
             progress_interval: Duration::from_secs(1),
             connect_info: false,
             max_connections: Some(25_000),

@@ -40,6 +40,7 @@ pub(crate) async fn run(
     config.max_header_bytes = args.limits.max_header_bytes as usize;
     let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
     config.header_read_timeout = nonzero(args.limits.header_read_timeout);
+    config.keep_alive_timeout = nonzero(args.limits.keep_alive_timeout);
 
     let mut ws = WsConfig::default();
     ws.ping_interval = args.ws_ping_interval;

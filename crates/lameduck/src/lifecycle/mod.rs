@@ -148,6 +148,11 @@ pub(crate) struct Shared {
     pub(crate) upgrade_socket: Mutex<Option<OwnedFd>>,
     /// When the drain started.
     pub(crate) drain_started: OnceLock<std::time::Instant>,
+    /// Open HTTP connections, for the timer sweep.
+    pub(crate) conns: Mutex<HashMap<usize, std::sync::Weak<crate::server::ConnState>>>,
+    /// A coarse clock, in milliseconds since the server started, advanced by
+    /// the timer sweep: reading it is one atomic load.
+    pub(crate) clock_ms: std::sync::atomic::AtomicU64,
 }
 
 /// An upgrade request and where to send its outcome (the successor's pid).
@@ -182,6 +187,12 @@ pub(crate) struct DrainWaiter {
 }
 
 impl DrainWaiter {
+    /// Wakes the task that waits for the drain, so it looks at its state
+    /// again (the connection timers use it).
+    pub(crate) fn wake(&self) {
+        self.wakers.drain.wake();
+    }
+
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         let wakers = Arc::new(Wakers::default());
         let id = {
@@ -251,6 +262,8 @@ impl Shared {
             upgrades: OnceLock::new(),
             upgrade_socket: Mutex::new(None),
             drain_started: OnceLock::new(),
+            conns: Mutex::default(),
+            clock_ms: std::sync::atomic::AtomicU64::new(1),
         })
     }
 

@@ -1,6 +1,11 @@
 //! Serving one connection, and draining it without losing a request.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, task::Poll};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    task::Poll,
+};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -73,14 +78,23 @@ async fn serve<S, B>(
 
     // Serving: the connection is polled, and the drain flag checked with one
     // atomic load; the drain wakes this task through its waiter.
+    // A timer that ran out also wakes this task through the waiter.
     let served = std::future::poll_fn(|cx| {
         if let Poll::Ready(res) = conn.as_mut().poll(cx) {
             return Poll::Ready(Some(res));
+        }
+        if state.expired.load(Ordering::Acquire) {
+            return Poll::Ready(Some(Ok(())));
         }
         state.drain.poll_drained(cx).map(|()| None)
     })
     .await;
     if let Some(res) = served {
+        if state.expired.load(Ordering::Acquire) {
+            // Idle, or sending its request head too slowly: nothing in
+            // flight is lost by closing.
+            tracing::debug!("conn.timeout");
+        }
         return finished(res);
     }
 

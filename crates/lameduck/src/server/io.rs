@@ -5,7 +5,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
 };
@@ -33,8 +33,19 @@ pub(crate) struct ConnState {
     busy: AtomicUsize,
     /// Woken when a request starts, for the idle grace of a drain.
     pub(crate) request_started: Notify,
-    /// Wakes the connection's task when the drain starts.
+    /// Wakes the connection's task when the drain starts (or a timer
+    /// expires).
     pub(crate) drain: DrainWaiter,
+    /// Coarse clock time (see `Shared::clock_ms`) when the current request
+    /// head started to arrive; 0 when none is under way.
+    head_since: AtomicU64,
+    /// Coarse clock time of the last read, or of the end of a response.
+    last_active: AtomicU64,
+    /// Whether a request has been received (before the first one, the
+    /// header-read timeout runs from the connection's start).
+    had_request: AtomicBool,
+    /// Set by the timer sweep: the connection must close.
+    pub(crate) expired: AtomicBool,
     _token: TaskTrackerToken,
 }
 
@@ -43,14 +54,60 @@ impl ConnState {
         shared.stats.conn_opened(ConnKind::Http1, during_drain);
         let token = shared.tracker.token();
         let drain = DrainWaiter::new(shared.clone());
-        Arc::new(Self {
+        let now = shared.clock_ms.load(Ordering::Relaxed);
+        let state = Arc::new(Self {
             shared,
             kind: AtomicU8::new(ConnKind::Http1.as_u8()),
             busy: AtomicUsize::new(0),
             request_started: Notify::new(),
             drain,
+            head_since: AtomicU64::new(0),
+            last_active: AtomicU64::new(now),
+            had_request: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
             _token: token,
-        })
+        });
+        if state.shared.config.header_read_timeout.is_some()
+            || state.shared.config.keep_alive_timeout.is_some()
+        {
+            state
+                .shared
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(Arc::as_ptr(&state) as usize, Arc::downgrade(&state));
+        }
+        state
+    }
+
+    /// Data came in: the connection is alive, and if no request is in
+    /// flight, a request head has started.
+    fn on_read(&self) {
+        let now = self.shared.clock_ms.load(Ordering::Relaxed);
+        self.last_active.store(now, Ordering::Relaxed);
+        if !self.is_busy() && self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a timer has run out, at coarse time `now`: the head of a
+    /// request took longer than `header`, or the connection stayed idle
+    /// longer than `idle` (or `header`, before its first request). Only idle
+    /// HTTP/1 connections time out; busy, HTTP/2 and upgraded ones never.
+    pub(crate) fn timed_out(&self, now: u64, header: Option<u64>, idle: Option<u64>) -> bool {
+        if self.kind() != ConnKind::Http1 || self.is_busy() {
+            return false;
+        }
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != 0 {
+            return header.is_some_and(|h| now.saturating_sub(head) > h);
+        }
+        let quiet = now.saturating_sub(self.last_active.load(Ordering::Relaxed));
+        if self.had_request.load(Ordering::Relaxed) {
+            idle.is_some_and(|i| quiet > i)
+        } else {
+            header.is_some_and(|h| quiet > h)
+        }
     }
 
     pub(crate) fn kind(&self) -> ConnKind {
@@ -68,11 +125,19 @@ impl ConnState {
 
     pub(crate) fn request_started(&self) {
         self.busy.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(0, Ordering::Relaxed);
+        if !self.had_request.load(Ordering::Relaxed) {
+            self.had_request.store(true, Ordering::Relaxed);
+        }
         self.shared.stats.request_started();
         self.request_started.notify_waiters();
     }
 
     pub(crate) fn request_finished(&self) {
+        self.last_active.store(
+            self.shared.clock_ms.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         self.busy.fetch_sub(1, Ordering::AcqRel);
         self.shared.stats.request_finished();
     }
@@ -81,6 +146,15 @@ impl ConnState {
 impl Drop for ConnState {
     fn drop(&mut self) {
         self.shared.stats.conn_closed(self.kind());
+        if self.shared.config.header_read_timeout.is_some()
+            || self.shared.config.keep_alive_timeout.is_some()
+        {
+            self.shared
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(self as *const Self as usize));
+        }
     }
 }
 
@@ -122,8 +196,15 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
         if this.conn.shared.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
+        let before = buf.filled().len();
         match this.inner.poll_read(cx, buf) {
             Poll::Pending if this.conn.drain.read_parked_until_cut(cx) => Poll::Ready(Err(cut())),
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.conn.on_read();
+                }
+                Poll::Ready(Ok(()))
+            }
             other => other,
         }
     }

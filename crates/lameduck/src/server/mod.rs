@@ -5,6 +5,9 @@ mod accept;
 mod conn;
 mod io;
 mod service;
+mod timers;
+
+pub(crate) use io::ConnState;
 
 use std::{fmt, net::SocketAddr, os::fd::AsFd, sync::Arc};
 
@@ -12,7 +15,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use tokio::{net::TcpListener, sync::mpsc};
 use tower::Service;
 
@@ -237,12 +240,9 @@ impl Server {
         builder
             .http1()
             .max_buf_size(shared.config.max_header_bytes.max(8192));
-        if let Some(limit) = shared.config.header_read_timeout {
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limit);
-        }
+        // The header-read timeout is the timer sweep's (see `timers`), not
+        // hyper's, whose timer would also bound keep-alive idle time.
+        builder.http1().header_read_timeout(None);
         let builder = Arc::new(builder);
 
         tracing::info!(addr = %addr, pid = std::process::id(), "server.listening");
@@ -265,9 +265,11 @@ impl Server {
             ))
         };
 
+        let sweep = tokio::spawn(timers::sweep(shared.clone()));
         handoff::notify::ready();
 
         let report = lifecycle::drive(&shared).await;
+        sweep.abort();
         if let Some(signals) = signals {
             signals.abort();
         }
