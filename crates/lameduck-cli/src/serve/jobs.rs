@@ -218,3 +218,45 @@ async fn counts(State(jobs): State<Jobs>) -> Response {
         Err(e) => journal_error(&e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What `POST /jobs` does with a body, short of the journal: a job or a
+    /// message for a 400.
+    fn parse(body: &[u8]) -> Result<NewJob, String> {
+        serde_json::from_slice::<Submit>(body)
+            .map_err(|e| e.to_string())
+            .and_then(Submit::into_job)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        // Any bytes: a job or an error, never a panic.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse(&body);
+        }
+
+        // Any numbers in a well-formed body: accepted exactly when in range.
+        #[test]
+        fn numbers_are_range_checked(steps in any::<i64>(), step_ms in any::<i64>()) {
+            let body = format!(r#"{{"kind":"sleep","steps":{steps},"step_ms":{step_ms}}}"#);
+            let ok = (1..=i64::from(MAX_STEPS)).contains(&steps)
+                && (0..=MAX_STEP_MS as i64).contains(&step_ms);
+            prop_assert_eq!(parse(body.as_bytes()).is_ok(), ok, "{}", body);
+        }
+
+        // Unknown kinds are refused, whatever they are.
+        #[test]
+        fn unknown_kinds_are_refused(kind in "[a-z]{1,12}") {
+            prop_assume!(kind != "sleep");
+            let body = format!(r#"{{"kind":"{kind}","steps":1,"step_ms":1}}"#);
+            prop_assert!(parse(body.as_bytes()).is_err());
+        }
+    }
+}

@@ -212,7 +212,30 @@ async fn not_found(uri: Uri) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        // Any query string: a value in range, the default, or an error that
+        // names the range; never a panic.
+        #[test]
+        fn query_values_are_in_range_or_refused(query in "[a-z=&0-9%.+-]{0,40}") {
+            match query_u64(Some(&query), "ms", 5, 1, 1000) {
+                Ok(v) => prop_assert!(v == 5 || (1..=1000).contains(&v)),
+                Err(msg) => prop_assert!(msg.contains("1..=1000")),
+            }
+        }
+
+        // Every in-range number is read back exactly.
+        #[test]
+        fn in_range_values_round_trip(v in 1u64..=1000, junk in "[a-z]{0,5}") {
+            let query = format!("{junk}x=1&ms={v}");
+            prop_assert_eq!(query_u64(Some(&query), "ms", 5, 1, 1000), Ok(v));
+        }
+    }
 
     #[test]
     fn query_parsing() {
