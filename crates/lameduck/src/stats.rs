@@ -184,8 +184,9 @@ impl Stats {
         self.by_kind[kind.as_u8() as usize].fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn conn_rejected(&self) {
-        self.rejected_connections.fetch_add(1, Relaxed);
+    /// Counts a refused connection; returns how many there have been.
+    pub(crate) fn conn_rejected(&self) -> u64 {
+        self.rejected_connections.fetch_add(1, Relaxed) + 1
     }
 
     /// Takes a place under the in-flight limit; `false` (and the request

@@ -109,58 +109,6 @@ pub trait Journal: Send + Sync + fmt::Debug {
     async fn counts(&self) -> Result<StateCounts, JournalError>;
 }
 
-#[async_trait]
-impl<J: Journal + ?Sized> Journal for Arc<J> {
-    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, JournalError> {
-        (**self).enqueue(job).await
-    }
-    async fn claim(
-        &self,
-        owner: &str,
-        lease: Duration,
-        max: usize,
-    ) -> Result<Vec<Claimed>, JournalError> {
-        (**self).claim(owner, lease, max).await
-    }
-    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Lease, JournalError> {
-        (**self).renew(lease, duration).await
-    }
-    async fn checkpoint(&self, lease: &Lease, checkpoint: &Value) -> Result<(), JournalError> {
-        (**self).checkpoint(lease, checkpoint).await
-    }
-    async fn complete(&self, lease: &Lease, result: Option<&Value>) -> Result<(), JournalError> {
-        (**self).complete(lease, result).await
-    }
-    async fn fail(
-        &self,
-        lease: &Lease,
-        error: &str,
-        retry_in: Duration,
-    ) -> Result<JobState, JournalError> {
-        (**self).fail(lease, error, retry_in).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), JournalError> {
-        (**self).release(lease).await
-    }
-    async fn reclaim_expired(&self) -> Result<usize, JournalError> {
-        (**self).reclaim_expired().await
-    }
-    async fn get(&self, id: JobId) -> Result<Option<Job>, JournalError> {
-        (**self).get(id).await
-    }
-    async fn list(
-        &self,
-        state: Option<JobState>,
-        after: Option<JobId>,
-        limit: usize,
-    ) -> Result<Vec<Job>, JournalError> {
-        (**self).list(state, after, limit).await
-    }
-    async fn counts(&self) -> Result<StateCounts, JournalError> {
-        (**self).counts().await
-    }
-}
-
 /// Opens the journal a URL names: `sqlite:PATH` (or `sqlite://PATH`) or
 /// `redis://HOST:PORT[/DB]` (`rediss://` too), with a `prefix` query
 /// parameter for Redis keys (default `lameduck`).

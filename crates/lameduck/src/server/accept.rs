@@ -140,8 +140,7 @@ const REJECTION: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 /// closes (2 s at most), so that closing does not turn into a reset that
 /// would destroy the response before the client reads it.
 fn reject(mut stream: TcpStream, shared: &Shared) {
-    shared.stats.conn_rejected();
-    let n = shared.stats.totals().rejected_connections;
+    let n = shared.stats.conn_rejected();
     if n.is_power_of_two() {
         tracing::warn!(
             rejected = n,
