@@ -166,6 +166,11 @@ pub(crate) struct LogArgs {
     /// Log filter: a level (`info`) or tracing directives (`info,lameduck=debug`).
     #[arg(long, env = "LAMEDUCK_LOG_LEVEL", default_value = "info", value_parser = parse_filter)]
     pub(crate) log_level: String,
+
+    /// Log every response (`http.request`: method, path, status,
+    /// duration_ms, with its request id).
+    #[arg(long, env = "LAMEDUCK_ACCESS_LOG")]
+    pub(crate) access_log: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -241,5 +246,34 @@ mod tests {
         assert!(Cli::try_parse_from(["lameduck", "serve", "--log-format", "xml"]).is_err());
         assert!(Cli::try_parse_from(["lameduck", "serve", "--jobs-lease", "10ms"]).is_err());
         assert!(Cli::try_parse_from(["lameduck", "serve", "--jobs-concurrency", "0"]).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        // Any value for any flag (as from a mistyped env file): parsed or a
+        // clap error, never a panic.
+        #[test]
+        fn any_flag_value_parses_or_is_refused(
+            flag in proptest::sample::select(&[
+                "--listen", "--admin-listen", "--drain-timeout", "--drain-announce",
+                "--max-connections", "--max-in-flight", "--header-read-timeout",
+                "--keep-alive-timeout", "--request-timeout", "--max-header-bytes",
+                "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",
+                "--journal", "--jobs-concurrency", "--jobs-lease",
+                "--jobs-drain-timeout", "--log-level", "--log-format",
+                "--upgrade-timeout",
+            ][..]),
+            value in "\\PC{0,24}",
+        ) {
+            let _ = Cli::try_parse_from(["lameduck", "serve", flag, &value]);
+        }
+
+        // Every duration written as `<n>ms` or as bare seconds reads back.
+        #[test]
+        fn durations_round_trip(ms in 0u64..=86_400_000, secs in 0u64..=1_000_000) {
+            proptest::prop_assert_eq!(parse_duration(&format!("{ms}ms")), Ok(Duration::from_millis(ms)));
+            proptest::prop_assert_eq!(parse_duration(&format!(" {secs} ")), Ok(Duration::from_secs(secs)));
+        }
     }
 }

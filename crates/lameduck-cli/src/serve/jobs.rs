@@ -133,12 +133,7 @@ async fn submit(
         Err(msg) => return error(StatusCode::BAD_REQUEST, format!("invalid job: {msg}")),
     };
     if let Some(key) = headers.get("idempotency-key") {
-        let key = key
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|k| !k.is_empty() && k.len() <= lameduck_jobs::MAX_IDEMPOTENCY_KEY_LEN);
-        match key {
+        match idempotency_key(key.as_bytes()) {
             Some(key) => job = job.idempotency_key(key),
             None => {
                 return error(
@@ -153,6 +148,7 @@ async fn submit(
             if queued.created {
                 jobs.pool.wake();
             }
+            tracing::info!(job = %queued.id, created = queued.created, "job.accepted");
             let location = format!("/jobs/{}", queued.id);
             let mut response = (
                 StatusCode::ACCEPTED,
@@ -166,6 +162,14 @@ async fn submit(
         }
         Err(e) => journal_error(&e),
     }
+}
+
+/// An `Idempotency-Key` header as the journal takes it: 1 to 255 visible
+/// ASCII characters, surrounding blanks ignored.
+fn idempotency_key(raw: &[u8]) -> Option<&str> {
+    let key = std::str::from_utf8(raw).ok()?.trim_matches([' ', '\t']);
+    let fits = (1..=lameduck_jobs::MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len());
+    (fits && key.bytes().all(|b| b.is_ascii_graphic())).then_some(key)
 }
 
 /// `GET /jobs/{id}`.
@@ -240,6 +244,22 @@ mod tests {
         #[test]
         fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = parse(&body);
+        }
+
+        // Any header bytes: a key is visible ASCII within the journal's
+        // limit, never empty; and a sane key comes back as it was sent.
+        #[test]
+        fn idempotency_keys_are_checked(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Some(key) = idempotency_key(&raw) {
+                prop_assert!(!key.is_empty() && key.len() <= lameduck_jobs::MAX_IDEMPOTENCY_KEY_LEN);
+                prop_assert!(key.bytes().all(|b| b.is_ascii_graphic()));
+            }
+        }
+
+        #[test]
+        fn sane_idempotency_keys_are_kept(key in "[!-~]{1,255}", pad in "[ \t]{0,3}") {
+            let raw = format!("{pad}{key}{pad}");
+            prop_assert_eq!(idempotency_key(raw.as_bytes()), Some(key.as_str()));
         }
 
         // Any numbers in a well-formed body: accepted exactly when in range.

@@ -3,6 +3,7 @@
 
 mod admin;
 mod jobs;
+mod request_id;
 mod routes;
 mod sleep_job;
 
@@ -91,6 +92,11 @@ pub(crate) async fn run(
     if let Some(limit) = nonzero(args.limits.request_timeout) {
         app = routes::with_timeout(app, limit);
     }
+    // Outermost, so that a 504 from the timeout carries the id too.
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        request_id::AccessLog(args.log.access_log),
+        request_id::layer,
+    ));
     let workers = tokio::spawn(pool.run_until_drained(server.handle().watcher()));
     let report = server.serve(app).await?;
     let jobs = workers.await.context("the job pool panicked")?;

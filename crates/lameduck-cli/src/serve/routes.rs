@@ -19,6 +19,7 @@ use lameduck::{
     ws::{WsConfig, WsSession},
 };
 use serde_json::json;
+use tracing::Instrument;
 
 const SLOW_DEFAULT_MS: u64 = 10_000;
 const SLOW_MAX_MS: u64 = 600_000;
@@ -118,18 +119,23 @@ async fn websocket(
         return error(StatusCode::FORBIDDEN, "WebSocket origin not allowed");
     }
     let config = ws.config;
+    // The socket outlives the request; its log lines keep the request's id.
+    let span = tracing::Span::current();
     let response = upgrade
         .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(ws.max_message)
         .max_frame_size(ws.max_frame)
-        .on_upgrade(move |socket| async move {
-            let mut ws = WsSession::with_config(socket, drain, config);
-            while let Some(msg) = ws.recv().await {
-                if ws.send(msg).await.is_err() {
-                    break;
+        .on_upgrade(move |socket| {
+            async move {
+                let mut ws = WsSession::with_config(socket, drain, config);
+                while let Some(msg) = ws.recv().await {
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
                 }
+                tracing::debug!(end = ?ws.end(), "ws.end");
             }
-            tracing::debug!(end = ?ws.end(), "ws.end");
+            .instrument(span)
         });
     with_pid(response)
 }
@@ -156,27 +162,30 @@ async fn events(RawQuery(query): RawQuery, headers: HeaderMap, drain: Drain) -> 
         Ok(ms) => Duration::from_millis(ms),
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let last = match headers.get("last-event-id") {
+    let last = match headers
+        .get("last-event-id")
+        .map(|v| last_event_id(v.as_bytes()))
+    {
         None => 0,
-        Some(value) => match value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            Some(id) => id,
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid Last-Event-ID: expected an integer",
-                );
-            }
-        },
+        Some(Some(id)) => id,
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid Last-Event-ID: expected an integer",
+            );
+        }
     };
     with_pid(
         Sse::new(SseStream::new(numbered(last, interval), drain))
             .keep_alive(KeepAlive::default())
             .into_response(),
     )
+}
+
+/// A `Last-Event-ID` as this service numbers its events: a decimal `u64`,
+/// surrounding blanks ignored.
+fn last_event_id(raw: &[u8]) -> Option<u64> {
+    std::str::from_utf8(raw).ok()?.trim().parse().ok()
 }
 
 fn numbered(last: u64, interval: Duration) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -227,6 +236,20 @@ mod tests {
                 Ok(v) => prop_assert!(v == 5 || (1..=1000).contains(&v)),
                 Err(msg) => prop_assert!(msg.contains("1..=1000")),
             }
+        }
+
+        // Any header bytes: an id or a refusal, never a panic; every u64 is
+        // read back exactly, with or without blanks around it.
+        #[test]
+        fn last_event_ids(raw in proptest::collection::vec(any::<u8>(), 0..40), id in any::<u64>()) {
+            if let Some(n) = last_event_id(&raw) {
+                // Only digits (after an optional '+') are ever taken.
+                let text = std::str::from_utf8(&raw).unwrap().trim();
+                let digits = text.strip_prefix('+').unwrap_or(text);
+                prop_assert!(!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()), "{:?}", text);
+                prop_assert_eq!(digits.parse::<u128>().ok(), Some(u128::from(n)));
+            }
+            prop_assert_eq!(last_event_id(format!(" {id}\t").as_bytes()), Some(id));
         }
 
         // Every in-range number is read back exactly.

@@ -239,7 +239,11 @@ impl Server {
         let mut builder = conn::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .max_buf_size(shared.config.max_header_bytes.max(8192));
+            .max_buf_size(shared.config.max_header_bytes.max(8192))
+            // A client may send its request and then its FIN (`nc -N`,
+            // `curl --http1.0` scripts, some proxies); hyper's default drops
+            // such a request unanswered.
+            .half_close(true);
         // The header-read timeout is the timer sweep's (see `timers`), not
         // hyper's, whose timer would also bound keep-alive idle time.
         builder.http1().header_read_timeout(None);

@@ -1,0 +1,130 @@
+//! JSON logs of the real binary: every request has an id (the client's
+//! `x-request-id` when it is sane, a generated one otherwise), echoed in the
+//! response and carried by every log line of the request.
+
+use std::time::{Duration, Instant};
+
+use lameduck_test_support::{Child, post_json, send};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
+const SEC: Duration = Duration::from_secs(1);
+
+/// The log lines (10 s at most to appear) named `name` whose request id is
+/// `id`.
+fn lines_for(server: &Child, name: &str, id: &str) -> Vec<Value> {
+    let deadline = Instant::now() + 10 * SEC;
+    loop {
+        let found: Vec<Value> = server
+            .events(name)
+            .into_iter()
+            .filter(|l| l["span"]["request_id"] == id)
+            .collect();
+        if !found.is_empty() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carry_their_id_on_every_log_line() {
+    let mut server = Child::serve(BIN, &["--access-log"]);
+    let addr = server.addr;
+
+    // A sane id from the client is kept and echoed.
+    let res = send(
+        addr,
+        "GET",
+        "/ping",
+        &[("x-request-id", "trace-abc.123")],
+        b"",
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.header("x-request-id"), Some("trace-abc.123"));
+    let access = lines_for(&server, "http.request", "trace-abc.123");
+    assert_eq!(access.len(), 1, "{:#?}", server.logs());
+    assert_eq!(access[0]["method"], "GET");
+    assert_eq!(access[0]["path"], "/ping");
+    assert_eq!(access[0]["status"], 200);
+    assert!(access[0]["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(access[0]["level"], "INFO");
+
+    // No id, or one too long or with bytes unfit for a log: a fresh one,
+    // different every time.
+    let long = "x".repeat(200);
+    let mut generated = Vec::new();
+    for headers in [
+        vec![],
+        vec![("x-request-id", long.as_str())],
+        vec![("x-request-id", "a\"b")],
+    ] {
+        let res = send(addr, "GET", "/nowhere", &headers, b"", 5 * SEC)
+            .await
+            .unwrap();
+        assert_eq!(res.status, 404);
+        let id = res.header("x-request-id").expect("an id").to_owned();
+        assert!(
+            id.len() > 17 && id.as_bytes()[16] == b'-',
+            "generated ids look like <prefix>-<n>: {id}"
+        );
+        let access = lines_for(&server, "http.request", &id);
+        assert_eq!(access.len(), 1, "{id}: {:#?}", server.logs());
+        assert_eq!(access[0]["status"], 404);
+        generated.push(id);
+    }
+    generated.sort();
+    generated.dedup();
+    assert_eq!(generated.len(), 3, "{generated:?}");
+
+    // A handler's own lines carry the id: the accepted job names its id.
+    let res = post_json(
+        addr,
+        "/jobs",
+        &[("x-request-id", "submit-1")],
+        r#"{"kind":"sleep","steps":1,"step_ms":0}"#,
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 202);
+    assert_eq!(res.header("x-request-id"), Some("submit-1"));
+    let job = res.json()["id"].clone();
+    let accepted = lines_for(&server, "job.accepted", "submit-1");
+    assert_eq!(accepted.len(), 1, "{:#?}", server.logs());
+    assert_eq!(accepted[0]["job"], Value::String(job.to_string()), "{job}");
+
+    // Lines outside any request have no request span.
+    let listening = server.events("server.listening");
+    assert!(listening[0].get("span").is_none(), "{listening:?}");
+
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = tokio::task::block_in_place(|| server.wait_exit(30 * SEC)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+}
+
+// Without --access-log there is no line per request, and ids are still
+// echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_is_off_by_default() {
+    let server = Child::serve(BIN, &[]);
+    let res = send(
+        server.addr,
+        "GET",
+        "/ping",
+        &[("x-request-id", "quiet")],
+        b"",
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.header("x-request-id"), Some("quiet"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.events("http.request").is_empty(),
+        "{:#?}",
+        server.logs()
+    );
+}
