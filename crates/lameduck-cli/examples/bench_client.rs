@@ -15,6 +15,18 @@
 //!   in a row. Prints failed requests, p50/p99 latency in the steady state
 //!   and inside the upgrade windows (SIGHUP to the old process's exit), and
 //!   the time from SIGHUP to the new process serving.
+//! - `bench_client idle-rss BIN N [OTHER...]`: opens N keep-alive
+//!   connections (one `/ping` each, then idle) and prints the server's RSS
+//!   growth per connection; then the same for each OTHER example server
+//!   (`bare_hyper`, `lameduck_minimal`, `plain_axum`), one at a time.
+//! - `bench_client slowloris ADDR N SECS`: holds N connections that trickle
+//!   a header byte a second to a running server, reconnecting each one the
+//!   server closes, for SECS seconds.
+//! - `bench_client shed BIN HELD N`: with `--max-connections HELD` filled,
+//!   N more connections (1,000 at a time) each send `GET /ping`; prints the
+//!   time until every one was answered 503 and closed, and, as a baseline
+//!   in the same run, the time for N connections served 200 with
+//!   `Connection: close` by a server with room.
 
 use std::{
     io::{BufRead, BufReader},
@@ -47,6 +59,10 @@ struct Server {
 
 impl Server {
     fn start(bin: &str) -> Self {
+        Self::start_with(bin, &[])
+    }
+
+    fn start_with(bin: &str, extra: &[&str]) -> Self {
         let journal =
             std::env::temp_dir().join(format!("lameduck-bench-{}.db", std::process::id()));
         let mut child = Command::new(bin)
@@ -63,6 +79,7 @@ impl Server {
             ])
             .arg("--journal")
             .arg(format!("sqlite:{}", journal.display()))
+            .args(extra)
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -103,12 +120,50 @@ impl Server {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        rss_kib(self.child.id())
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A baseline server example (`bare_hyper`, `plain_axum`): prints
+/// `listening ADDR` on stdout; killed on drop.
+struct Baseline {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Baseline {
+    fn start(program: &str) -> Self {
+        let mut child = Command::new(program)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start baseline server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("baseline address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self { child, addr }
+    }
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -385,17 +440,140 @@ async fn ping(addr: SocketAddr, n: usize, conns: usize) {
     println!("ping: {} requests", per * conns.max(1));
 }
 
+/// RSS growth per idle keep-alive connection of a server at `addr`.
+async fn rss_per_idle(addr: SocketAddr, pid: u32, n: usize) -> (u64, u64, f64) {
+    drop(open_keepalive(addr, 100).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid);
+    let conns = open_keepalive(addr, n).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid);
+    drop(conns);
+    (
+        before,
+        after,
+        after.saturating_sub(before) as f64 / n as f64,
+    )
+}
+
+async fn idle_rss(bin: &str, n: usize, baselines: &[String]) {
+    let server = Server::start(bin);
+    let (before, after, per) = rss_per_idle(server.addr, server.child.id(), n).await;
+    drop(server);
+    println!(
+        "idle-rss: {n} idle keep-alive connections: lameduck serve RSS {before} KiB -> {after} KiB, {per:.1} KiB per connection"
+    );
+    for program in baselines {
+        let base = Baseline::start(program);
+        let (b0, b1, bper) = rss_per_idle(base.addr, base.child.id(), n).await;
+        println!(
+            "idle-rss: {program}: RSS {b0} KiB -> {b1} KiB, {bper:.1} KiB per connection; lameduck serve / this {:.2}",
+            per / bper
+        );
+    }
+}
+
+async fn slowloris(addr: SocketAddr, n: usize, secs: u64) {
+    use tokio::io::AsyncWriteExt;
+    let until = Instant::now() + Duration::from_secs(secs);
+    let reconnects = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tasks = (0..n).map(|_| {
+        let reconnects = reconnects.clone();
+        tokio::spawn(async move {
+            'connect: while Instant::now() < until {
+                let Ok(mut tcp) = TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                if tcp
+                    .write_all(b"GET /ping HTTP/1.1\r\nHost: b\r\nX-Slow: ")
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+                while Instant::now() < until {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if tcp.write_all(b"a").await.is_err() {
+                        reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue 'connect;
+                    }
+                }
+            }
+        })
+    });
+    join_all(tasks).await;
+    println!(
+        "slowloris: {n} connections held for {secs} s, {} reconnects after the server closed one",
+        reconnects.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+/// Opens `n` connections (1,000 at a time), each sending `GET /ping` and
+/// reading until the server closes; returns the elapsed time and the count
+/// answered with `status`.
+async fn burst(addr: SocketAddr, n: usize, status: &'static str) -> (Duration, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gate = Arc::new(Semaphore::new(1000));
+    let start = Instant::now();
+    let tasks = (0..n).map(|_| {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let mut tcp = TcpStream::connect(addr).await.ok()?;
+            tcp.write_all(b"GET /ping HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut raw = Vec::new();
+            timeout(Duration::from_secs(30), tcp.read_to_end(&mut raw))
+                .await
+                .ok()?
+                .ok()?;
+            raw.starts_with(status.as_bytes()).then_some(())
+        })
+    });
+    let ok = join_all(tasks)
+        .await
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Some(()))))
+        .count();
+    (start.elapsed(), ok)
+}
+
+async fn shed(bin: &str, held: usize, n: usize) {
+    let baseline = Server::start(bin);
+    let (served_in, served) = burst(baseline.addr, n, "HTTP/1.1 200").await;
+    drop(baseline);
+    let limit = held.to_string();
+    let server = Server::start_with(bin, &["--max-connections", &limit]);
+    let conns = open_keepalive(server.addr, held).await;
+    let (shed_in, shed) = burst(server.addr, n, "HTTP/1.1 503").await;
+    println!(
+        "shed: {shed}/{n} connections past the limit ({held} held) answered 503 and closed in {:.3} s ({:.0}/s); \
+         baseline: {served}/{n} served 200 with Connection: close in {:.3} s ({:.0}/s); shed/served time {:.2}",
+        shed_in.as_secs_f64(),
+        n as f64 / shed_in.as_secs_f64(),
+        served_in.as_secs_f64(),
+        n as f64 / served_in.as_secs_f64(),
+        shed_in.as_secs_f64() / served_in.as_secs_f64()
+    );
+    drop(conns);
+}
+
 #[tokio::main]
 async fn main() {
     raise_fd_limit(200_000);
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: bench_client ws-rss BIN N | bench_client drain BIN N_HTTP N_WS | bench_client ping ADDR N CONNS | bench_client upgrade BIN CONNS UPGRADES";
+    let usage = "usage: bench_client ws-rss BIN N | bench_client drain BIN N_HTTP N_WS | bench_client ping ADDR N CONNS | bench_client upgrade BIN CONNS UPGRADES | bench_client idle-rss BIN N [OTHER...] | bench_client slowloris ADDR N SECS | bench_client shed BIN HELD N";
     let num = |i: usize| -> usize { args.get(i).and_then(|s| s.parse().ok()).expect(usage) };
     match args.get(1).map(String::as_str) {
         Some("ws-rss") => ws_rss(&args[2], num(3)).await,
         Some("drain") => drain(&args[2], num(3), num(4)).await,
         Some("ping") => ping(args[2].parse().expect(usage), num(3), num(4)).await,
         Some("upgrade") => upgrade(&args[2], num(3), num(4)).await,
+        Some("idle-rss") => idle_rss(&args[2], num(3), args.get(4..).unwrap_or_default()).await,
+        Some("slowloris") => slowloris(args[2].parse().expect(usage), num(3), num(4) as u64).await,
+        Some("shed") => shed(&args[2], num(3), num(4)).await,
         _ => {
             eprintln!("{usage}");
             std::process::exit(64);

@@ -19,7 +19,8 @@ pub(crate) fn init(args: &LogArgs) -> anyhow::Result<()> {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            // The `request` span's `request_id` on every line of a request.
+            // With debug logging, the `request` span's `request_id` on every
+            // line of a request.
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),

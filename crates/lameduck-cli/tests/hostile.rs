@@ -4,12 +4,14 @@
 //! pipelining across a drain, half-closed and reset connections. The server
 //! never panics, answers with the right status, its live connection count
 //! returns to zero, and its drain still ends with exit code 0.
+//! A dead WebSocket peer — one that never reads, even while the server
+//! has echoes to send it — is dropped after the pong timeout.
 //! (WebSocket frame abuse — bad opcodes, reserved bits, unmasked and
 //! fragmented control frames — is in `limits.rs`.)
 
 use std::{net::SocketAddr, time::Duration};
 
-use lameduck_test_support::{Child, get};
+use lameduck_test_support::{Child, get, raw_ws};
 use nix::sys::signal::Signal::SIGTERM;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -340,4 +342,73 @@ async fn pipelined_requests_across_a_drain() {
     let status = tokio::task::block_in_place(|| server.wait_exit(30 * SEC)).expect("exits");
     no_panic(&server);
     assert_eq!(status.code(), Some(0), "logs: {:#?}", server.logs());
+}
+
+/// The server's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+// Dead WebSocket peers: 20 clients upgrade, send 16 MiB each to be echoed,
+// and never read a byte, so the server's echoes (and pings) cannot be
+// written. Each is dropped after the ping interval and pong timeout, its
+// session and connection gone from the counts; the drain then ends with 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_websocket_peers_are_dropped() {
+    let server = Child::serve(
+        BIN,
+        &["--ws-ping-interval", "200ms", "--ws-pong-timeout", "1s"],
+    );
+    let addr = server.addr;
+    let admin = server.admin_addr.unwrap();
+    let message = raw_ws::frame(0x82, &vec![7u8; 256 * 1024], false);
+    let mut peers = Vec::new();
+    for _ in 0..20 {
+        let (mut tcp, head) = raw_ws::handshake(addr, None).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let message = message.clone();
+        // Writes until the server stops reading (its echoes are stuck), for
+        // 10 s at most; the socket is kept open, unread, until the end.
+        peers.push(tokio::spawn(async move {
+            let _ = timeout(10 * SEC, async {
+                for _ in 0..64 {
+                    if tcp.write_all(&message).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            tcp
+        }));
+    }
+    let before = rss_kib(server.pid());
+    let deadline = std::time::Instant::now() + 20 * SEC;
+    let mut text = String::new();
+    while std::time::Instant::now() < deadline {
+        text = String::from_utf8(get(admin, "/metrics", 5 * SEC).await.unwrap().body).unwrap();
+        if text.contains("lameduck_connections{kind=\"websocket\"} 0")
+            && text.contains("lameduck_connections{kind=\"http1\"} 0")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        text.contains("lameduck_connections{kind=\"websocket\"} 0"),
+        "dead peers still held: {text}"
+    );
+    eprintln!(
+        "server RSS with 20 stuck peers: {before} KiB; after they were dropped: {} KiB",
+        rss_kib(server.pid())
+    );
+    connections_return_to_zero(&server).await;
+    for peer in peers {
+        drop(peer.await.unwrap());
+    }
+    drains_cleanly(server);
 }

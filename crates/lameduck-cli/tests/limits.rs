@@ -4,9 +4,9 @@
 //! 1007, 1002), foreign origins 403. After each, the drain still completes
 //! with exit code 0.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use lameduck_test_support::{Child, KeepAlive, Outcome, get, send};
+use lameduck_test_support::{Child, KeepAlive, Outcome, get, raw_ws, send};
 use nix::sys::signal::Signal::SIGTERM;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -137,85 +137,6 @@ async fn oversized_heads_and_bodies_are_refused() {
     drains_cleanly(server);
 }
 
-/// A WebSocket handshake over raw TCP, so that the test can then send
-/// frames no well-behaved client library would.
-async fn raw_ws(addr: SocketAddr, origin: Option<&str>) -> (TcpStream, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let origin = origin
-        .map(|o| format!("Origin: {o}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{origin}\r\n"
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert!(
-            timeout(5 * SEC, tcp.read(&mut byte))
-                .await
-                .unwrap()
-                .unwrap()
-                == 1,
-            "eof in head"
-        );
-        head.push(byte[0]);
-    }
-    (tcp, String::from_utf8_lossy(&head).into_owned())
-}
-
-/// A client frame: `first` is FIN/RSV/opcode, masked unless `unmasked`.
-fn frame(first: u8, payload: &[u8], unmasked: bool) -> Vec<u8> {
-    let mut out = vec![first];
-    let mask_bit = if unmasked { 0 } else { 0x80 };
-    match payload.len() {
-        n if n < 126 => out.push(mask_bit | n as u8),
-        n if n <= u16::MAX as usize => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if unmasked {
-        out.extend_from_slice(payload);
-    } else {
-        let key = [0x12, 0x34, 0x56, 0x78];
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    }
-    out
-}
-
-/// Reads server frames until a Close; returns its code.
-async fn close_code(tcp: &mut TcpStream) -> Option<u16> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        // Parse what we have: server frames are unmasked, short here.
-        while buf.len() >= 2 {
-            let len = (buf[1] & 0x7f) as usize;
-            assert!(len < 126, "unexpected long server frame");
-            if buf.len() < 2 + len {
-                break;
-            }
-            let (opcode, payload) = (buf[0] & 0x0f, buf[2..2 + len].to_vec());
-            buf.drain(..2 + len);
-            if opcode == 8 {
-                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-            }
-        }
-        let n = timeout(10 * SEC, tcp.read(&mut chunk)).await.ok()?.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 // WebSocket abuse gets the close code RFC 6455 names for it; a foreign
 // Origin is refused with 403 unless listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,35 +153,43 @@ async fn websocket_abuse_gets_the_right_close_code() {
     let addr = server.addr;
 
     // Text message over the limit: 1009.
-    let (mut tcp, head) = raw_ws(addr, None).await;
+    let (mut tcp, head) = raw_ws::handshake(addr, None).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    tcp.write_all(&frame(0x81, &[b'a'; 2000], false))
+    tcp.write_all(&raw_ws::frame(0x81, &[b'a'; 2000], false))
         .await
         .unwrap();
-    assert_eq!(close_code(&mut tcp).await, Some(1009));
+    assert_eq!(raw_ws::close_code(&mut tcp).await, Some(1009));
 
     // Invalid UTF-8 in a text message: 1007.
-    let (mut tcp, _) = raw_ws(addr, None).await;
-    tcp.write_all(&frame(0x81, &[0xff, 0xfe, 0x41], false))
+    let (mut tcp, _) = raw_ws::handshake(addr, None).await;
+    tcp.write_all(&raw_ws::frame(0x81, &[0xff, 0xfe, 0x41], false))
         .await
         .unwrap();
-    assert_eq!(close_code(&mut tcp).await, Some(1007));
+    assert_eq!(raw_ws::close_code(&mut tcp).await, Some(1007));
 
     // Protocol errors: 1002.
     for (what, bytes) in [
-        ("unmasked client frame", frame(0x81, b"hi", true)),
-        ("reserved bits set", frame(0x81 | 0x40, b"hi", false)),
-        ("unknown opcode", frame(0x83, b"hi", false)),
-        ("fragmented control frame", frame(0x09, b"hi", false)),
+        ("unmasked client frame", raw_ws::frame(0x81, b"hi", true)),
+        (
+            "reserved bits set",
+            raw_ws::frame(0x81 | 0x40, b"hi", false),
+        ),
+        ("unknown opcode", raw_ws::frame(0x83, b"hi", false)),
+        (
+            "fragmented control frame",
+            raw_ws::frame(0x09, b"hi", false),
+        ),
     ] {
-        let (mut tcp, _) = raw_ws(addr, None).await;
+        let (mut tcp, _) = raw_ws::handshake(addr, None).await;
         tcp.write_all(&bytes).await.unwrap();
-        assert_eq!(close_code(&mut tcp).await, Some(1002), "{what}");
+        assert_eq!(raw_ws::close_code(&mut tcp).await, Some(1002), "{what}");
     }
 
     // A well-formed message is still echoed.
-    let (mut tcp, _) = raw_ws(addr, None).await;
-    tcp.write_all(&frame(0x81, b"hello", false)).await.unwrap();
+    let (mut tcp, _) = raw_ws::handshake(addr, None).await;
+    tcp.write_all(&raw_ws::frame(0x81, b"hello", false))
+        .await
+        .unwrap();
     let mut echo = [0u8; 7];
     timeout(5 * SEC, tcp.read_exact(&mut echo))
         .await
@@ -269,11 +198,11 @@ async fn websocket_abuse_gets_the_right_close_code() {
     assert_eq!(&echo, b"\x81\x05hello");
 
     // Origins: the service's own host and listed ones pass; others get 403.
-    let (_, head) = raw_ws(addr, Some(&format!("http://{addr}"))).await;
+    let (_, head) = raw_ws::handshake(addr, Some(&format!("http://{addr}"))).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let (_, head) = raw_ws(addr, Some("https://friend.example")).await;
+    let (_, head) = raw_ws::handshake(addr, Some("https://friend.example")).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let (_, head) = raw_ws(addr, Some("https://evil.example")).await;
+    let (_, head) = raw_ws::handshake(addr, Some("https://evil.example")).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 
     // Every refused socket was released: only the echo one and the two

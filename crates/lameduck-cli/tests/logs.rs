@@ -1,6 +1,7 @@
 //! JSON logs of the real binary: every request has an id (the client's
 //! `x-request-id` when it is sane, a generated one otherwise), echoed in the
-//! response and carried by every log line of the request.
+//! response and carried by the request's log lines: a `request_id` field at
+//! info, and a `request` span on every line with debug logging.
 
 use std::time::{Duration, Instant};
 
@@ -10,15 +11,19 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
 const SEC: Duration = Duration::from_secs(1);
 
-/// The log lines (10 s at most to appear) named `name` whose request id is
-/// `id`.
+/// The log lines (10 s at most to appear) named `name` whose `request_id`
+/// field is `id`.
 fn lines_for(server: &Child, name: &str, id: &str) -> Vec<Value> {
+    lines_where(server, name, |l| l["request_id"] == id)
+}
+
+fn lines_where(server: &Child, name: &str, pick: impl Fn(&Value) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + 10 * SEC;
     loop {
         let found: Vec<Value> = server
             .events(name)
             .into_iter()
-            .filter(|l| l["span"]["request_id"] == id)
+            .filter(|l| pick(l))
             .collect();
         if !found.is_empty() || Instant::now() >= deadline {
             return found;
@@ -127,4 +132,33 @@ async fn access_log_is_off_by_default() {
         "{:#?}",
         server.logs()
     );
+}
+
+// With debug logging, lines written inside a request that do not name the
+// id themselves (here the WebSocket session's end, logged long after the
+// handshake's response) carry it through the `request` span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_lines_carry_the_request_span() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let server = Child::serve(BIN, &["--log-level", "info,lameduck=debug"]);
+    let mut request = format!("ws://{}/ws", server.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("x-request-id", "ws-7".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut ws, response) =
+        tokio::time::timeout(5 * SEC, tokio_tungstenite::client_async(request, tcp))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "ws-7");
+    ws.send(Message::text("hi")).await.unwrap();
+    ws.close(None).await.unwrap();
+    let ended = lines_where(&server, "ws.end", |l| l["span"]["request_id"] == "ws-7");
+    assert_eq!(ended.len(), 1, "{:#?}", server.logs());
+    assert_eq!(ended[0]["span"]["name"], "request");
 }

@@ -6,6 +6,7 @@
 
 mod child;
 mod http;
+pub mod raw_ws;
 mod redis;
 
 pub use child::{Child, is_alive, raise_fd_limit};

@@ -35,7 +35,8 @@ pub struct WsConfig {
     /// Interval between the server's pings (`ws.ping_interval`, default 20 s).
     pub ping_interval: Duration,
     /// How long after a ping without a pong the peer is declared dead and
-    /// dropped (`ws.pong_timeout`, default 20 s).
+    /// dropped (`ws.pong_timeout`, default 20 s); also how long a send may
+    /// wait for a peer that reads nothing.
     pub pong_timeout: Duration,
     /// How long to wait for the peer's Close after sending ours
     /// (`ws.close_timeout`, default 2 s).
@@ -244,8 +245,15 @@ impl WsSession {
                     if self.pong_deadline.is_none() {
                         self.pong_deadline = Some(Box::pin(sleep(self.config.pong_timeout)));
                     }
-                    if let Err(err) = self.socket.send(Message::Ping(Default::default())).await {
-                        return self.finish(WsEnd::Gone(err.to_string()));
+                    // A peer that reads nothing fills the socket: the ping
+                    // itself may not go out.
+                    match timeout(self.config.pong_timeout, self.socket.send(Message::Ping(Default::default()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => return self.finish(WsEnd::Gone(err.to_string())),
+                        Err(_) => {
+                            tracing::debug!("ws.peer_dead");
+                            return self.finish(WsEnd::PeerDead);
+                        }
                     }
                 }
                 msg = self.socket.recv() => match msg {
@@ -281,13 +289,32 @@ impl WsSession {
         }
     }
 
-    /// Sends a message and flushes it.
+    /// Sends a message and flushes it. A peer that reads nothing for the
+    /// pong timeout is dead: the send gives up then, so a stuck peer cannot
+    /// hold the session (and what it buffered) forever.
     ///
     /// # Errors
     ///
-    /// When the socket is closed or fails.
+    /// When the socket is closed or fails, or the peer read nothing for the
+    /// pong timeout (the session then ends with [`WsEnd::PeerDead`]).
     pub async fn send(&mut self, msg: Message) -> Result<(), axum::Error> {
-        self.socket.send(msg).await
+        match timeout(self.config.pong_timeout, self.socket.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => {
+                if self.end.is_none() {
+                    self.end = Some(WsEnd::Gone(err.to_string()));
+                }
+                Err(err)
+            }
+            Err(_) => {
+                tracing::debug!("ws.peer_dead");
+                self.end = Some(WsEnd::PeerDead);
+                Err(axum::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the peer read nothing for the pong timeout",
+                )))
+            }
+        }
     }
 
     /// Why the session ended, once it has.

@@ -69,11 +69,12 @@ impl Submit {
 
 /// Answers for a journal that failed: 503 with `Retry-After` when it may
 /// come back, 500 when the data is bad.
-fn journal_error(e: &JournalError) -> Response {
+fn journal_error(e: &JournalError, headers: &HeaderMap) -> Response {
+    let request_id = super::request_id::of(headers);
     match e {
         JournalError::Invalid(msg) => error(StatusCode::BAD_REQUEST, msg.clone()),
         JournalError::Unavailable { .. } => {
-            tracing::warn!(error = %e, "job.journal_unavailable");
+            tracing::warn!(request_id, error = %e, "job.journal_unavailable");
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{e}; the job was not accepted, retry later"),
@@ -84,7 +85,7 @@ fn journal_error(e: &JournalError) -> Response {
             response
         }
         other => {
-            tracing::error!(error = %other, "job.journal_error");
+            tracing::error!(request_id, error = %other, "job.journal_error");
             error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
         }
     }
@@ -148,7 +149,12 @@ async fn submit(
             if queued.created {
                 jobs.pool.wake();
             }
-            tracing::info!(job = %queued.id, created = queued.created, "job.accepted");
+            tracing::info!(
+                request_id = super::request_id::of(&headers),
+                job = %queued.id,
+                created = queued.created,
+                "job.accepted"
+            );
             let location = format!("/jobs/{}", queued.id);
             let mut response = (
                 StatusCode::ACCEPTED,
@@ -160,7 +166,7 @@ async fn submit(
             }
             response
         }
-        Err(e) => journal_error(&e),
+        Err(e) => journal_error(&e, &headers),
     }
 }
 
@@ -173,20 +179,20 @@ fn idempotency_key(raw: &[u8]) -> Option<&str> {
 }
 
 /// `GET /jobs/{id}`.
-async fn show(State(jobs): State<Jobs>, Path(id): Path<String>) -> Response {
+async fn show(State(jobs): State<Jobs>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<JobId>() else {
         return error(StatusCode::BAD_REQUEST, format!("invalid job id {id:?}"));
     };
     match bounded(jobs.journal.get(id)).await {
         Ok(Some(job)) => Json(job).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Err(e) => journal_error(&e),
+        Err(e) => journal_error(&e, &headers),
     }
 }
 
 /// `GET /jobs?state=S&after=ID&limit=N`: jobs by id, a page at a time;
 /// `next_after` is the `after` of the next page (absent on the last).
-async fn list(State(jobs): State<Jobs>, RawQuery(query): RawQuery) -> Response {
+async fn list(State(jobs): State<Jobs>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let query = query.as_deref();
     let state = query
         .unwrap_or("")
@@ -211,15 +217,15 @@ async fn list(State(jobs): State<Jobs>, RawQuery(query): RawQuery) -> Response {
                 .flatten();
             Json(json!({ "jobs": page, "next_after": next })).into_response()
         }
-        Err(e) => journal_error(&e),
+        Err(e) => journal_error(&e, &headers),
     }
 }
 
 /// `GET /jobs/counts`: how many jobs are in each state.
-async fn counts(State(jobs): State<Jobs>) -> Response {
+async fn counts(State(jobs): State<Jobs>, headers: HeaderMap) -> Response {
     match bounded(jobs.journal.counts()).await {
         Ok(counts) => Json(counts).into_response(),
-        Err(e) => journal_error(&e),
+        Err(e) => journal_error(&e, &headers),
     }
 }
 
