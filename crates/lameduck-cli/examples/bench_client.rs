@@ -37,7 +37,7 @@ use std::{
 };
 
 use futures_util::{StreamExt, future::join_all};
-use lameduck_test_support::{KeepAlive, Outcome, raise_fd_limit};
+use lameduck_test_support::{KeepAlive, Outcome, raise_fd_limit, rss_kib};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -122,15 +122,6 @@ impl Server {
     fn rss_kib(&self) -> u64 {
         rss_kib(self.child.id())
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// A baseline server example (`bare_hyper`, `plain_axum`): prints

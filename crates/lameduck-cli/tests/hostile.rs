@@ -11,7 +11,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use lameduck_test_support::{Child, get, raw_ws};
+use lameduck_test_support::{Child, get, raw_ws, rss_kib};
 use nix::sys::signal::Signal::SIGTERM;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -342,16 +342,6 @@ async fn pipelined_requests_across_a_drain() {
     let status = tokio::task::block_in_place(|| server.wait_exit(30 * SEC)).expect("exits");
     no_panic(&server);
     assert_eq!(status.code(), Some(0), "logs: {:#?}", server.logs());
-}
-
-/// The server's resident memory, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 // Dead WebSocket peers: 20 clients upgrade, send 16 MiB each to be echoed,

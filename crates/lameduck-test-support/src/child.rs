@@ -17,6 +17,16 @@ use nix::{
 };
 use serde_json::Value;
 
+/// A process's resident memory in KiB, from /proc (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Raises this process's open-file limit to `want` (or the hard limit, if
 /// lower); children inherit it. Returns the new soft limit.
 pub fn raise_fd_limit(want: u64) -> u64 {

@@ -9,6 +9,6 @@ mod http;
 pub mod raw_ws;
 mod redis;
 
-pub use child::{Child, is_alive, raise_fd_limit};
+pub use child::{Child, is_alive, raise_fd_limit, rss_kib};
 pub use http::{KeepAlive, Outcome, Response, get, post_json, send};
 pub use redis::{RedisServer, redis_url};
