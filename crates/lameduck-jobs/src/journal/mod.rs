@@ -216,4 +216,22 @@ mod tests {
         assert_eq!(prefix, "lameduck");
         assert!(split_prefix("redis://h?prefix=").is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        // Any journal URL's query: a prefix that is never empty and a base
+        // that keeps every other parameter, or a refusal; never a panic.
+        #[test]
+        fn redis_url_queries(query in "[a-z=&?%0-9]{0,30}", prefix in "[a-z0-9:_-]{1,12}") {
+            if let Ok((base, p)) = split_prefix(&format!("redis://h?{query}")) {
+                proptest::prop_assert!(!p.is_empty());
+                proptest::prop_assert!(base.starts_with("redis://h"));
+                let kept = base.split_once('?').map_or("", |(_, q)| q);
+                proptest::prop_assert!(kept.split('&').all(|pair| !pair.starts_with("prefix=")), "{}", base);
+            }
+            let (base, p) = split_prefix(&format!("redis://h:1/0?a=1&prefix={prefix}")).unwrap();
+            proptest::prop_assert_eq!((base.as_str(), p.as_str()), ("redis://h:1/0?a=1", prefix.as_str()));
+        }
+    }
 }
