@@ -16,6 +16,10 @@ pub(crate) enum Command {
     /// Run the reference service: /ping, /slow, /ws, /events, /jobs, /livez,
     /// /readyz.
     Serve(ServeArgs),
+    /// Drive traffic at a service (any service), stop or restart it, and
+    /// classify every request, message and connection. Exit code 2 when
+    /// anything was lost (see --allow).
+    Drill(Box<crate::drill::DrillArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -198,7 +202,7 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
 }
 
 /// `250ms`, `2s`, `1m30s`; a bare number is seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s

@@ -1,14 +1,19 @@
 //! `lameduck`: the reference service (`serve`) built on the lameduck library.
 //!
-//! Exit codes: 0 drained cleanly, 1 failed to start or serve, 3 drained but
-//! had to cut connections (`lameduck::EXIT_FORCED`), 64 bad usage (flags, or
-//! an inherited socket environment that does not fit).
+//! `lameduck drill`: drives traffic at any service across a shutdown.
+//!
+//! Exit codes of `serve`: 0 drained cleanly, 1 failed to start or serve, 3
+//! drained but had to cut connections (`lameduck::EXIT_FORCED`), 64 bad
+//! usage (flags, or an inherited socket environment that does not fit).
+//! Of `drill`: 0 nothing lost, 1 the drill could not run, 2 something was
+//! lost, 64 bad usage.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 mod cli;
+mod drill;
 mod logging;
 mod serve;
 
@@ -56,6 +61,12 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
                 .enable_all()
                 .build()?;
             runtime.block_on(serve::run(args, inherited.into_iter().next()))
+        }
+        cli::Command::Drill(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(drill::run(*args))
         }
     }
 }

@@ -5,10 +5,9 @@
 //! dropped, so a failing test leaves nothing behind.
 
 mod child;
-mod http;
 pub mod raw_ws;
 mod redis;
 
 pub use child::{Child, is_alive, raise_fd_limit, rss_kib};
-pub use http::{KeepAlive, Outcome, Response, get, post_json, send};
+pub use lameduck_drill::wire::http::{KeepAlive, Outcome, Response, get, post_json, send};
 pub use redis::{RedisServer, redis_url};

@@ -48,8 +48,12 @@ pub enum Outcome {
     /// The request could not be written (the server had closed the
     /// connection before we sent anything). Safe to retry.
     NotSent(io::Error),
-    /// The request was written but no complete response came: the bad case.
+    /// The request was written and not one byte of a response came: the
+    /// bad case.
     Lost(String),
+    /// A response began but the connection ended (closed or reset) before
+    /// it was complete.
+    Cut(String),
 }
 
 /// One keep-alive connection, one request at a time.
@@ -57,6 +61,8 @@ pub enum Outcome {
 pub struct KeepAlive {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Whether bytes of the current response were consumed already.
+    began: bool,
 }
 
 impl KeepAlive {
@@ -71,6 +77,7 @@ impl KeepAlive {
         Ok(Self {
             stream,
             buf: Vec::with_capacity(1024),
+            began: false,
         })
     }
 
@@ -102,11 +109,22 @@ impl KeepAlive {
         if let Err(err) = self.stream.write_all(&bytes).await {
             return Outcome::NotSent(err);
         }
-        match timeout(limit, self.read_response()).await {
+        let started = self.buf.len();
+        let read = timeout(limit, self.read_response()).await;
+        let began = self.buf.len() > started || self.began;
+        self.began = false;
+        match read {
             Ok(Ok(res)) => Outcome::Ok(res),
+            Ok(Err(err)) if began => Outcome::Cut(err.to_string()),
             Ok(Err(err)) => Outcome::Lost(err.to_string()),
+            Err(_) if began => Outcome::Cut(format!("incomplete response after {limit:?}")),
             Err(_) => Outcome::Lost(format!("no response within {limit:?}")),
         }
+    }
+
+    /// The socket, for waiting on the server with nothing to send.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
     }
 
     /// Waits up to `limit` for the server to close the connection; true if
@@ -137,21 +155,58 @@ impl KeepAlive {
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
-        let length: usize = headers
+        let chunked = headers
             .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .ok_or_else(|| invalid("no content-length"))?;
-        while self.buf.len() < head_end + length {
-            self.fill().await?;
-        }
-        let body = self.buf[head_end..head_end + length].to_vec();
-        self.buf.drain(..head_end + length);
+            .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+        let body = if chunked {
+            self.buf.drain(..head_end);
+            self.began = true;
+            self.read_chunked().await?
+        } else {
+            let length: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .ok_or_else(|| invalid("no content-length"))?;
+            while self.buf.len() < head_end + length {
+                self.fill().await?;
+            }
+            let body = self.buf[head_end..head_end + length].to_vec();
+            self.buf.drain(..head_end + length);
+            body
+        };
         Ok(Response {
             status,
             headers,
             body,
         })
+    }
+
+    /// A chunked body, the head already consumed.
+    async fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(pos) = find(&self.buf, b"\r\n") {
+                    break pos;
+                }
+                self.fill().await?;
+            };
+            let size = std::str::from_utf8(&self.buf[..line_end])
+                .ok()
+                .and_then(|l| usize::from_str_radix(l.split(';').next()?.trim(), 16).ok())
+                .ok_or_else(|| invalid("bad chunk size"))?;
+            // The chunk, then its CRLF (after the last, empty chunk: the
+            // final CRLF, no trailers here).
+            while self.buf.len() < line_end + 2 + size + 2 {
+                self.fill().await?;
+            }
+            body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+            self.buf.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                return Ok(body);
+            }
+        }
     }
 
     async fn fill(&mut self) -> io::Result<()> {
@@ -180,7 +235,7 @@ pub async fn get(addr: SocketAddr, path: &str, limit: Duration) -> io::Result<Re
     match conn.get(path, limit).await {
         Outcome::Ok(res) => Ok(res),
         Outcome::NotSent(err) => Err(err),
-        Outcome::Lost(why) => Err(io::Error::other(why)),
+        Outcome::Lost(why) | Outcome::Cut(why) => Err(io::Error::other(why)),
     }
 }
 
@@ -221,7 +276,7 @@ pub async fn send(
     match conn.request(method, path, headers, body, limit).await {
         Outcome::Ok(res) => Ok(res),
         Outcome::NotSent(err) => Err(err),
-        Outcome::Lost(why) => Err(io::Error::other(why)),
+        Outcome::Lost(why) | Outcome::Cut(why) => Err(io::Error::other(why)),
     }
 }
 

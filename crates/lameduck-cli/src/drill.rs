@@ -1,0 +1,212 @@
+//! `lameduck drill`: flags, progress bar and outputs around
+//! `lameduck_drill`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use lameduck_drill::{Class, Drill, Scenario, Target, report};
+
+use crate::cli::parse_duration;
+
+/// Exit code when the drill saw a failure that was not allowed.
+pub(crate) const EXIT_LOSSES: u8 = 2;
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["spawn", "url"])))]
+pub(crate) struct DrillArgs {
+    /// Start the service with this command (run by `sh -c`), with `PORT` in
+    /// its environment and `{port}` replaced by the port; the drill sends
+    /// SIGTERM itself and kills the process group at the end.
+    #[arg(long)]
+    spawn: Option<String>,
+
+    /// Port given to a spawned service (0: a free one).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+
+    /// A service already running, as `http://HOST:PORT` (loopback or your
+    /// own staging hosts only).
+    #[arg(long, requires = "stop_by")]
+    url: Option<String>,
+
+    /// The running service's pid, sent SIGTERM.
+    #[arg(long, group = "stop_by")]
+    pid: Option<u32>,
+
+    /// Command that stops or restarts the running service (`systemctl
+    /// restart app`), run by `sh -c`.
+    #[arg(long, group = "stop_by")]
+    trigger: Option<String>,
+
+    /// Scenarios: idle, inflight, load, websocket, sse, or all (repeat or
+    /// comma-separate).
+    #[arg(long = "scenario", value_delimiter = ',', default_value = "all", value_parser = parse_scenario)]
+    scenarios: Vec<Vec<Scenario>>,
+
+    /// Failure classes to tolerate (e.g. `refused` for a single instance
+    /// without a handoff): refused, lost, cut, http_5xx, idle_reset,
+    /// ws_abrupt, ws_unechoed, sse_abrupt, sse_gap.
+    #[arg(long, value_delimiter = ',', value_parser = parse_class)]
+    allow: Vec<Class>,
+
+    /// Path that must answer 200 before traffic starts.
+    #[arg(long, default_value = "/ping")]
+    health: String,
+    /// Fast path looped by `load` and used by `idle`.
+    #[arg(long, default_value = "/ping")]
+    ping: String,
+    /// Path answering after `?ms=N`, for `inflight`.
+    #[arg(long, default_value = "/slow")]
+    slow: String,
+    /// WebSocket echo path.
+    #[arg(long, default_value = "/ws")]
+    ws: String,
+    /// SSE path.
+    #[arg(long, default_value = "/events")]
+    sse: String,
+
+    /// Keep-alive clients of `load`.
+    #[arg(long, default_value_t = 32)]
+    load_clients: usize,
+    /// Slow requests of `inflight`.
+    #[arg(long, default_value_t = 50)]
+    inflight: usize,
+    /// Duration of each `inflight` request.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    slow_for: Duration,
+    /// Idle keep-alive connections of `idle`.
+    #[arg(long, default_value_t = 200)]
+    idle_http: usize,
+    /// Idle WebSockets of `idle`.
+    #[arg(long, default_value_t = 200)]
+    idle_ws: usize,
+    /// Clients of `websocket`.
+    #[arg(long, default_value_t = 50)]
+    ws_clients: usize,
+    /// Pause between one `websocket` client's messages.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    ws_interval: Duration,
+    /// Streams of `sse`.
+    #[arg(long, default_value_t = 20)]
+    sse_clients: usize,
+
+    /// Traffic before the signal.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    before: Duration,
+    /// Traffic after the exit.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    after: Duration,
+    /// Time the service gets to become healthy.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    startup: Duration,
+    /// The whole drill is bounded by this.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    limit: Duration,
+
+    /// Write every figure as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a self-contained HTML report (timeline chart and table) here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+}
+
+fn parse_scenario(s: &str) -> Result<Vec<Scenario>, String> {
+    if s == "all" {
+        return Ok(Scenario::ALL.to_vec());
+    }
+    Scenario::from_name(s)
+        .map(|s| vec![s])
+        .ok_or_else(|| format!("unknown scenario {s:?} (expected idle, inflight, load, websocket, sse or all)"))
+}
+
+fn parse_class(s: &str) -> Result<Class, String> {
+    Class::from_name(s)
+        .filter(|c| c.is_failure())
+        .ok_or_else(|| format!("{s:?} is not a failure class"))
+}
+
+fn parse_url(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("--url {url:?}: expected http://HOST:PORT"))?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .with_context(|| format!("--url {url:?}: cannot resolve {authority:?}"))?
+        .next()
+        .with_context(|| format!("--url {url:?}: no address"))
+}
+
+pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
+    let target = match (&args.spawn, &args.url) {
+        (Some(command), _) => Target::Spawn {
+            command: command.clone(),
+            port: args.port,
+        },
+        (None, Some(url)) => Target::Running {
+            addr: parse_url(url)?,
+            pid: args.pid,
+            trigger: args.trigger.clone(),
+        },
+        (None, None) => unreachable!("clap requires --spawn or --url"),
+    };
+    let mut drill = Drill::new(target);
+    drill.scenarios = args.scenarios.concat();
+    drill.allow = args.allow.clone();
+    drill.health = args.health.clone();
+    drill.before = args.before;
+    drill.after = args.after;
+    drill.startup = args.startup;
+    drill.limit = args.limit;
+    let s = &mut drill.settings;
+    s.ping = args.ping.clone();
+    s.slow = args.slow.clone();
+    s.ws = args.ws.clone();
+    s.sse = args.sse.clone();
+    s.load_clients = args.load_clients;
+    s.inflight = args.inflight;
+    s.slow_ms = args.slow_for.as_millis() as u64;
+    s.idle_http = args.idle_http;
+    s.idle_ws = args.idle_ws;
+    s.ws_clients = args.ws_clients;
+    s.ws_interval = args.ws_interval;
+    s.sse_clients = args.sse_clients;
+
+    // Drawn on stderr, and only on a terminal.
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"));
+    let report = drill
+        .run(|rec| {
+            let c = |class| rec.total(class);
+            bar.set_message(format!(
+                "{:?}: ok {} refused {} LOST {} cut {} | ws echoed {} abrupt {} | sse events {} | open http {} ws {} sse {}",
+                rec.phase(),
+                c(Class::Ok),
+                c(Class::Refused),
+                c(Class::Lost),
+                c(Class::Cut),
+                c(Class::WsEchoed),
+                c(Class::WsAbrupt),
+                c(Class::SseEvent),
+                rec.open_now(lameduck_drill::record::Kind::Http),
+                rec.open_now(lameduck_drill::record::Kind::Ws),
+                rec.open_now(lameduck_drill::record::Kind::Sse),
+            ));
+            bar.tick();
+        })
+        .await;
+    bar.finish_and_clear();
+    let report = report?;
+    print!("{}", report::table(&report));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).context("report as JSON")?;
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, report::html(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(if report.passed { 0 } else { EXIT_LOSSES })
+}

@@ -1,0 +1,89 @@
+//! What a drill found: every figure, the verdict, and their renderings
+//! (table, JSON, HTML).
+
+mod html;
+mod table;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+pub use html::html;
+pub use table::table;
+
+use crate::record::{Bucket, Class, Latency};
+
+/// Every figure of a drill.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// What was drilled (the command or the URL).
+    pub target: String,
+    /// The scenarios run.
+    pub scenarios: Vec<String>,
+    /// What stopped the service: `SIGTERM` or the trigger command.
+    pub trigger: String,
+    /// When the signal was sent, in ms since the drill started.
+    pub signal_at_ms: u64,
+    /// When the process was seen gone, in ms since the drill started.
+    pub exit_at_ms: Option<u64>,
+    /// Signal to exit, in ms.
+    pub exit_after_ms: Option<u64>,
+    /// How the process ended (`exit code 0`), when the drill started it.
+    pub exit_status: Option<String>,
+    /// The exit code, when there is one.
+    pub exit_code: Option<i32>,
+    /// When the drill ended, in ms.
+    pub end_ms: u64,
+    /// Outcomes by class name.
+    pub counts: BTreeMap<&'static str, u64>,
+    /// WebSocket close codes received, with their counts.
+    pub close_codes: BTreeMap<u16, u64>,
+    /// WebSockets and SSE streams still open when the drill stopped.
+    pub still_open: StillOpen,
+    /// Request latency before the signal, during the shutdown, after it.
+    pub latency: Phases,
+    /// 100 ms slices.
+    pub timeline: Vec<Bucket>,
+    /// Classes tolerated by `--allow`.
+    pub allowed: Vec<String>,
+    /// Failure classes with a count above zero, not allowed.
+    pub failures: Vec<String>,
+    /// True when nothing failed.
+    pub passed: bool,
+}
+
+/// Connections open at the end, by kind.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StillOpen {
+    /// HTTP connections.
+    pub http: i64,
+    /// WebSockets.
+    pub websocket: i64,
+    /// SSE streams.
+    pub sse: i64,
+}
+
+/// Latencies by phase.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Phases {
+    /// Before the signal.
+    pub before: Latency,
+    /// From the signal to the exit.
+    pub during: Latency,
+    /// After the exit.
+    pub after: Latency,
+}
+
+impl Report {
+    /// Sets `failures` and `passed` from the counts and `allowed`.
+    pub(crate) fn judge(&mut self) {
+        self.failures = Class::ALL
+            .into_iter()
+            .filter(|c| c.is_failure())
+            .filter(|c| self.counts.get(c.name()).copied().unwrap_or(0) > 0)
+            .map(|c| c.name().to_owned())
+            .filter(|name| !self.allowed.contains(name))
+            .collect();
+        self.passed = self.failures.is_empty();
+    }
+}

@@ -1,0 +1,107 @@
+//! The summary on stdout.
+
+use std::fmt::Write;
+
+use super::Report;
+use crate::record::Latency;
+
+/// The report as a plain-text table.
+pub fn table(r: &Report) -> String {
+    let c = |name: &str| r.counts.get(name).copied().unwrap_or(0);
+    let mut out = String::new();
+    let _ = writeln!(out, "lameduck drill: {}", r.target);
+    let _ = writeln!(out, "scenarios: {}", r.scenarios.join(", "));
+    let exit = match (r.exit_after_ms, &r.exit_status) {
+        (Some(ms), Some(status)) => format!("exited {:.2} s after it ({status})", ms as f64 / 1e3),
+        (Some(ms), None) => format!("gone {:.2} s after it", ms as f64 / 1e3),
+        _ => "exit not observed".into(),
+    };
+    let _ = writeln!(
+        out,
+        "{} at {:.2} s; {exit}; drill ended at {:.2} s",
+        r.trigger,
+        r.signal_at_ms as f64 / 1e3,
+        r.end_ms as f64 / 1e3
+    );
+    let _ = writeln!(out);
+    let rows: [(&str, Vec<(&str, u64)>); 4] = [
+        (
+            "HTTP requests",
+            vec![
+                ("ok", c("ok")),
+                ("refused", c("refused")),
+                ("LOST", c("lost")),
+                ("cut", c("cut")),
+                ("5xx", c("http_5xx")),
+                ("retried", c("retried")),
+            ],
+        ),
+        (
+            "idle keep-alive",
+            vec![("closed", c("idle_closed")), ("reset", c("idle_reset"))],
+        ),
+        (
+            "WebSocket",
+            vec![
+                ("closed", c("ws_closed")),
+                ("abrupt", c("ws_abrupt")),
+                ("open", r.still_open.websocket as u64),
+                ("echoed", c("ws_echoed")),
+                ("unechoed", c("ws_unechoed")),
+                ("crossed", c("ws_crossed")),
+            ],
+        ),
+        (
+            "SSE",
+            vec![
+                ("clean", c("sse_clean")),
+                ("abrupt", c("sse_abrupt")),
+                ("open", r.still_open.sse as u64),
+                ("events", c("sse_event")),
+                ("gaps", c("sse_gap")),
+            ],
+        ),
+    ];
+    for (label, cells) in rows {
+        let cells: Vec<String> = cells.iter().map(|(k, v)| format!("{k} {v:>7}")).collect();
+        let _ = writeln!(out, "{label:<16} {}", cells.join("  "));
+    }
+    if !r.close_codes.is_empty() {
+        let codes: Vec<String> = r
+            .close_codes
+            .iter()
+            .map(|(code, n)| format!("{code} x{n}"))
+            .collect();
+        let _ = writeln!(out, "{:<16} {}", "close codes", codes.join(", "));
+    }
+    let lat = |l: &Latency| {
+        if l.count == 0 {
+            "-".to_owned()
+        } else {
+            format!(
+                "p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} (n={})",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, l.count
+            )
+        }
+    };
+    let _ = writeln!(out, "{:<16} before  {}", "latency (ms)", lat(&r.latency.before));
+    let _ = writeln!(out, "{:<16} during  {}", "", lat(&r.latency.during));
+    let _ = writeln!(out, "{:<16} after   {}", "", lat(&r.latency.after));
+    let _ = writeln!(out);
+    if r.passed {
+        let allowed = if r.allowed.is_empty() {
+            String::new()
+        } else {
+            format!(" (allowed: {})", r.allowed.join(", "))
+        };
+        let _ = writeln!(out, "PASS: nothing lost{allowed}");
+    } else {
+        let failed: Vec<String> = r
+            .failures
+            .iter()
+            .map(|f| format!("{f} {}", c(f)))
+            .collect();
+        let _ = writeln!(out, "FAIL: {}", failed.join(", "));
+    }
+    out
+}

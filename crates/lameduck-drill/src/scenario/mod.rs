@@ -1,0 +1,135 @@
+//! The traffic the drill drives, one module per kind of client.
+
+mod http;
+mod sse;
+mod ws;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::record::Recorder;
+
+/// A kind of traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Scenario {
+    /// Idle keep-alive connections and idle WebSockets, then the signal.
+    Idle,
+    /// Slow requests that straddle the signal.
+    Inflight,
+    /// Keep-alive clients looping the ping path.
+    Load,
+    /// Numbered WebSocket messages, each echoed before the next.
+    Websocket,
+    /// SSE streams.
+    Sse,
+}
+
+impl Scenario {
+    /// Every scenario (`all`).
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Idle,
+        Scenario::Inflight,
+        Scenario::Load,
+        Scenario::Websocket,
+        Scenario::Sse,
+    ];
+
+    /// The scenario named `name`.
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Some(match name {
+            "idle" => Scenario::Idle,
+            "inflight" => Scenario::Inflight,
+            "load" => Scenario::Load,
+            "websocket" => Scenario::Websocket,
+            "sse" => Scenario::Sse,
+            _ => return None,
+        })
+    }
+}
+
+/// Paths, counts and rates of the scenarios.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct Settings {
+    /// A fast path (`load`, `idle`).
+    pub ping: String,
+    /// A path that answers after `?ms=N` (`inflight`).
+    pub slow: String,
+    /// A WebSocket echo path.
+    pub ws: String,
+    /// An SSE path.
+    pub sse: String,
+    /// Keep-alive clients of `load`.
+    pub load_clients: usize,
+    /// Pause between one `load` client's requests (0: none).
+    pub load_pause: Duration,
+    /// Requests of `inflight`.
+    pub inflight: usize,
+    /// How long each `inflight` request takes.
+    pub slow_ms: u64,
+    /// Idle keep-alive connections of `idle`.
+    pub idle_http: usize,
+    /// Idle WebSockets of `idle`.
+    pub idle_ws: usize,
+    /// Clients of `websocket`.
+    pub ws_clients: usize,
+    /// Pause between one `websocket` client's messages.
+    pub ws_interval: Duration,
+    /// Streams of `sse`.
+    pub sse_clients: usize,
+    /// How long one request, echo or handshake may take before it counts
+    /// as lost.
+    pub request_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            ping: "/ping".into(),
+            slow: "/slow".into(),
+            ws: "/ws".into(),
+            sse: "/events".into(),
+            load_clients: 32,
+            load_pause: Duration::ZERO,
+            inflight: 50,
+            slow_ms: 2_000,
+            idle_http: 200,
+            idle_ws: 200,
+            ws_clients: 50,
+            ws_interval: Duration::from_millis(50),
+            sse_clients: 20,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every client task gets.
+#[derive(Clone, Debug)]
+pub(crate) struct Ctx {
+    pub(crate) addr: SocketAddr,
+    pub(crate) rec: Arc<Recorder>,
+    pub(crate) settings: Arc<Settings>,
+    /// Cancelled when the drill ends: clients stop and report what is still
+    /// open.
+    pub(crate) stop: CancellationToken,
+    /// Cancelled when the signal is sent.
+    pub(crate) signalled: CancellationToken,
+}
+
+/// Starts the clients of `scenario`; they run until `ctx.stop`.
+pub(crate) async fn start(scenario: Scenario, ctx: &Ctx, before: Duration, tasks: &mut JoinSet<()>) {
+    match scenario {
+        Scenario::Load => http::load(ctx, tasks),
+        Scenario::Inflight => http::inflight(ctx, before, tasks),
+        Scenario::Idle => {
+            http::idle(ctx, tasks).await;
+            ws::idle(ctx, tasks).await;
+        }
+        Scenario::Websocket => ws::chat(ctx, tasks).await,
+        Scenario::Sse => sse::streams(ctx, tasks).await,
+    }
+}
