@@ -221,7 +221,7 @@ async fn upgrade(bin: &str, conns: usize, upgrades: usize) {
                             }
                         }
                         Outcome::NotSent(_) => conn = None,
-                        Outcome::Lost(_) => {
+                        Outcome::Lost(_) | Outcome::Cut(_) => {
                             failed += 1;
                             conn = None;
                         }

@@ -12,6 +12,8 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
     /// Run the reference service: /ping, /slow, /ws, /events, /jobs, /livez,
     /// /readyz.
@@ -19,7 +21,7 @@ pub(crate) enum Command {
     /// Drive traffic at a service (any service), stop or restart it, and
     /// classify every request, message and connection. Exit code 2 when
     /// anything was lost (see --allow).
-    Drill(Box<crate::drill::DrillArgs>),
+    Drill(crate::drill::DrillArgs),
 }
 
 #[derive(Debug, Args)]
@@ -242,7 +244,9 @@ mod tests {
             "json",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("serve");
+        };
         assert_eq!(args.drain_timeout, Duration::from_secs(2));
         assert_eq!(args.log.log_format, LogFormat::Json);
         assert!(Cli::try_parse_from(["lameduck", "serve", "--listen", "nowhere"]).is_err());

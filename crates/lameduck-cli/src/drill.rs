@@ -16,9 +16,10 @@ pub(crate) const EXIT_LOSSES: u8 = 2;
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["spawn", "url"])))]
 pub(crate) struct DrillArgs {
-    /// Start the service with this command (run by `sh -c`), with `PORT` in
-    /// its environment and `{port}` replaced by the port; the drill sends
-    /// SIGTERM itself and kills the process group at the end.
+    /// Start the service with this command (one program, exec'd by `sh -c`),
+    /// with `PORT` in its environment and `{port}` replaced by the port; the
+    /// drill sends SIGTERM to its process group itself and kills the group
+    /// at the end.
     #[arg(long)]
     spawn: Option<String>,
 
@@ -117,9 +118,9 @@ fn parse_scenario(s: &str) -> Result<Vec<Scenario>, String> {
     if s == "all" {
         return Ok(Scenario::ALL.to_vec());
     }
-    Scenario::from_name(s)
-        .map(|s| vec![s])
-        .ok_or_else(|| format!("unknown scenario {s:?} (expected idle, inflight, load, websocket, sse or all)"))
+    Scenario::from_name(s).map(|s| vec![s]).ok_or_else(|| {
+        format!("unknown scenario {s:?} (expected idle, inflight, load, websocket, sse or all)")
+    })
 }
 
 fn parse_class(s: &str) -> Result<Class, String> {
@@ -176,7 +177,9 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
 
     // Drawn on stderr, and only on a terminal.
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
+    );
     let report = drill
         .run(|rec| {
             let c = |class| rec.total(class);

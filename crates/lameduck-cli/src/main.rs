@@ -66,7 +66,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(drill::run(*args))
+            runtime.block_on(drill::run(args))
         }
     }
 }

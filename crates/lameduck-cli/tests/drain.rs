@@ -207,7 +207,7 @@ async fn no_request_lost_under_load() {
                                 tally.not_sent += 1;
                                 continue 'connect;
                             }
-                            Outcome::Lost(why) => {
+                            Outcome::Lost(why) | Outcome::Cut(why) => {
                                 tally.lost.push(why);
                                 continue 'connect;
                             }

@@ -109,7 +109,7 @@ async fn pinger(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
             }
             // Closed before we wrote: the request never left; retry it.
             Outcome::NotSent(_) => conn = None,
-            Outcome::Lost(why) => {
+            Outcome::Lost(why) | Outcome::Cut(why) => {
                 tally.lost.fetch_add(1, Ordering::Relaxed);
                 tally.problem(format!("lost: {why}"));
                 conn = None;

@@ -160,7 +160,11 @@ impl Drill {
         rec.set_phase(Phase::During);
         ctx.signalled.cancel();
         let trigger = match &self.target {
-            Target::Running { pid: None, trigger: Some(t), .. } => format!("trigger `{t}`"),
+            Target::Running {
+                pid: None,
+                trigger: Some(t),
+                ..
+            } => format!("trigger `{t}`"),
             _ => "SIGTERM".to_owned(),
         };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());

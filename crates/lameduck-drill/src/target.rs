@@ -20,8 +20,11 @@ use crate::{DrillError, wire::http};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Target {
-    /// `sh -c 'exec COMMAND'`, with `PORT` in its environment and `{port}`
-    /// in the command replaced by the port.
+    /// `sh -c 'exec COMMAND'` in a process group of its own, with `PORT` in
+    /// its environment and `{port}` in the command replaced by the port: the
+    /// command must be one program (wrap a pipeline in `sh -c '...'`).
+    /// Signals go to the whole group, as systemd's default `KillMode` does;
+    /// the exit status is the program's.
     Spawn {
         /// The command line.
         command: String,
@@ -63,6 +66,8 @@ impl Live {
                 let command = command.replace("{port}", &port.to_string());
                 let child = Command::new("sh")
                     .arg("-c")
+                    // exec: the service is the process the drill watches
+                    // (dash does not exec a lone command by itself).
                     .arg(format!("exec {command}"))
                     .env("PORT", port.to_string())
                     .stdin(Stdio::null())
@@ -116,6 +121,12 @@ impl Live {
     /// Sends `signal` to the process, or runs the trigger command (waiting
     /// for it, `limit` at most).
     pub(crate) async fn signal(&self, signal: Signal, limit: Duration) -> Result<(), DrillError> {
+        if let Some(child) = &self.child {
+            // The group's id is the child's pid (`process_group(0)`).
+            let group = child.id();
+            return killpg(Pid::from_raw(group as i32), signal)
+                .map_err(|e| DrillError::Signal(group, e.to_string()));
+        }
         if let Some(pid) = self.pid {
             return kill(Pid::from_raw(pid as i32), signal)
                 .map_err(|e| DrillError::Signal(pid, e.to_string()));
@@ -150,7 +161,9 @@ impl Live {
     /// The exit status if the process has ended (`None` for a pid the drill
     /// did not start: it ended, but its status is its parent's).
     pub(crate) fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Whether the process is gone.
@@ -192,5 +205,8 @@ pub(crate) fn describe(status: ExitStatus) -> String {
 /// `port`, if free, or a free one for 0.
 fn free_port(port: u16) -> Result<u16, DrillError> {
     let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| DrillError::Port(port, e))?;
-    Ok(listener.local_addr().map_err(|e| DrillError::Port(port, e))?.port())
+    Ok(listener
+        .local_addr()
+        .map_err(|e| DrillError::Port(port, e))?
+        .port())
 }

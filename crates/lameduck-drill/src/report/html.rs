@@ -17,7 +17,9 @@ type Series<'a> = (&'a str, &'a str, Box<dyn Fn(&Bucket) -> f64 + 'a>);
 /// The report as an HTML page.
 pub fn html(r: &Report) -> String {
     let per_sec = 1000.0 / BUCKET.as_millis() as f64;
-    let count = |name: &'static str| move |b: &Bucket| b.counts.get(name).copied().unwrap_or(0) as f64 * per_sec;
+    let count = |name: &'static str| {
+        move |b: &Bucket| b.counts.get(name).copied().unwrap_or(0) as f64 * per_sec
+    };
     let panels: Vec<(&str, Vec<Series<'_>>)> = vec![
         (
             "responses per second",
@@ -41,7 +43,11 @@ pub fn html(r: &Report) -> String {
             "open connections",
             vec![
                 ("http", "#1565c0", Box::new(|b: &Bucket| b.open_http as f64)),
-                ("websocket", "#00838f", Box::new(|b: &Bucket| b.open_ws as f64)),
+                (
+                    "websocket",
+                    "#00838f",
+                    Box::new(|b: &Bucket| b.open_ws as f64),
+                ),
                 ("sse", "#f9a825", Box::new(|b: &Bucket| b.open_sse as f64)),
             ],
         ),
@@ -130,5 +136,7 @@ pub fn html(r: &Report) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

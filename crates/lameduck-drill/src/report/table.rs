@@ -84,7 +84,12 @@ pub fn table(r: &Report) -> String {
             )
         }
     };
-    let _ = writeln!(out, "{:<16} before  {}", "latency (ms)", lat(&r.latency.before));
+    let _ = writeln!(
+        out,
+        "{:<16} before  {}",
+        "latency (ms)",
+        lat(&r.latency.before)
+    );
     let _ = writeln!(out, "{:<16} during  {}", "", lat(&r.latency.during));
     let _ = writeln!(out, "{:<16} after   {}", "", lat(&r.latency.after));
     let _ = writeln!(out);
@@ -96,11 +101,7 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(out, "PASS: nothing lost{allowed}");
     } else {
-        let failed: Vec<String> = r
-            .failures
-            .iter()
-            .map(|f| format!("{f} {}", c(f)))
-            .collect();
+        let failed: Vec<String> = r.failures.iter().map(|f| format!("{f} {}", c(f))).collect();
         let _ = writeln!(out, "FAIL: {}", failed.join(", "));
     }
     out

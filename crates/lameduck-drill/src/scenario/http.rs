@@ -81,7 +81,9 @@ pub(super) fn load(ctx: &Ctx, tasks: &mut JoinSet<()>) {
                 };
                 let mut c = c;
                 let started = Instant::now();
-                let outcome = c.get(&ctx.settings.ping, ctx.settings.request_timeout).await;
+                let outcome = c
+                    .get(&ctx.settings.ping, ctx.settings.request_timeout)
+                    .await;
                 if record(&ctx, &outcome, started.elapsed()) {
                     conn = Some(c);
                 } else {
@@ -104,7 +106,11 @@ pub(super) fn inflight(ctx: &Ctx, before: Duration, tasks: &mut JoinSet<()>) {
     let slow_ms = ctx.settings.slow_ms;
     let lead = Duration::from_millis(slow_ms / 2);
     let wait = before.saturating_sub(lead);
-    let sep = if ctx.settings.slow.contains('?') { '&' } else { '?' };
+    let sep = if ctx.settings.slow.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     let path = format!("{}{sep}ms={slow_ms}", ctx.settings.slow);
     for _ in 0..ctx.settings.inflight {
         let ctx = ctx.clone();
@@ -130,7 +136,9 @@ pub(super) async fn idle(ctx: &Ctx, tasks: &mut JoinSet<()>) {
             continue;
         };
         let started = Instant::now();
-        let outcome = conn.get(&ctx.settings.ping, ctx.settings.request_timeout).await;
+        let outcome = conn
+            .get(&ctx.settings.ping, ctx.settings.request_timeout)
+            .await;
         if !record(ctx, &outcome, started.elapsed()) {
             close(ctx, conn);
             continue;

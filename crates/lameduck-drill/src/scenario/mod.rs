@@ -121,7 +121,12 @@ pub(crate) struct Ctx {
 }
 
 /// Starts the clients of `scenario`; they run until `ctx.stop`.
-pub(crate) async fn start(scenario: Scenario, ctx: &Ctx, before: Duration, tasks: &mut JoinSet<()>) {
+pub(crate) async fn start(
+    scenario: Scenario,
+    ctx: &Ctx,
+    before: Duration,
+    tasks: &mut JoinSet<()>,
+) {
     match scenario {
         Scenario::Load => http::load(ctx, tasks),
         Scenario::Inflight => http::inflight(ctx, before, tasks),

@@ -109,7 +109,9 @@ pub(super) async fn chat(ctx: &Ctx, tasks: &mut JoinSet<()>) {
                 })
                 .await;
                 match echo {
-                    Ok(Ok(text)) if text.as_str() == n.to_string() => ctx.rec.count(Class::WsEchoed),
+                    Ok(Ok(text)) if text.as_str() == n.to_string() => {
+                        ctx.rec.count(Class::WsEchoed)
+                    }
                     Ok(Ok(_)) => ctx.rec.count(Class::WsUnechoed),
                     Ok(Err(end)) => {
                         ctx.rec.count(match end {

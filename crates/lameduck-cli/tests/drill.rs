@@ -1,0 +1,293 @@
+//! `lameduck drill`, run as a real process: against `lameduck serve` (it
+//! spawns) nothing is lost; against a careless server it reports the losses
+//! and fails; its JSON and HTML hold the figures; bad arguments get clear
+//! errors and leave no process behind.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
+
+fn example(name: &str) -> PathBuf {
+    // Examples are built by `cargo test`, next to the binary.
+    Path::new(BIN).parent().unwrap().join("examples").join(name)
+}
+
+/// Runs `lameduck drill ARGS` (killed after 90 s) and returns its output.
+async fn drill(args: &[&str]) -> Output {
+    let child = tokio::process::Command::new(BIN)
+        .arg("drill")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the drill");
+    tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("the drill ends within 90 s")
+        .expect("drill output")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const SMALL: &[&str] = &[
+    "--load-clients",
+    "8",
+    "--inflight",
+    "20",
+    "--slow-for",
+    "1s",
+    "--idle-http",
+    "50",
+    "--idle-ws",
+    "50",
+    "--ws-clients",
+    "20",
+    "--sse-clients",
+    "10",
+];
+
+// Test 1 and 3: every scenario against `lameduck serve`: zero lost, cut or
+// abrupt; exit code 0 (refused allowed: one instance without a handoff
+// refuses connections once its listener closes). The JSON holds every
+// figure of the table; the HTML is one self-contained page with its SVG.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lameduck_serve_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let html = dir.path().join("report.html");
+    let serve = format!(
+        "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 --journal sqlite:{}/jobs.db",
+        dir.path().display()
+    );
+    let mut args = vec!["--spawn", &serve, "--scenario", "all", "--allow", "refused"];
+    args.extend_from_slice(SMALL);
+    let (json_s, html_s) = (json.display().to_string(), html.display().to_string());
+    args.extend_from_slice(&["--json", &json_s, "--html", &html_s]);
+    let out = drill(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let count = |name: &str| {
+        report["counts"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {report}"))
+    };
+    for bad in [
+        "lost",
+        "cut",
+        "http_5xx",
+        "idle_reset",
+        "ws_abrupt",
+        "ws_unechoed",
+        "sse_abrupt",
+        "sse_gap",
+    ] {
+        assert_eq!(count(bad), 0, "{bad}: {}", text(&out));
+    }
+    assert!(count("ok") > 1000, "{}", text(&out));
+    assert_eq!(count("idle_closed"), 50, "{}", text(&out));
+    // Idle and chatting sockets all got the server's Close 1001.
+    assert_eq!(count("ws_closed"), 70, "{}", text(&out));
+    assert_eq!(report["close_codes"]["1001"], 70, "{report}");
+    assert!(count("ws_echoed") > 20, "{}", text(&out));
+    assert_eq!(count("sse_clean"), 10, "{}", text(&out));
+    assert!(count("sse_event") > 10, "{}", text(&out));
+    assert_eq!(report["exit_code"], 0);
+    assert!(report["exit_after_ms"].as_u64().is_some());
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["allowed"], serde_json::json!(["refused"]));
+
+    // Every figure the table shows is in the JSON.
+    let table = String::from_utf8_lossy(&out.stdout);
+    for (label, name) in [
+        ("ok", "ok"),
+        ("refused", "refused"),
+        ("LOST", "lost"),
+        ("cut", "cut"),
+        ("5xx", "http_5xx"),
+        ("retried", "retried"),
+        ("echoed", "ws_echoed"),
+        ("unechoed", "ws_unechoed"),
+        ("crossed", "ws_crossed"),
+        ("events", "sse_event"),
+        ("gaps", "sse_gap"),
+    ] {
+        let shown = format!("{label} {:>7}", count(name));
+        assert!(table.contains(&shown), "table shows {shown:?}: {table}");
+    }
+    for phase in ["before", "during", "after"] {
+        assert!(
+            report["latency"][phase]["count"].is_u64(),
+            "{phase}: {report}"
+        );
+    }
+    let before = &report["latency"]["before"];
+    assert!(
+        table.contains(&format!("(n={})", before["count"])),
+        "{table}"
+    );
+    assert!(!report["timeline"].as_array().unwrap().is_empty());
+
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert_balanced(&page);
+    assert_eq!(page.matches("<svg").count(), 1);
+    assert!(page.contains("<polyline"), "the chart has lines");
+    assert!(page.contains(">signal</text>") && page.contains(">exit</text>"));
+    // Nothing outside itself: the only URL is the SVG namespace.
+    let without_ns = page.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+    for outside in ["http://", "https://", "src=", "href=", "@import", "url("] {
+        assert!(!without_ns.contains(outside), "references {outside}");
+    }
+    assert!(page.contains("PASS: nothing lost"));
+}
+
+/// Every element opened is closed, in order (void elements aside).
+fn assert_balanced(page: &str) {
+    let mut open: Vec<String> = Vec::new();
+    let mut rest = page;
+    while let Some(start) = rest.find('<') {
+        let end = rest[start..].find('>').expect("tag closed") + start;
+        let tag = &rest[start + 1..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('!') || tag.ends_with('/') {
+            continue;
+        }
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        if name == "meta" {
+            continue;
+        }
+        if tag.starts_with('/') {
+            assert_eq!(open.pop().as_deref(), Some(name.as_str()), "closing {name}");
+        } else {
+            open.push(name);
+        }
+    }
+    assert!(open.is_empty(), "unclosed: {open:?}");
+}
+
+// Test 2: a server that exits at once on SIGTERM: the drill reports lost
+// requests and abrupt WebSocket and SSE ends, and exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn careless_server_fails_the_drill() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let careless = example("careless").display().to_string();
+    let json_s = json.display().to_string();
+    let mut args = vec![
+        "--spawn",
+        &careless,
+        "--scenario",
+        "inflight,websocket,sse",
+        "--allow",
+        "refused",
+        "--json",
+        &json_s,
+    ];
+    args.extend_from_slice(SMALL);
+    let out = drill(&args).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let count = |name: &str| report["counts"][name].as_u64().unwrap();
+    assert!(
+        count("lost") + count("cut") >= 20,
+        "every in-flight request: {}",
+        text(&out)
+    );
+    assert_eq!(count("ws_abrupt"), 20, "{}", text(&out));
+    assert_eq!(count("sse_abrupt"), 10, "{}", text(&out));
+    assert_eq!(report["passed"], false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAIL:") && stdout.contains("ws_abrupt 20"),
+        "{stdout}"
+    );
+}
+
+/// Whether a process whose command line contains `marker` is running.
+fn running(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(marker)
+            })
+            .unwrap_or(false)
+    })
+}
+
+// Test 4: bad arguments get a clear error and a non-zero exit, and leave no
+// process behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_are_clear_errors() {
+    let out = drill(&["--spawn", "true", "--scenario", "stampede"]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown scenario \"stampede\""),
+        "{}",
+        text(&out)
+    );
+
+    let out = drill(&["--scenario", "load"]).await;
+    assert_eq!(out.status.code(), Some(64), "no target: {}", text(&out));
+
+    let out = drill(&["--url", "http://127.0.0.1:1"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "--url without --pid or --trigger: {}",
+        text(&out)
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = drill(&["--spawn", "sleep 30", "--port", &port]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("port {port} is not free")),
+        "{}",
+        text(&out)
+    );
+
+    // Never healthy: the drill gives up and kills what it started.
+    let out = drill(&["--spawn", "sleep 31.25", "--startup", "1s"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("never answered 200 on /ping"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !running("sleep 31.25"),
+        "the spawned command was left running"
+    );
+
+    // Exits before it is healthy.
+    let out = drill(&["--spawn", "sh -c 'exit 7'", "--startup", "5s"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("exited before it was healthy (exit code 7)"),
+        "{}",
+        text(&out)
+    );
+}
