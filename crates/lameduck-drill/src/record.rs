@@ -278,9 +278,17 @@ impl Recorder {
         let slot = (self.start.elapsed().as_millis() / BUCKET.as_millis()) as usize;
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() <= slot {
+            // A slice the sampler has not reached yet shows the last counts
+            // of open connections, not zeros.
+            let open = buckets
+                .last()
+                .map_or((0, 0, 0), |b| (b.open_http, b.open_ws, b.open_sse));
             let from = buckets.len();
             buckets.extend((from..=slot).map(|i| Bucket {
                 t_ms: i as u64 * BUCKET.as_millis() as u64,
+                open_http: open.0,
+                open_ws: open.1,
+                open_sse: open.2,
                 ..Bucket::default()
             }));
         }
