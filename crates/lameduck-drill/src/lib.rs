@@ -136,7 +136,6 @@ impl Drill {
             rec: rec.clone(),
             settings: Arc::new(self.settings.clone()),
             stop: CancellationToken::new(),
-            signalled: CancellationToken::new(),
         };
         let mut tasks = JoinSet::new();
         let mut scenarios = self.scenarios.clone();
@@ -158,7 +157,6 @@ impl Drill {
         }
         let signal_at_ms = rec.elapsed().as_millis() as u64;
         rec.set_phase(Phase::During);
-        ctx.signalled.cancel();
         let trigger = match &self.target {
             Target::Running {
                 pid: None,

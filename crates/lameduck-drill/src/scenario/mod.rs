@@ -116,8 +116,6 @@ pub(crate) struct Ctx {
     /// Cancelled when the drill ends: clients stop and report what is still
     /// open.
     pub(crate) stop: CancellationToken,
-    /// Cancelled when the signal is sent.
-    pub(crate) signalled: CancellationToken,
 }
 
 /// Starts the clients of `scenario`; they run until `ctx.stop`.
