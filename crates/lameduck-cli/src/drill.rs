@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use lameduck_drill::{Class, Drill, Scenario, Target, report};
+use lameduck_drill::{Class, Drill, DrillError, Scenario, Signal, Target, report};
 
 use crate::cli::parse_duration;
 
@@ -15,6 +15,7 @@ pub(crate) const EXIT_LOSSES: u8 = 2;
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["spawn", "url"])))]
+#[command(group(clap::ArgGroup::new("stop_by").multiple(true)))]
 pub(crate) struct DrillArgs {
     /// Start the service with this command (one program, exec'd by `sh -c`),
     /// with `PORT` in its environment and `{port}` replaced by the port; the
@@ -32,23 +33,32 @@ pub(crate) struct DrillArgs {
     #[arg(long, requires = "stop_by")]
     url: Option<String>,
 
-    /// The running service's pid, sent SIGTERM.
+    /// The running service's pid: sent SIGTERM to stop it, and the restart
+    /// signal to restart it.
     #[arg(long, group = "stop_by")]
     pid: Option<u32>,
 
-    /// Command that stops or restarts the running service (`systemctl
-    /// restart app`), run by `sh -c`.
-    #[arg(long, group = "stop_by")]
+    /// Command that stops the running service (`systemctl stop app`), run
+    /// by `sh -c`.
+    #[arg(long, group = "stop_by", conflicts_with = "pid")]
     trigger: Option<String>,
 
-    /// Scenarios: idle, inflight, load, websocket, sse, or all (repeat or
-    /// comma-separate).
+    /// Command that restarts the running service for the `restart`
+    /// scenario (`systemctl reload app`), run by `sh -c`; without it the
+    /// restart signal goes to --pid.
+    #[arg(long, group = "stop_by")]
+    restart_trigger: Option<String>,
+
+    /// Scenarios: idle, inflight, load, websocket, sse, restart, or all
+    /// (repeat or comma-separate). With `restart`, the service is restarted
+    /// --restarts times first; it is then stopped if any other scenario is
+    /// run.
     #[arg(long = "scenario", value_delimiter = ',', default_value = "all", value_parser = parse_scenario)]
     scenarios: Vec<Vec<Scenario>>,
 
     /// Failure classes to tolerate (e.g. `refused` for a single instance
     /// without a handoff): refused, lost, cut, http_5xx, idle_reset,
-    /// ws_abrupt, ws_unechoed, sse_abrupt, sse_gap.
+    /// ws_abrupt, ws_unechoed, sse_abrupt, sse_gap, restart_failed, no_exit.
     #[arg(long, value_delimiter = ',', value_parser = parse_class)]
     allow: Vec<Class>,
 
@@ -93,6 +103,30 @@ pub(crate) struct DrillArgs {
     #[arg(long, default_value_t = 20)]
     sse_clients: usize,
 
+    /// Restarts made by `restart`.
+    #[arg(long, default_value_t = 3)]
+    restarts: u32,
+    /// Time from one restart to the next (and after the last).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    restart_every: Duration,
+    /// Signal that restarts a spawned service (sent to its main process, as
+    /// systemd's `ExecReload=kill -HUP $MAINPID`) or --pid.
+    #[arg(long, default_value = "HUP", value_parser = parse_signal)]
+    restart_signal: Signal,
+    /// How long a service that reports READY=1 (sd_notify) gets to report
+    /// it again after a restart.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    restart_timeout: Duration,
+    /// Keep-alive clients of `restart`.
+    #[arg(long, default_value_t = 16)]
+    restart_load: usize,
+    /// Reconnecting WebSocket clients of `restart`.
+    #[arg(long, default_value_t = 20)]
+    restart_ws: usize,
+    /// Reconnecting SSE streams of `restart`.
+    #[arg(long, default_value_t = 10)]
+    restart_sse: usize,
+
     /// Traffic before the signal.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     before: Duration,
@@ -119,8 +153,21 @@ fn parse_scenario(s: &str) -> Result<Vec<Scenario>, String> {
         return Ok(Scenario::ALL.to_vec());
     }
     Scenario::from_name(s).map(|s| vec![s]).ok_or_else(|| {
-        format!("unknown scenario {s:?} (expected idle, inflight, load, websocket, sse or all)")
+        format!(
+            "unknown scenario {s:?} (expected idle, inflight, load, websocket, sse, restart or all)"
+        )
     })
+}
+
+fn parse_signal(s: &str) -> Result<Signal, String> {
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse()
+        .map_err(|_| format!("unknown signal {s:?} (expected a name such as HUP or USR2)"))
 }
 
 fn parse_class(s: &str) -> Result<Class, String> {
@@ -150,6 +197,7 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
             addr: parse_url(url)?,
             pid: args.pid,
             trigger: args.trigger.clone(),
+            restart_trigger: args.restart_trigger.clone(),
         },
         (None, None) => unreachable!("clap requires --spawn or --url"),
     };
@@ -161,6 +209,10 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
     drill.after = args.after;
     drill.startup = args.startup;
     drill.limit = args.limit;
+    drill.restarts = args.restarts;
+    drill.restart_every = args.restart_every;
+    drill.restart_signal = args.restart_signal;
+    drill.restart_timeout = args.restart_timeout;
     let s = &mut drill.settings;
     s.ping = args.ping.clone();
     s.slow = args.slow.clone();
@@ -174,6 +226,9 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
     s.ws_clients = args.ws_clients;
     s.ws_interval = args.ws_interval;
     s.sse_clients = args.sse_clients;
+    s.restart_load = args.restart_load;
+    s.restart_ws = args.restart_ws;
+    s.restart_sse = args.restart_sse;
 
     // Drawn on stderr, and only on a terminal.
     let bar = ProgressBar::new_spinner();
@@ -201,7 +256,14 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
         })
         .await;
     bar.finish_and_clear();
-    let report = report?;
+    let report = match report {
+        Ok(report) => report,
+        Err(e @ (DrillError::NoTrigger | DrillError::NoRestart)) => {
+            eprintln!("lameduck: error: {e}");
+            return Ok(crate::EXIT_USAGE);
+        }
+        Err(e) => return Err(e.into()),
+    };
     print!("{}", report::table(&report));
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).context("report as JSON")?;

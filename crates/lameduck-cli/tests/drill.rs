@@ -1,7 +1,9 @@
 //! `lameduck drill`, run as a real process: against `lameduck serve` (it
-//! spawns) nothing is lost; against a careless server it reports the losses
-//! and fails; its JSON and HTML hold the figures; bad arguments get clear
-//! errors and leave no process behind.
+//! spawns, or finds running) nothing is lost, across a stop or repeated
+//! restarts; against a careless server it reports the losses and fails; a
+//! service that ignores the stop is bounded by the limit and killed; its
+//! JSON and HTML hold the figures; bad arguments get clear errors and leave
+//! no process behind.
 
 use std::{
     path::{Path, PathBuf},
@@ -74,7 +76,14 @@ async fn lameduck_serve_loses_nothing() {
         "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 --journal sqlite:{}/jobs.db",
         dir.path().display()
     );
-    let mut args = vec!["--spawn", &serve, "--scenario", "all", "--allow", "refused"];
+    let mut args = vec![
+        "--spawn",
+        &serve,
+        "--scenario",
+        "idle,inflight,load,websocket,sse",
+        "--allow",
+        "refused",
+    ];
     args.extend_from_slice(SMALL);
     let (json_s, html_s) = (json.display().to_string(), html.display().to_string());
     args.extend_from_slice(&["--json", &json_s, "--html", &html_s]);
@@ -223,6 +232,269 @@ async fn careless_server_fails_the_drill() {
     );
 }
 
+const RESTART_SMALL: &[&str] = &[
+    "--restart-load",
+    "8",
+    "--restart-ws",
+    "10",
+    "--restart-sse",
+    "5",
+    "--restart-every",
+    "1s",
+    "--before",
+    "1s",
+];
+
+// The `restart` scenario against a spawned `lameduck serve` that upgrades
+// on SIGHUP: three restarts, each followed through sd_notify to a new pid,
+// and nothing refused, lost, cut or abrupt; every socket closed with 1012
+// and reconnected; every SSE stream resumed without a gap; the replaced
+// processes exited 0; nothing left running afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_of_lameduck_serve_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let html = dir.path().join("report.html");
+    let journal = dir.path().join("jobs.db").display().to_string();
+    let serve = format!(
+        "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 --journal sqlite:{journal} --upgrade-binary {BIN}"
+    );
+    let (json_s, html_s) = (json.display().to_string(), html.display().to_string());
+    let mut args = vec![
+        "--spawn",
+        &serve,
+        "--scenario",
+        "restart",
+        "--restarts",
+        "3",
+        "--json",
+        &json_s,
+        "--html",
+        &html_s,
+    ];
+    args.extend_from_slice(RESTART_SMALL);
+    let out = drill(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!running(&journal), "a lameduck process was left running");
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let count = |name: &str| report["counts"][name].as_u64().unwrap();
+    for bad in [
+        "refused",
+        "lost",
+        "cut",
+        "http_5xx",
+        "ws_abrupt",
+        "ws_unechoed",
+        "sse_abrupt",
+        "sse_gap",
+        "restart_failed",
+    ] {
+        assert_eq!(count(bad), 0, "{bad}: {}", text(&out));
+    }
+    assert!(count("ok") > 1000, "{}", text(&out));
+    // 10 sockets and 5 streams, closed by each of 3 restarts and reopened.
+    assert_eq!(count("ws_closed"), 30, "{}", text(&out));
+    assert_eq!(report["close_codes"], serde_json::json!({"1012": 30}));
+    assert_eq!(count("sse_clean"), 15, "{}", text(&out));
+    assert!(count("sse_event") > 15, "{}", text(&out));
+    assert!(count("ws_echoed") > 30, "{}", text(&out));
+
+    let restarts = report["restarts"].as_array().unwrap();
+    assert_eq!(restarts.len(), 3, "{report}");
+    let mut pids = vec![restarts[0]["pid_before"].as_u64().unwrap()];
+    for r in restarts {
+        assert_eq!(r["means"], "SIGHUP", "{r}");
+        assert!(r["ready_after_ms"].is_u64(), "{r}");
+        assert_eq!(r["pid_before"].as_u64(), pids.last().copied(), "{r}");
+        let new = r["pid_after"].as_u64().unwrap();
+        assert!(!pids.contains(&new), "a new process each time: {r}");
+        pids.push(new);
+        assert_eq!(r["old_exit_status"], "exit code 0", "{r}");
+        assert!(r["failure"].is_null(), "{r}");
+    }
+    // Restarts only: the service is not stopped.
+    assert!(report["signal_at_ms"].is_null(), "{report}");
+
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("restart 3 (SIGHUP) at "), "{table}");
+    assert!(table.contains(&format!("as pid {}", pids[3])), "{table}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_balanced(&page);
+    for n in 1..=3 {
+        assert!(page.contains(&format!(">restart {n}</text>")), "marker {n}");
+    }
+}
+
+// A careless server dies of SIGHUP: the restart fails, and what it cut is
+// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn careless_server_fails_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let careless = example("careless").display().to_string();
+    let json_s = json.display().to_string();
+    let mut args = vec![
+        "--spawn",
+        &careless,
+        "--scenario",
+        "restart",
+        "--json",
+        &json_s,
+    ];
+    args.extend_from_slice(RESTART_SMALL);
+    let out = drill(&args).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let count = |name: &str| report["counts"][name].as_u64().unwrap();
+    assert_eq!(count("restart_failed"), 1, "{}", text(&out));
+    assert_eq!(count("ws_abrupt"), 10, "{}", text(&out));
+    assert_eq!(count("sse_abrupt"), 5, "{}", text(&out));
+    assert!(count("refused") > 0, "{}", text(&out));
+    // Nothing left to restart after the first.
+    let restarts = report["restarts"].as_array().unwrap();
+    assert_eq!(restarts.len(), 1, "{report}");
+    assert!(
+        restarts[0]["failure"]
+            .as_str()
+            .unwrap()
+            .contains("no process of the service is left"),
+        "{report}"
+    );
+}
+
+// A running service the drill did not start, restarted and stopped by
+// trigger commands (here through lameduck's admin API, as one would with
+// `systemctl reload` and `systemctl stop`): nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_service_by_triggers() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed admin port: each successor binds the same one (with
+    // SO_REUSEPORT), where the next trigger finds it.
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", &admin])
+        .args(["--log-format", "json", "--upgrade-binary", BIN, "--journal"])
+        .arg(format!("sqlite:{}", dir.path().join("jobs.db").display()))
+        .env("LAMEDUCK_ADMIN_TOKEN", "t0ken");
+    let server = Killed(lameduck_test_support::Child::spawn(command, None));
+    let post = |path: &str| {
+        format!(
+            "python3 -c \"import urllib.request as u; u.urlopen(u.Request('http://{admin}{path}', method='POST', headers={{'Authorization': 'Bearer t0ken'}}), timeout=30)\""
+        )
+    };
+    let (upgrade, drain) = (post("/admin/upgrade"), post("/admin/drain"));
+    let url = format!("http://{}", server.0.addr);
+    let json = dir.path().join("report.json");
+    let json_s = json.display().to_string();
+    let mut args = vec![
+        "--url",
+        &url,
+        "--restart-trigger",
+        &upgrade,
+        "--trigger",
+        &drain,
+        "--scenario",
+        "load,restart",
+        "--restarts",
+        "2",
+        "--allow",
+        "refused",
+        "--json",
+        &json_s,
+    ];
+    args.extend_from_slice(RESTART_SMALL);
+    let out = drill(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let count = |name: &str| report["counts"][name].as_u64().unwrap();
+    for bad in ["lost", "cut", "ws_abrupt", "sse_abrupt", "sse_gap"] {
+        assert_eq!(count(bad), 0, "{bad}: {}", text(&out));
+    }
+    assert_eq!(report["close_codes"]["1012"], 20, "{report}");
+    let restarts = report["restarts"].as_array().unwrap();
+    assert_eq!(restarts.len(), 2, "{report}");
+    assert!(
+        restarts[0]["means"]
+            .as_str()
+            .unwrap()
+            .starts_with("trigger `python3")
+    );
+    assert!(report["trigger"].as_str().unwrap().contains("/admin/drain"));
+    // Every process that served (the first and its two successors) is gone.
+    let pids = server.0.listening_pids();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pids.iter().any(|&p| lameduck_test_support::is_alive(p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A served `lameduck` whose successors are killed too when the test ends.
+struct Killed(lameduck_test_support::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for pid in self.0.listening_pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+// A service that ignores SIGTERM (Python's http.server, not lameduck): the
+// drill's limit bounds the run, it reports `no_exit`, and the service's
+// group is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_ignores_the_stop_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().display().to_string();
+    // An ignored signal stays ignored across exec.
+    let spawn = format!(
+        "sh -c \"trap '' TERM; exec python3 -m http.server {{port}} --bind 127.0.0.1 --directory {marker}\""
+    );
+    let json = dir.path().join("report.json");
+    let json_s = json.display().to_string();
+    let args = [
+        "--spawn",
+        &spawn,
+        "--scenario",
+        "load",
+        "--health",
+        "/",
+        "--ping",
+        "/",
+        "--load-clients",
+        "2",
+        "--before",
+        "1s",
+        "--limit",
+        "5s",
+        "--json",
+        &json_s,
+    ];
+    let out = drill(&args).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!running(&marker), "the service was left running");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["counts"]["no_exit"], 1, "{report}");
+    assert!(report["exit_at_ms"].is_null(), "{report}");
+    assert!(report["counts"]["ok"].as_u64().unwrap() > 0, "{report}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FAIL: no_exit 1"), "{stdout}");
+}
+
 /// Whether a process whose command line contains `marker` is running.
 fn running(marker: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
@@ -256,6 +528,29 @@ async fn bad_arguments_are_clear_errors() {
         out.status.code(),
         Some(64),
         "--url without --pid or --trigger: {}",
+        text(&out)
+    );
+
+    let out = drill(&[
+        "--url",
+        "http://127.0.0.1:1",
+        "--trigger",
+        "true",
+        "--scenario",
+        "restart",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains("needs --pid or --restart-trigger"),
+        "{}",
+        text(&out)
+    );
+    let out = drill(&["--spawn", "true", "--restart-signal", "WAKE"]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown signal \"WAKE\""),
+        "{}",
         text(&out)
     );
 

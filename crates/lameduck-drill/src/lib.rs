@@ -29,8 +29,8 @@ pub mod wire;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use nix::sys::signal::Signal;
-use tokio::task::JoinSet;
+pub use nix::sys::signal::Signal;
+use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 pub use record::{Class, Recorder};
@@ -39,7 +39,7 @@ pub use scenario::{Scenario, Settings};
 pub use target::Target;
 
 use record::{Kind, Phase};
-use report::{Phases, StillOpen};
+use report::{Phases, Restart, StillOpen};
 
 /// Why a drill could not run.
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +69,16 @@ pub enum DrillError {
     /// The signal could not be sent.
     #[error("cannot signal pid {0}: {1}")]
     Signal(u32, String),
-    /// Neither a pid nor a trigger command was given for a running service.
-    #[error("a running service needs --pid or --trigger")]
+    /// Neither a pid nor a trigger command was given to stop a running
+    /// service.
+    #[error("stopping a running service needs --pid or --trigger")]
     NoTrigger,
     /// The trigger command failed.
     #[error("the trigger `{0}` failed: {1}")]
     Trigger(String, String),
+    /// `restart` on a running service without a pid or a restart trigger.
+    #[error("the restart scenario on a running service needs --pid or --restart-trigger")]
+    NoRestart,
 }
 
 /// One drill: the target, the traffic and the timings.
@@ -91,11 +95,20 @@ pub struct Drill {
     pub health: String,
     /// How long the service gets to become healthy.
     pub startup: Duration,
-    /// Traffic before the signal.
+    /// Traffic before the first signal.
     pub before: Duration,
     /// Traffic after the exit (or after the trigger, when the exit cannot
     /// be watched).
     pub after: Duration,
+    /// Restarts made when the `restart` scenario is run.
+    pub restarts: u32,
+    /// Time from one restart to the next (and after the last one).
+    pub restart_every: Duration,
+    /// The signal that restarts the service (sent to its main process).
+    pub restart_signal: Signal,
+    /// How long a service that reports `READY=1` gets to report it again
+    /// after a restart before the restart counts as failed.
+    pub restart_timeout: Duration,
     /// Everything, from start to end, is bounded by this.
     pub limit: Duration,
     /// Failure classes tolerated (by name, as `refused`).
@@ -104,7 +117,8 @@ pub struct Drill {
 
 impl Drill {
     /// A drill of `target` with the defaults: every scenario, 2 s of
-    /// traffic before the signal and 1 s after the exit, 120 s at most.
+    /// traffic before the first signal, 3 restarts 2 s apart (SIGHUP), 1 s
+    /// after the exit, 120 s at most.
     pub fn new(target: Target) -> Self {
         Self {
             target,
@@ -114,6 +128,10 @@ impl Drill {
             startup: Duration::from_secs(10),
             before: Duration::from_secs(2),
             after: Duration::from_secs(1),
+            restarts: 3,
+            restart_every: Duration::from_secs(2),
+            restart_signal: Signal::SIGHUP,
+            restart_timeout: Duration::from_secs(30),
             limit: Duration::from_secs(120),
             allow: Vec::new(),
         }
@@ -123,12 +141,36 @@ impl Drill {
     /// the counts so far. A spawned service is killed (its whole process
     /// group) when this returns, whatever happened.
     ///
+    /// With `restart` among the scenarios, the service is restarted
+    /// `restarts` times first. It is then stopped if any other scenario is
+    /// run; with `restart` alone it is not (a spawned one is killed at the
+    /// end, after the traffic).
+    ///
     /// # Errors
     ///
     /// When the service cannot be started, never becomes healthy, or cannot
     /// be signalled. Losses are not errors: they are in the report.
     pub async fn run(&self, progress: impl Fn(&Recorder)) -> Result<Report, DrillError> {
-        let deadline = tokio::time::Instant::now() + self.limit;
+        let deadline = Instant::now() + self.limit;
+        let mut scenarios = self.scenarios.clone();
+        scenarios.sort();
+        scenarios.dedup();
+        let restarting = scenarios.contains(&Scenario::Restart);
+        let stopping = scenarios.iter().any(|s| *s != Scenario::Restart);
+        if let Target::Running {
+            pid: None,
+            trigger,
+            restart_trigger,
+            ..
+        } = &self.target
+        {
+            if restarting && restart_trigger.is_none() {
+                return Err(DrillError::NoRestart);
+            }
+            if stopping && trigger.is_none() {
+                return Err(DrillError::NoTrigger);
+            }
+        }
         let mut live = target::Live::start(&self.target, &self.health, self.startup).await?;
         let rec = Arc::new(Recorder::new());
         let ctx = scenario::Ctx {
@@ -138,61 +180,43 @@ impl Drill {
             stop: CancellationToken::new(),
         };
         let mut tasks = JoinSet::new();
-        let mut scenarios = self.scenarios.clone();
-        scenarios.sort();
-        scenarios.dedup();
+        // Slow requests are timed to straddle the stop, not the restarts.
+        let inflight_lead = if restarting {
+            self.before + self.restart_every * self.restarts
+        } else {
+            self.before
+        };
         for s in &scenarios {
-            scenario::start(*s, &ctx, self.before, &mut tasks).await;
+            scenario::start(*s, &ctx, inflight_lead, &mut tasks).await;
         }
-        let tick = || {
-            rec.sample();
-            progress(&rec);
+        let mut run = Run {
+            drill: self,
+            live: &mut live,
+            rec: &rec,
+            progress: &progress,
+            deadline,
+            restarts: Vec::new(),
+            replaced: Vec::new(),
         };
 
-        // Traffic, then the signal.
-        let signal_at = tokio::time::Instant::now() + self.before;
-        while tokio::time::Instant::now() < signal_at.min(deadline) {
-            tick();
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        run.traffic_until(Instant::now() + self.before).await;
+        let mut outcome = Ok(());
+        if restarting {
+            outcome = run.restarts().await;
         }
-        let signal_at_ms = rec.elapsed().as_millis() as u64;
-        rec.set_phase(Phase::During);
-        let trigger = match &self.target {
-            Target::Running {
-                pid: None,
-                trigger: Some(t),
-                ..
-            } => format!("trigger `{t}`"),
-            _ => "SIGTERM".to_owned(),
-        };
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let signalled = live.signal(Signal::SIGTERM, remaining).await;
-        if let Err(e) = signalled {
+        let mut stop = Stop::default();
+        if stopping && outcome.is_ok() {
+            outcome = run.stop(&mut stop).await;
+        } else {
+            run.traffic_until(Instant::now() + self.after).await;
+        }
+        if let Err(e) = outcome {
             ctx.stop.cancel();
             tasks.shutdown().await;
             return Err(e);
         }
-
-        // The shutdown, until the process is gone.
-        let mut exit_at_ms = None;
-        if live.can_watch_exit() {
-            while tokio::time::Instant::now() < deadline {
-                if live.gone() {
-                    exit_at_ms = Some(rec.elapsed().as_millis() as u64);
-                    break;
-                }
-                tick();
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        rec.set_phase(Phase::After);
-        let status = live.try_exit();
-        let after_end = (tokio::time::Instant::now() + self.after).min(deadline);
-        while tokio::time::Instant::now() < after_end {
-            tick();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tick();
+        run.tick();
+        let restarts = std::mem::take(&mut run.restarts);
         let still_open = StillOpen {
             http: rec.open_now(Kind::Http),
             websocket: rec.open_now(Kind::Ws),
@@ -218,12 +242,13 @@ impl Drill {
                 .iter()
                 .map(|s| format!("{s:?}").to_lowercase())
                 .collect(),
-            trigger,
-            signal_at_ms,
-            exit_at_ms,
-            exit_after_ms: exit_at_ms.map(|e| e - signal_at_ms),
-            exit_status: status.map(target::describe),
-            exit_code: status.and_then(|s| s.code()),
+            trigger: stop.trigger,
+            signal_at_ms: stop.signal_at_ms,
+            exit_at_ms: stop.exit_at_ms,
+            exit_after_ms: stop.exit_at_ms.zip(stop.signal_at_ms).map(|(e, s)| e - s),
+            exit_status: stop.status.map(target::describe),
+            exit_code: stop.status.and_then(|s| s.code()),
+            restarts,
             end_ms: rec.elapsed().as_millis() as u64,
             counts: rec.totals(),
             close_codes: rec.close_codes(),
@@ -240,5 +265,186 @@ impl Drill {
         };
         report.judge();
         Ok(report)
+    }
+}
+
+/// How the stop went.
+#[derive(Default)]
+struct Stop {
+    trigger: String,
+    signal_at_ms: Option<u64>,
+    exit_at_ms: Option<u64>,
+    status: Option<std::process::ExitStatus>,
+}
+
+/// A drill under way: the service, the recorder and the clock.
+struct Run<'a, P> {
+    drill: &'a Drill,
+    live: &'a mut target::Live,
+    rec: &'a Recorder,
+    progress: &'a P,
+    deadline: Instant,
+    restarts: Vec<Restart>,
+    /// Processes replaced by a restart and not yet seen to exit: (index in
+    /// `restarts`, pid).
+    replaced: Vec<(usize, u32)>,
+}
+
+impl<P: Fn(&Recorder)> Run<'_, P> {
+    fn tick(&self) {
+        self.rec.sample();
+        (self.progress)(self.rec);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.rec.elapsed().as_millis() as u64
+    }
+
+    /// Traffic, sampled, until `until` (or the drill's limit).
+    async fn traffic_until(&mut self, until: Instant) {
+        while Instant::now() < until.min(self.deadline) {
+            self.watch_replaced();
+            self.tick();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `restarts` restarts, `restart_every` apart, each watched: when the
+    /// service says it is ready again, and when the process it replaced
+    /// exits.
+    async fn restarts(&mut self) -> Result<(), DrillError> {
+        let d = self.drill;
+        let speaks_notify = self.live.readies() > 0;
+        for n in 1..=d.restarts {
+            if Instant::now() >= self.deadline || self.live.gone() {
+                // Out of time, or nothing left to restart.
+                break;
+            }
+            let pid_before = self.live.main_pid();
+            let readies = self.live.readies();
+            let at = Instant::now();
+            let i = self.restarts.len();
+            self.restarts.push(Restart {
+                n,
+                means: self.live.restart_means(d.restart_signal),
+                at_ms: self.now_ms(),
+                pid_before,
+                ..Restart::default()
+            });
+            self.rec.set_phase(Phase::During);
+            let remaining = self.deadline.saturating_duration_since(at);
+            self.live.restart(d.restart_signal, remaining).await?;
+            let next = at + d.restart_every;
+            let ready_by = at + d.restart_timeout;
+            let mut sampled = Instant::now();
+            loop {
+                let now = Instant::now();
+                if self.restarts[i].ready_after_ms.is_none() && self.live.readies() > readies {
+                    let pid_after = self.live.main_pid();
+                    let r = &mut self.restarts[i];
+                    r.ready_after_ms = Some(at.elapsed().as_millis() as u64);
+                    r.pid_after = pid_after;
+                    if let Some(old) = pid_before.filter(|_| pid_after != pid_before) {
+                        self.replaced.push((i, old));
+                    }
+                }
+                self.watch_replaced();
+                let ready = !speaks_notify || self.restarts[i].ready_after_ms.is_some();
+                let old_done = !self.replaced.iter().any(|&(j, _)| j == i);
+                // The window ends when the new process is ready and the old
+                // one gone; without reports, with the restart's time.
+                if speaks_notify && ready && old_done {
+                    self.rec.set_phase(Phase::After);
+                }
+                if now >= self.deadline || self.live.gone() {
+                    break;
+                }
+                if now >= next && (ready || now >= ready_by) {
+                    break;
+                }
+                if now.duration_since(sampled) >= Duration::from_millis(100) {
+                    self.tick();
+                    sampled = now;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            self.rec.set_phase(Phase::After);
+            let failure = if self.live.gone() {
+                Some("no process of the service is left".to_owned())
+            } else if speaks_notify && self.restarts[i].ready_after_ms.is_none() {
+                Some(format!("no READY=1 within {:?}", d.restart_timeout))
+            } else {
+                None
+            };
+            if failure.is_some() {
+                self.rec.count(Class::RestartFailed);
+            }
+            self.restarts[i].failure = failure;
+        }
+        Ok(())
+    }
+
+    /// Records the exits, seen since the last call, of processes that
+    /// restarts replaced.
+    fn watch_replaced(&mut self) {
+        let now = self.now_ms();
+        let mut replaced = std::mem::take(&mut self.replaced);
+        replaced.retain(|&(i, pid)| {
+            if !self.live.pid_ended(pid) {
+                return true;
+            }
+            let status = self.live.status_of(pid).map(target::describe);
+            let r = &mut self.restarts[i];
+            r.old_exit_after_ms = Some(now - r.at_ms);
+            r.old_exit_status = status;
+            false
+        });
+        self.replaced = replaced;
+    }
+
+    /// The stop signal (or trigger), then the exit, then `after`.
+    async fn stop(&mut self, stop: &mut Stop) -> Result<(), DrillError> {
+        let d = self.drill;
+        stop.trigger = match &d.target {
+            Target::Running {
+                pid: None,
+                trigger: Some(t),
+                ..
+            } => format!("trigger `{t}`"),
+            _ => "SIGTERM".to_owned(),
+        };
+        if self.live.gone() {
+            stop.trigger = format!("{} not sent: the service was already gone", stop.trigger);
+            self.traffic_until(Instant::now() + d.after).await;
+            return Ok(());
+        }
+        stop.signal_at_ms = Some(self.now_ms());
+        self.rec.set_phase(Phase::During);
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        self.live.stop(Signal::SIGTERM, remaining).await?;
+
+        // The shutdown, until the process is gone.
+        if self.live.can_watch_exit() {
+            let mut sampled = Instant::now();
+            while Instant::now() < self.deadline {
+                self.watch_replaced();
+                if self.live.gone() {
+                    stop.exit_at_ms = Some(self.now_ms());
+                    break;
+                }
+                if sampled.elapsed() >= Duration::from_millis(100) {
+                    self.tick();
+                    sampled = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if stop.exit_at_ms.is_none() {
+                self.rec.count(Class::NoExit);
+            }
+        }
+        self.rec.set_phase(Phase::After);
+        stop.status = self.live.try_exit();
+        self.traffic_until(Instant::now() + d.after).await;
+        Ok(())
     }
 }

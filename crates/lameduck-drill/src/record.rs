@@ -57,13 +57,21 @@ pub enum Class {
     SseAbrupt,
     /// An SSE event received.
     SseEvent,
-    /// An SSE event id that skipped one or more ids.
+    /// An SSE event id that skipped one or more ids (on one stream, or
+    /// across a reconnect with `Last-Event-ID`).
     SseGap,
+    /// A restart after which the service did not report `READY=1` again
+    /// within the restart timeout (when it reports at all), or after which
+    /// none of its processes was left.
+    RestartFailed,
+    /// The service was told to stop and was still running when the drill's
+    /// time limit came.
+    NoExit,
 }
 
 impl Class {
     /// Every class, in report order.
-    pub const ALL: [Class; 17] = [
+    pub const ALL: [Class; 19] = [
         Class::Ok,
         Class::Http5xx,
         Class::Refused,
@@ -81,6 +89,8 @@ impl Class {
         Class::SseAbrupt,
         Class::SseEvent,
         Class::SseGap,
+        Class::RestartFailed,
+        Class::NoExit,
     ];
 
     /// The name used in the table, the JSON and `--allow`.
@@ -103,6 +113,8 @@ impl Class {
             Class::SseAbrupt => "sse_abrupt",
             Class::SseEvent => "sse_event",
             Class::SseGap => "sse_gap",
+            Class::RestartFailed => "restart_failed",
+            Class::NoExit => "no_exit",
         }
     }
 
@@ -119,6 +131,8 @@ impl Class {
                 | Class::WsUnechoed
                 | Class::SseAbrupt
                 | Class::SseGap
+                | Class::RestartFailed
+                | Class::NoExit
         )
     }
 
@@ -143,11 +157,13 @@ pub enum Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    /// Before the signal.
+    /// Before the first signal.
     Before,
-    /// From the signal to the process's exit (or the trigger's end).
+    /// From a signal until the service is through it: the stop until the
+    /// exit; a restart until the new process is ready and the old one gone
+    /// (for a service that reports neither, until the next restart).
     During,
-    /// After the exit.
+    /// Outside those windows, after the first signal.
     After,
 }
 

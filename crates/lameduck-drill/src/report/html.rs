@@ -37,6 +37,7 @@ pub fn html(r: &Report) -> String {
                 ("ws abrupt", "#6a1b9a", Box::new(count("ws_abrupt"))),
                 ("ws unechoed", "#4527a0", Box::new(count("ws_unechoed"))),
                 ("sse abrupt", "#283593", Box::new(count("sse_abrupt"))),
+                ("sse gap", "#5d4037", Box::new(count("sse_gap"))),
             ],
         ),
         (
@@ -94,7 +95,15 @@ pub fn html(r: &Report) -> String {
                 top + 14.0,
             );
         }
-        for (ms, label) in [(Some(r.signal_at_ms), "signal"), (r.exit_at_ms, "exit")] {
+        let restarts = r
+            .restarts
+            .iter()
+            .map(|x| (Some(x.at_ms), format!("restart {}", x.n)));
+        let stop = [
+            (r.signal_at_ms, "signal".to_owned()),
+            (r.exit_at_ms, "exit".to_owned()),
+        ];
+        for (ms, label) in restarts.chain(stop) {
             if let Some(ms) = ms {
                 let at = x(ms as f64);
                 let _ = write!(

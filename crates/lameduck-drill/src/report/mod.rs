@@ -20,10 +20,11 @@ pub struct Report {
     pub target: String,
     /// The scenarios run.
     pub scenarios: Vec<String>,
-    /// What stopped the service: `SIGTERM` or the trigger command.
+    /// What stopped the service: `SIGTERM` or the trigger command (empty
+    /// when the drill only restarted it).
     pub trigger: String,
-    /// When the signal was sent, in ms since the drill started.
-    pub signal_at_ms: u64,
+    /// When the stop signal was sent, in ms since the drill started.
+    pub signal_at_ms: Option<u64>,
     /// When the process was seen gone, in ms since the drill started.
     pub exit_at_ms: Option<u64>,
     /// Signal to exit, in ms.
@@ -32,6 +33,8 @@ pub struct Report {
     pub exit_status: Option<String>,
     /// The exit code, when there is one.
     pub exit_code: Option<i32>,
+    /// The restarts made (`restart` scenario), in order.
+    pub restarts: Vec<Restart>,
     /// When the drill ended, in ms.
     pub end_ms: u64,
     /// Outcomes by class name.
@@ -40,7 +43,8 @@ pub struct Report {
     pub close_codes: BTreeMap<u16, u64>,
     /// WebSockets and SSE streams still open when the drill stopped.
     pub still_open: StillOpen,
-    /// Request latency before the signal, during the shutdown, after it.
+    /// Latency of the fast requests (the ping path; slow ones are slow on
+    /// purpose) before the first signal, in the signal windows, outside them.
     pub latency: Phases,
     /// 100 ms slices.
     pub timeline: Vec<Bucket>,
@@ -50,6 +54,30 @@ pub struct Report {
     pub failures: Vec<String>,
     /// True when nothing failed.
     pub passed: bool,
+}
+
+/// One restart and what the drill saw of it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Restart {
+    /// 1, 2, ...
+    pub n: u32,
+    /// The signal sent to the main process, or the trigger command.
+    pub means: String,
+    /// When, in ms since the drill started.
+    pub at_ms: u64,
+    /// The main process before it.
+    pub pid_before: Option<u32>,
+    /// When the service reported `READY=1` again, in ms after the restart
+    /// (only for a service that reports it).
+    pub ready_after_ms: Option<u64>,
+    /// The main process it reported then.
+    pub pid_after: Option<u32>,
+    /// When the replaced process exited, in ms after the restart.
+    pub old_exit_after_ms: Option<u64>,
+    /// How it exited (when the drill could reap it).
+    pub old_exit_status: Option<String>,
+    /// Why it counted as `restart_failed`, if it did.
+    pub failure: Option<String>,
 }
 
 /// Connections open at the end, by kind.

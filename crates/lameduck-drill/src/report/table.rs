@@ -11,20 +11,46 @@ pub fn table(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "lameduck drill: {}", r.target);
     let _ = writeln!(out, "scenarios: {}", r.scenarios.join(", "));
-    let exit = match (r.exit_after_ms, &r.exit_status) {
-        (Some(ms), Some(status)) => format!("exited {:.2} s after it ({status})", ms as f64 / 1e3),
-        (Some(ms), None) => format!("gone {:.2} s after it", ms as f64 / 1e3),
-        _ => "exit not observed".into(),
-    };
-    let _ = writeln!(
-        out,
-        "{} at {:.2} s; {exit}; drill ended at {:.2} s",
-        r.trigger,
-        r.signal_at_ms as f64 / 1e3,
-        r.end_ms as f64 / 1e3
-    );
+    let ms = |ms: u64| format!("{:.2} s", ms as f64 / 1e3);
+    for r in &r.restarts {
+        let mut line = format!("restart {} ({}) at {}", r.n, r.means, ms(r.at_ms));
+        if let Some(pid) = r.pid_before {
+            let _ = write!(line, " to pid {pid}");
+        }
+        match (r.ready_after_ms, r.pid_after) {
+            (Some(t), Some(pid)) if Some(pid) != r.pid_before => {
+                let _ = write!(line, "; ready {} after it as pid {pid}", ms(t));
+            }
+            (Some(t), _) => {
+                let _ = write!(line, "; ready {} after it, same pid", ms(t));
+            }
+            _ => {}
+        }
+        if let Some(t) = r.old_exit_after_ms {
+            let status = r.old_exit_status.as_deref().unwrap_or("status unknown");
+            let _ = write!(line, "; old process gone {} after it ({status})", ms(t));
+        }
+        if let Some(why) = &r.failure {
+            let _ = write!(line, "; FAILED: {why}");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    if let Some(at) = r.signal_at_ms {
+        let exit = match (r.exit_after_ms, &r.exit_status) {
+            (Some(t), Some(status)) => format!("exited {} after it ({status})", ms(t)),
+            (Some(t), None) => format!("gone {} after it", ms(t)),
+            _ if c("no_exit") > 0 => {
+                "still running at the drill's limit (then killed, if spawned)".into()
+            }
+            _ => "exit not observed".into(),
+        };
+        let _ = writeln!(out, "{} at {}; {exit}", r.trigger, ms(at));
+    } else if !r.trigger.is_empty() {
+        let _ = writeln!(out, "{}", r.trigger);
+    }
+    let _ = writeln!(out, "drill ended at {}", ms(r.end_ms));
     let _ = writeln!(out);
-    let rows: [(&str, Vec<(&str, u64)>); 4] = [
+    let rows: [(&str, Vec<(&str, u64)>); 5] = [
         (
             "HTTP requests",
             vec![
@@ -59,6 +85,14 @@ pub fn table(r: &Report) -> String {
                 ("open", r.still_open.sse as u64),
                 ("events", c("sse_event")),
                 ("gaps", c("sse_gap")),
+            ],
+        ),
+        (
+            "service",
+            vec![
+                ("restarts", r.restarts.len() as u64),
+                ("restart_failed", c("restart_failed")),
+                ("no_exit", c("no_exit")),
             ],
         ),
     ];

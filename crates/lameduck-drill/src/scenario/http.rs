@@ -10,14 +10,14 @@ use crate::{
     wire::http::{KeepAlive, Outcome},
 };
 
-/// Pause after a refused connection, so a stopped server is not hammered.
-const REFUSED_PAUSE: Duration = Duration::from_millis(50);
-
-/// Records one request's outcome; true when the connection can be reused.
-fn record(ctx: &Ctx, outcome: &Outcome, took: Duration) -> bool {
+/// Records one request's outcome, and its latency if `timed` (slow
+/// requests are slow on purpose); true when the connection can be reused.
+fn record(ctx: &Ctx, outcome: &Outcome, took: Duration, timed: bool) -> bool {
     match outcome {
         Outcome::Ok(res) => {
-            ctx.rec.latency(took);
+            if timed {
+                ctx.rec.latency(took);
+            }
             ctx.rec.count(if res.status >= 500 {
                 Class::Http5xx
             } else {
@@ -59,10 +59,10 @@ fn close(ctx: &Ctx, conn: KeepAlive) {
     ctx.rec.open(Kind::Http, -1);
 }
 
-/// `load`: keep-alive clients loop the ping path until the drill stops,
-/// reconnecting when the server closes.
-pub(super) fn load(ctx: &Ctx, tasks: &mut JoinSet<()>) {
-    for _ in 0..ctx.settings.load_clients {
+/// `load` (and the HTTP part of `restart`): keep-alive clients loop the
+/// ping path until the drill stops, reconnecting when the server closes.
+pub(super) fn load(ctx: &Ctx, clients: usize, tasks: &mut JoinSet<()>) {
+    for _ in 0..clients {
         let ctx = ctx.clone();
         tasks.spawn(async move {
             let mut conn = None;
@@ -73,7 +73,7 @@ pub(super) fn load(ctx: &Ctx, tasks: &mut JoinSet<()>) {
                         Some(c) => c,
                         None => {
                             tokio::select! {
-                                () = tokio::time::sleep(REFUSED_PAUSE) => continue,
+                                () = tokio::time::sleep(super::REFUSED_PAUSE) => continue,
                                 () = ctx.stop.cancelled() => break,
                             }
                         }
@@ -84,7 +84,7 @@ pub(super) fn load(ctx: &Ctx, tasks: &mut JoinSet<()>) {
                 let outcome = c
                     .get(&ctx.settings.ping, ctx.settings.request_timeout)
                     .await;
-                if record(&ctx, &outcome, started.elapsed()) {
+                if record(&ctx, &outcome, started.elapsed(), true) {
                     conn = Some(c);
                 } else {
                     close(&ctx, c);
@@ -122,7 +122,7 @@ pub(super) fn inflight(ctx: &Ctx, before: Duration, tasks: &mut JoinSet<()>) {
             };
             let started = Instant::now();
             let outcome = conn.get(&path, ctx.settings.request_timeout).await;
-            record(&ctx, &outcome, started.elapsed());
+            record(&ctx, &outcome, started.elapsed(), false);
             close(&ctx, conn);
         });
     }
@@ -139,7 +139,7 @@ pub(super) async fn idle(ctx: &Ctx, tasks: &mut JoinSet<()>) {
         let outcome = conn
             .get(&ctx.settings.ping, ctx.settings.request_timeout)
             .await;
-        if !record(ctx, &outcome, started.elapsed()) {
+        if !record(ctx, &outcome, started.elapsed(), true) {
             close(ctx, conn);
             continue;
         }

@@ -11,6 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::record::Recorder;
 
+/// Pause after a refused connection, so a stopped server is not hammered.
+const REFUSED_PAUSE: Duration = Duration::from_millis(50);
+
 /// A kind of traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -24,18 +27,22 @@ pub enum Scenario {
     Load,
     /// Numbered WebSocket messages, each echoed before the next.
     Websocket,
-    /// SSE streams.
+    /// SSE streams, reconnecting with `Last-Event-ID`.
     Sse,
+    /// Mixed load (keep-alive requests, WebSocket messages, SSE streams)
+    /// from clients that reconnect, across repeated restarts.
+    Restart,
 }
 
 impl Scenario {
     /// Every scenario (`all`).
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Idle,
         Scenario::Inflight,
         Scenario::Load,
         Scenario::Websocket,
         Scenario::Sse,
+        Scenario::Restart,
     ];
 
     /// The scenario named `name`.
@@ -46,6 +53,7 @@ impl Scenario {
             "load" => Scenario::Load,
             "websocket" => Scenario::Websocket,
             "sse" => Scenario::Sse,
+            "restart" => Scenario::Restart,
             _ => return None,
         })
     }
@@ -81,6 +89,12 @@ pub struct Settings {
     pub ws_interval: Duration,
     /// Streams of `sse`.
     pub sse_clients: usize,
+    /// Keep-alive clients of `restart`.
+    pub restart_load: usize,
+    /// WebSocket clients of `restart`.
+    pub restart_ws: usize,
+    /// SSE streams of `restart`.
+    pub restart_sse: usize,
     /// How long one request, echo or handshake may take before it counts
     /// as lost.
     pub request_timeout: Duration,
@@ -102,6 +116,9 @@ impl Default for Settings {
             ws_clients: 50,
             ws_interval: Duration::from_millis(50),
             sse_clients: 20,
+            restart_load: 16,
+            restart_ws: 20,
+            restart_sse: 10,
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -126,13 +143,18 @@ pub(crate) async fn start(
     tasks: &mut JoinSet<()>,
 ) {
     match scenario {
-        Scenario::Load => http::load(ctx, tasks),
+        Scenario::Load => http::load(ctx, ctx.settings.load_clients, tasks),
         Scenario::Inflight => http::inflight(ctx, before, tasks),
         Scenario::Idle => {
             http::idle(ctx, tasks).await;
             ws::idle(ctx, tasks).await;
         }
-        Scenario::Websocket => ws::chat(ctx, tasks).await,
-        Scenario::Sse => sse::streams(ctx, tasks).await,
+        Scenario::Websocket => ws::chat(ctx, ctx.settings.ws_clients, false, tasks).await,
+        Scenario::Sse => sse::streams(ctx, ctx.settings.sse_clients, tasks).await,
+        Scenario::Restart => {
+            http::load(ctx, ctx.settings.restart_load, tasks);
+            ws::chat(ctx, ctx.settings.restart_ws, true, tasks).await;
+            sse::streams(ctx, ctx.settings.restart_sse, tasks).await;
+        }
     }
 }

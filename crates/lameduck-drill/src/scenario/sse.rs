@@ -15,6 +15,8 @@ use crate::record::{Class, Kind};
 enum End {
     Clean,
     Abrupt,
+    /// No stream began: no answer (counted as lost) or an error status.
+    NoStream,
     Stopped,
 }
 
@@ -76,38 +78,74 @@ impl Stream {
     }
 }
 
-pub(super) async fn streams(ctx: &Ctx, tasks: &mut JoinSet<()>) {
-    for _ in 0..ctx.settings.sse_clients {
-        let Ok(mut tcp) = TcpStream::connect(ctx.addr).await else {
-            ctx.rec.count(Class::Refused);
-            continue;
-        };
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-            ctx.settings.sse, ctx.addr
-        );
-        if tcp.write_all(request.as_bytes()).await.is_err() {
-            ctx.rec.count(Class::Refused);
-            continue;
-        }
-        ctx.rec.open(Kind::Sse, 1);
+/// `sse` (and the SSE part of `restart`): streams that reconnect when they
+/// end, with `Last-Event-ID`, as a browser's `EventSource` does; an id
+/// that does not follow the last one seen, on the same stream or across a
+/// reconnect, is a gap.
+pub(super) async fn streams(ctx: &Ctx, clients: usize, tasks: &mut JoinSet<()>) {
+    for _ in 0..clients {
+        let first = connect(ctx, None).await;
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            let end = tokio::select! {
-                end = read(&ctx, &mut tcp) => end,
-                () = ctx.stop.cancelled() => End::Stopped,
-            };
-            match end {
-                End::Clean => ctx.rec.count(Class::SseClean),
-                End::Abrupt => ctx.rec.count(Class::SseAbrupt),
-                End::Stopped => {}
+            let mut last = None;
+            let mut tcp = first;
+            while !ctx.stop.is_cancelled() {
+                let mut conn = match tcp.take() {
+                    Some(conn) => conn,
+                    None => match connect(&ctx, last).await {
+                        Some(conn) => conn,
+                        None => {
+                            tokio::select! {
+                                () = tokio::time::sleep(super::REFUSED_PAUSE) => continue,
+                                () = ctx.stop.cancelled() => break,
+                            }
+                        }
+                    },
+                };
+                let end = tokio::select! {
+                    end = read(&ctx, &mut conn, &mut last) => end,
+                    () = ctx.stop.cancelled() => End::Stopped,
+                };
+                match end {
+                    End::Clean => ctx.rec.count(Class::SseClean),
+                    End::Abrupt => ctx.rec.count(Class::SseAbrupt),
+                    End::NoStream => {}
+                    End::Stopped => {}
+                }
+                ctx.rec.open(Kind::Sse, -1);
+                if end == End::NoStream {
+                    tokio::select! {
+                        () = tokio::time::sleep(super::REFUSED_PAUSE) => {}
+                        () = ctx.stop.cancelled() => break,
+                    }
+                }
             }
-            ctx.rec.open(Kind::Sse, -1);
         });
     }
 }
 
-async fn read(ctx: &Ctx, tcp: &mut TcpStream) -> End {
+/// A stream's request written, resuming after `last`; counted as open.
+async fn connect(ctx: &Ctx, last: Option<u64>) -> Option<TcpStream> {
+    let Ok(mut tcp) = TcpStream::connect(ctx.addr).await else {
+        ctx.rec.count(Class::Refused);
+        return None;
+    };
+    let resume = last.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{resume}\r\n",
+        ctx.settings.sse, ctx.addr
+    );
+    if tcp.write_all(request.as_bytes()).await.is_err() {
+        // Accepted, then closed before the request could be written: the
+        // server refused it without answering, as a closed listener does.
+        ctx.rec.count(Class::Refused);
+        return None;
+    }
+    ctx.rec.open(Kind::Sse, 1);
+    Some(tcp)
+}
+
+async fn read(ctx: &Ctx, tcp: &mut TcpStream, last: &mut Option<u64>) -> End {
     let mut buf = vec![0u8; 8192];
     let mut head = Vec::new();
     // The response head.
@@ -115,7 +153,7 @@ async fn read(ctx: &Ctx, tcp: &mut TcpStream) -> End {
         match tcp.read(&mut buf).await {
             Ok(0) | Err(_) => {
                 ctx.rec.count(Class::Lost);
-                return End::Abrupt;
+                return End::NoStream;
             }
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
@@ -126,15 +164,16 @@ async fn read(ctx: &Ctx, tcp: &mut TcpStream) -> End {
     let text = String::from_utf8_lossy(&head[..body_start]).to_ascii_lowercase();
     if !text.starts_with("http/1.1 200") {
         ctx.rec.count(Class::Http5xx);
-        return End::Abrupt;
+        return End::NoStream;
     }
     let chunked = text.contains("transfer-encoding: chunked");
-    let mut stream = Stream::default();
+    let mut stream = Stream {
+        last: *last,
+        ..Stream::default()
+    };
     let events = |bytes: &[u8], stream: &mut Stream| {
-        let before = stream.last;
-        let ids = stream.feed(bytes);
-        let mut prev = before;
-        for id in ids {
+        let mut prev = stream.last;
+        for id in stream.feed(bytes) {
             ctx.rec.count(Class::SseEvent);
             if prev.is_some_and(|p| id != p + 1) {
                 ctx.rec.count(Class::SseGap);
@@ -143,17 +182,19 @@ async fn read(ctx: &Ctx, tcp: &mut TcpStream) -> End {
         }
     };
     events(&head[body_start..], &mut stream);
-    loop {
+    let end = loop {
         if stream.ended {
-            return End::Clean;
+            break End::Clean;
         }
         match tcp.read(&mut buf).await {
             // Without chunked framing the body ends with the connection.
-            Ok(0) if !chunked => return End::Clean,
-            Ok(0) | Err(_) => return End::Abrupt,
+            Ok(0) if !chunked => break End::Clean,
+            Ok(0) | Err(_) => break End::Abrupt,
             Ok(n) => events(&buf[..n], &mut stream),
         }
-    }
+    };
+    *last = stream.last;
+    end
 }
 
 #[cfg(test)]

@@ -77,77 +77,106 @@ pub(super) async fn idle(ctx: &Ctx, tasks: &mut JoinSet<()>) {
     }
 }
 
-/// `websocket`: each client sends `1`, `2`, ... and waits for each echo.
-pub(super) async fn chat(ctx: &Ctx, tasks: &mut JoinSet<()>) {
-    for _ in 0..ctx.settings.ws_clients {
-        let Some(mut ws) = open(ctx).await else {
+/// `websocket` (and the WebSocket part of `restart`): each client sends `1`,
+/// `2`, ... and waits for each echo. With `reconnect`, a client whose socket
+/// ends opens a new one and resends the message that was not echoed, as a
+/// real client would.
+pub(super) async fn chat(ctx: &Ctx, clients: usize, reconnect: bool, tasks: &mut JoinSet<()>) {
+    for _ in 0..clients {
+        let first = open(ctx).await;
+        if first.is_none() && !reconnect {
             continue;
-        };
+        }
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            let mut n: u64 = 0;
-            let end = loop {
-                if ctx.stop.is_cancelled() {
-                    break End::Stopped;
-                }
-                n += 1;
-                if ws.send(Message::text(n.to_string())).await.is_err() {
-                    // Not written: the socket was already gone.
-                    break next_end(&mut ws).await;
-                }
-                let echo = tokio::time::timeout(ctx.settings.request_timeout, async {
-                    loop {
-                        match ws.next().await {
-                            Some(Ok(Message::Text(t))) => return Ok(t),
-                            Some(Ok(Message::Close(frame))) => {
-                                return Err(End::Closed(frame.map_or(1005, |f| u16::from(f.code))));
+            let mut next: u64 = 1;
+            let mut ws = first;
+            while !ctx.stop.is_cancelled() {
+                let mut sock = match ws.take() {
+                    Some(sock) => sock,
+                    None => match open(&ctx).await {
+                        Some(sock) => sock,
+                        None => {
+                            tokio::select! {
+                                () = tokio::time::sleep(super::REFUSED_PAUSE) => continue,
+                                () = ctx.stop.cancelled() => break,
                             }
-                            Some(Ok(_)) => {}
-                            Some(Err(_)) | None => return Err(End::Abrupt),
                         }
-                    }
-                })
-                .await;
-                match echo {
-                    Ok(Ok(text)) if text.as_str() == n.to_string() => {
-                        ctx.rec.count(Class::WsEchoed)
-                    }
-                    Ok(Ok(_)) => ctx.rec.count(Class::WsUnechoed),
-                    Ok(Err(end)) => {
-                        ctx.rec.count(match end {
-                            End::Closed(_) => Class::WsCrossed,
-                            _ => Class::WsUnechoed,
-                        });
-                        break end;
-                    }
-                    Err(_) => {
-                        ctx.rec.count(Class::WsUnechoed);
-                        break End::Abrupt;
-                    }
-                }
-                // Between messages, still read: a Close that comes now ends
-                // the session before another message is sent into it.
-                let pause = tokio::time::sleep(ctx.settings.ws_interval);
-                tokio::pin!(pause);
-                let ended = loop {
-                    tokio::select! {
-                        () = &mut pause => break None,
-                        () = ctx.stop.cancelled() => break None,
-                        msg = ws.next() => match msg {
-                            Some(Ok(Message::Close(frame))) => {
-                                break Some(End::Closed(frame.map_or(1005, |f| u16::from(f.code))));
-                            }
-                            Some(Ok(_)) => {}
-                            Some(Err(_)) | None => break Some(End::Abrupt),
-                        },
-                    }
+                    },
                 };
-                if let Some(end) = ended {
-                    break end;
+                let end = session(&ctx, &mut sock, &mut next).await;
+                // Completes the closing handshake the server started.
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), sock.close(None)).await;
+                record_end(&ctx, end);
+                if !reconnect {
+                    break;
                 }
-            };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(None)).await;
-            record_end(&ctx, end);
+            }
         });
+    }
+}
+
+/// One socket's messages, from `next` on, until it ends.
+async fn session(ctx: &Ctx, ws: &mut Ws, next: &mut u64) -> End {
+    loop {
+        if ctx.stop.is_cancelled() {
+            return End::Stopped;
+        }
+        if ws.send(Message::text(next.to_string())).await.is_err() {
+            // Not written: the socket was already gone.
+            return next_end(ws).await;
+        }
+        let echo = tokio::time::timeout(ctx.settings.request_timeout, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Ok(t),
+                    Some(Ok(Message::Close(frame))) => {
+                        return Err(End::Closed(frame.map_or(1005, |f| u16::from(f.code))));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return Err(End::Abrupt),
+                }
+            }
+        })
+        .await;
+        match echo {
+            Ok(Ok(text)) => {
+                ctx.rec.count(if text.as_str() == next.to_string() {
+                    Class::WsEchoed
+                } else {
+                    Class::WsUnechoed
+                });
+                *next += 1;
+            }
+            Ok(Err(end)) => {
+                ctx.rec.count(match end {
+                    End::Closed(_) => Class::WsCrossed,
+                    _ => Class::WsUnechoed,
+                });
+                return end;
+            }
+            Err(_) => {
+                ctx.rec.count(Class::WsUnechoed);
+                return End::Abrupt;
+            }
+        }
+        // Between messages, still read: a Close that comes now ends the
+        // session before another message is sent into it.
+        let pause = tokio::time::sleep(ctx.settings.ws_interval);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                () = ctx.stop.cancelled() => return End::Stopped,
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Close(frame))) => {
+                        return End::Closed(frame.map_or(1005, |f| u16::from(f.code)));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return End::Abrupt,
+                },
+            }
+        }
     }
 }

@@ -15,8 +15,13 @@ pub struct Response {
     pub status: u16,
     /// Header names (lowercase) and values.
     pub headers: Vec<(String, String)>,
-    /// The body (Content-Length framed).
+    /// The body (framed by Content-Length, chunked, or by the end of the
+    /// connection).
     pub body: Vec<u8>,
+    /// Whether the connection may carry another request (RFC 9112, 9.3):
+    /// not after `Connection: close`, an HTTP/1.0 response without
+    /// `Connection: keep-alive`, or a body that ended with the connection.
+    pub persistent: bool,
 }
 
 impl Response {
@@ -33,10 +38,9 @@ impl Response {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
-    /// Whether the server said it closes the connection after this response.
+    /// Whether the server closes the connection after this response.
     pub fn closes(&self) -> bool {
-        self.header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        !self.persistent
     }
 }
 
@@ -146,9 +150,11 @@ impl KeepAlive {
         };
         let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
         let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
+        let status_line = lines.next().unwrap_or_default();
+        let http10 = status_line.starts_with("HTTP/1.0");
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| invalid("bad status line"))?;
         let headers: Vec<(String, String)> = lines
@@ -158,27 +164,52 @@ impl KeepAlive {
         let chunked = headers
             .iter()
             .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-        let body = if chunked {
+        let length: Option<usize> = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok());
+        let connection = headers
+            .iter()
+            .find(|(n, _)| n == "connection")
+            .map(|(_, v)| v.to_ascii_lowercase());
+        let mut persistent = match connection.as_deref() {
+            Some(v) if v.contains("close") => false,
+            Some(v) if v.contains("keep-alive") => true,
+            _ => !http10,
+        };
+        let body = if matches!(status, 100..=199 | 204 | 304) {
+            self.buf.drain(..head_end);
+            Vec::new()
+        } else if chunked {
             self.buf.drain(..head_end);
             self.began = true;
             self.read_chunked().await?
-        } else {
-            let length: usize = headers
-                .iter()
-                .find(|(n, _)| n == "content-length")
-                .and_then(|(_, v)| v.parse().ok())
-                .ok_or_else(|| invalid("no content-length"))?;
+        } else if let Some(length) = length {
             while self.buf.len() < head_end + length {
                 self.fill().await?;
             }
             let body = self.buf[head_end..head_end + length].to_vec();
             self.buf.drain(..head_end + length);
             body
+        } else {
+            // Neither length nor chunks: the body ends with the connection.
+            self.began = true;
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = self.stream.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+            persistent = false;
+            self.buf.drain(..).skip(head_end).collect()
         };
         Ok(Response {
             status,
             headers,
             body,
+            persistent,
         })
     }
 

@@ -1,0 +1,328 @@
+//! The service under test: a command the drill starts (and always kills,
+//! with its whole process group), or one already running, reached by URL
+//! and stopped or restarted by pid or by trigger commands.
+
+mod group;
+mod notify;
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpListener},
+    os::unix::process::{CommandExt, ExitStatusExt},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::{
+        signal::{Signal, kill, killpg},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
+    unistd::Pid,
+};
+
+use crate::{DrillError, wire::http};
+
+/// Where the service is and how to stop or restart it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Target {
+    /// `sh -c 'exec COMMAND'` in a process group of its own, with `PORT` in
+    /// its environment and `{port}` in the command replaced by the port: the
+    /// command must be one program (wrap a pipeline in `sh -c '...'`).
+    ///
+    /// As systemd does for a unit: the stop signal goes to the whole group
+    /// (`KillMode=control-group`), the restart signal to the main process
+    /// only (`ExecReload=kill -HUP $MAINPID`), and `NOTIFY_SOCKET` is set, so
+    /// a service that reports `READY=1` and `MAINPID=` is followed across
+    /// upgrades that change its pid. The drill becomes a child subreaper
+    /// (`PR_SET_CHILD_SUBREAPER`, for its whole process) so that such
+    /// successors are its children and their exit status is known.
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The port to give it; 0 picks a free one.
+        port: u16,
+    },
+    /// A running service at `addr`.
+    Running {
+        /// Its address (loopback or one's own staging host).
+        addr: SocketAddr,
+        /// The process to signal, if any.
+        pid: Option<u32>,
+        /// The command that stops it (`systemctl stop x`), if no pid.
+        trigger: Option<String>,
+        /// The command that restarts it (`systemctl reload x`, `kubectl
+        /// rollout restart ...`), for the `restart` scenario; without one,
+        /// the restart signal goes to `pid`.
+        restart_trigger: Option<String>,
+    },
+}
+
+/// A target once started: the address and the means to signal it.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub(crate) addr: SocketAddr,
+    /// The process the drill started; its pid is the group's id.
+    child: Option<Child>,
+    pid: Option<u32>,
+    trigger: Option<String>,
+    restart_trigger: Option<String>,
+    notify: Option<notify::Listener>,
+    /// Exit statuses of processes reaped so far, by pid.
+    reaped: HashMap<u32, ExitStatus>,
+}
+
+impl Live {
+    /// Starts (or finds) the target and waits until `health` answers 200,
+    /// for `startup` at most.
+    pub(crate) async fn start(
+        target: &Target,
+        health: &str,
+        startup: Duration,
+    ) -> Result<Self, DrillError> {
+        let mut live = match target {
+            Target::Spawn { command, port } => {
+                let port = free_port(*port)?;
+                let command = command.replace("{port}", &port.to_string());
+                // Best effort: without it, successors are adopted by init and
+                // only their exit (not their status) is seen.
+                let _ = nix::sys::prctl::set_child_subreaper(true);
+                let notify = notify::Listener::bind()
+                    .map_err(|e| DrillError::Spawn("a NOTIFY_SOCKET".into(), e))?;
+                let child = Command::new("sh")
+                    .arg("-c")
+                    // exec: the service is the process the drill watches
+                    // (dash does not exec a lone command by itself).
+                    .arg(format!("exec {command}"))
+                    .env("PORT", port.to_string())
+                    .env("NOTIFY_SOCKET", notify.path())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    // Its own group, so that everything it starts can be
+                    // killed at the end, whatever happens.
+                    .process_group(0)
+                    .spawn()
+                    .map_err(|e| DrillError::Spawn(command.clone(), e))?;
+                Live {
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    pid: Some(child.id()),
+                    child: Some(child),
+                    trigger: None,
+                    restart_trigger: None,
+                    notify: Some(notify),
+                    reaped: HashMap::new(),
+                }
+            }
+            Target::Running {
+                addr,
+                pid,
+                trigger,
+                restart_trigger,
+            } => Live {
+                addr: *addr,
+                child: None,
+                pid: *pid,
+                trigger: trigger.clone(),
+                restart_trigger: restart_trigger.clone(),
+                notify: None,
+                reaped: HashMap::new(),
+            },
+        };
+        live.wait_healthy(health, startup).await?;
+        Ok(live)
+    }
+
+    async fn wait_healthy(&mut self, health: &str, startup: Duration) -> Result<(), DrillError> {
+        let deadline = Instant::now() + startup;
+        let mut last = String::from("no answer");
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_exit() {
+                return Err(DrillError::ExitedEarly(describe(status)));
+            }
+            match http::get(self.addr, health, Duration::from_secs(2)).await {
+                Ok(res) if res.status == 200 => return Ok(()),
+                Ok(res) => last = format!("status {}", res.status),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(DrillError::NeverHealthy {
+            addr: self.addr,
+            path: health.to_owned(),
+            waited: startup,
+            last,
+        })
+    }
+
+    /// Sends the stop `signal` (to the whole group of a spawned service),
+    /// or runs the stop trigger (waiting for it, `limit` at most).
+    pub(crate) async fn stop(&self, signal: Signal, limit: Duration) -> Result<(), DrillError> {
+        if let Some(child) = &self.child {
+            // The group's id is the child's pid (`process_group(0)`).
+            let group = child.id();
+            return killpg(Pid::from_raw(group as i32), signal)
+                .map_err(|e| DrillError::Signal(group, e.to_string()));
+        }
+        if let Some(pid) = self.pid {
+            return kill(Pid::from_raw(pid as i32), signal)
+                .map_err(|e| DrillError::Signal(pid, e.to_string()));
+        }
+        match &self.trigger {
+            Some(trigger) => run_trigger(trigger, limit).await,
+            None => Err(DrillError::NoTrigger),
+        }
+    }
+
+    /// Sends the restart `signal` to the main process, or runs the restart
+    /// trigger (waiting for it, `limit` at most).
+    pub(crate) async fn restart(&self, signal: Signal, limit: Duration) -> Result<(), DrillError> {
+        if let Some(trigger) = &self.restart_trigger {
+            return run_trigger(trigger, limit).await;
+        }
+        let pid = self.main_pid().ok_or(DrillError::NoTrigger)?;
+        kill(Pid::from_raw(pid as i32), signal).map_err(|e| DrillError::Signal(pid, e.to_string()))
+    }
+
+    /// How a restart is made, for the report.
+    pub(crate) fn restart_means(&self, signal: Signal) -> String {
+        match &self.restart_trigger {
+            Some(t) => format!("trigger `{t}`"),
+            None => signal.as_str().to_owned(),
+        }
+    }
+
+    /// The process that serves now: the last `MAINPID=` the service
+    /// reported, else the one started or given.
+    pub(crate) fn main_pid(&self) -> Option<u32> {
+        self.notify
+            .as_ref()
+            .and_then(|n| n.said().main_pid)
+            .or(self.pid)
+    }
+
+    /// `READY=1` messages so far (0 when the service does not report).
+    pub(crate) fn readies(&self) -> u64 {
+        self.notify.as_ref().map_or(0, |n| n.said().ready)
+    }
+
+    /// Whether the drill can see the process end (it started it, or has
+    /// its pid).
+    pub(crate) fn can_watch_exit(&self) -> bool {
+        self.pid.is_some()
+    }
+
+    /// The exit status of the main process if it has ended (`None` for a
+    /// pid the drill did not start: it ended, but its status is its
+    /// parent's).
+    pub(crate) fn try_exit(&mut self) -> Option<ExitStatus> {
+        let pid = self.main_pid()?;
+        self.pid_ended(pid);
+        self.reaped.get(&pid).copied()
+    }
+
+    /// Whether `pid` has ended; reaps it if it is the drill's child. A
+    /// child counts as ended once reaped: `/proc` shows the leader of a
+    /// process whose other threads are still exiting as a zombie already.
+    pub(crate) fn pid_ended(&mut self, pid: u32) -> bool {
+        if self.reaped.contains_key(&pid) {
+            return true;
+        }
+        let child = match &mut self.child {
+            Some(child) if child.id() == pid => match child.try_wait() {
+                Ok(Some(status)) => group::Wait::Reaped(status),
+                Ok(None) => group::Wait::Running,
+                Err(_) => group::Wait::Foreign,
+            },
+            Some(_) => group::reap(pid),
+            None => group::Wait::Foreign,
+        };
+        match child {
+            group::Wait::Reaped(status) => {
+                self.reaped.insert(pid, status);
+                true
+            }
+            group::Wait::Running => false,
+            group::Wait::Foreign => group::ended(pid),
+        }
+    }
+
+    /// The exit status of `pid`, if the drill reaped it.
+    pub(crate) fn status_of(&self, pid: u32) -> Option<ExitStatus> {
+        self.reaped.get(&pid).copied()
+    }
+
+    /// Whether the service is gone: every process of a spawned service's
+    /// group, or the given pid.
+    pub(crate) fn gone(&mut self) -> bool {
+        if let Some(child) = &self.child {
+            let group = child.id();
+            self.pid_ended(group);
+            let main_ended = self.main_pid().is_none_or(|main| self.pid_ended(main));
+            return main_ended && !group::any_alive(group as i32);
+        }
+        match self.pid {
+            Some(pid) => self.pid_ended(pid),
+            None => false,
+        }
+    }
+}
+
+async fn run_trigger(trigger: &str, limit: Duration) -> Result<(), DrillError> {
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(trigger)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| DrillError::Spawn(trigger.to_owned(), e))?;
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(DrillError::Trigger(trigger.to_owned(), describe(status))),
+        Ok(Err(e)) => Err(DrillError::Trigger(trigger.to_owned(), e.to_string())),
+        Err(_) => Err(DrillError::Trigger(
+            trigger.to_owned(),
+            format!("still running after {limit:?}"),
+        )),
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            // The group's id is the child's pid (process_group(0)).
+            let group = child.id() as i32;
+            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+            let _ = child.kill();
+            let _ = child.wait();
+            // Successors adopted by the drill: reaped, not left as zombies
+            // (a second or so at most: SIGKILL cannot be caught).
+            for _ in 0..100 {
+                match waitpid(Pid::from_raw(-group), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// The exit code, or `signal N` when a signal ended the process.
+pub(crate) fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// `port`, if free, or a free one for 0.
+fn free_port(port: u16) -> Result<u16, DrillError> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| DrillError::Port(port, e))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| DrillError::Port(port, e))?
+        .port())
+}
