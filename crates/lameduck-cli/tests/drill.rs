@@ -554,6 +554,27 @@ async fn bad_arguments_are_clear_errors() {
         text(&out)
     );
 
+    // More sockets than the hard open-file limit allows: refused up front,
+    // not counted as refusals by the service.
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 300 && exec {BIN} drill --spawn 'sleep 30.5' --scenario idle --idle-ws 500"
+        ))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("hold up to 764 sockets but this process may open only 300 files"),
+        "{}",
+        text(&out)
+    );
+    assert!(!running("sleep 30.5"), "nothing was started");
+
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let out = drill(&["--spawn", "sleep 30", "--port", &port]).await;

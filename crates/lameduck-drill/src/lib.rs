@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod files;
 pub mod record;
 pub mod report;
 mod scenario;
@@ -76,6 +77,17 @@ pub enum DrillError {
     /// The trigger command failed.
     #[error("the trigger `{0}` failed: {1}")]
     Trigger(String, String),
+    /// The drill's clients need more sockets than its open-file limit
+    /// allows, even raised to the hard limit.
+    #[error(
+        "the scenarios hold up to {need} sockets but this process may open only {limit} files (raise `ulimit -Hn`, or lower the counts)"
+    )]
+    TooManySockets {
+        /// Descriptors needed (sockets plus a margin).
+        need: u64,
+        /// The hard limit.
+        limit: u64,
+    },
     /// `restart` on a running service without a pid or a restart trigger.
     #[error("the restart scenario on a running service needs --pid or --restart-trigger")]
     NoRestart,
@@ -171,7 +183,9 @@ impl Drill {
                 return Err(DrillError::NoTrigger);
             }
         }
-        let mut live = target::Live::start(&self.target, &self.health, self.startup).await?;
+        let nofile = files::raise(self.sockets())?;
+        let mut live =
+            target::Live::start(&self.target, &self.health, self.startup, nofile).await?;
         let rec = Arc::new(Recorder::new());
         let ctx = scenario::Ctx {
             addr: live.addr,
@@ -265,6 +279,26 @@ impl Drill {
         };
         report.judge();
         Ok(report)
+    }
+}
+
+impl Drill {
+    /// Sockets the selected scenarios hold at most at once (each client
+    /// closes a connection before it opens the next).
+    pub fn sockets(&self) -> u64 {
+        let s = &self.settings;
+        let per = |scenario| match scenario {
+            Scenario::Idle => s.idle_http + s.idle_ws,
+            Scenario::Inflight => s.inflight,
+            Scenario::Load => s.load_clients,
+            Scenario::Websocket => s.ws_clients,
+            Scenario::Sse => s.sse_clients,
+            Scenario::Restart => s.restart_load + s.restart_ws + s.restart_sse,
+        };
+        let mut scenarios = self.scenarios.clone();
+        scenarios.sort();
+        scenarios.dedup();
+        scenarios.into_iter().map(per).sum::<usize>() as u64
     }
 }
 

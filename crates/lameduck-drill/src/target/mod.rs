@@ -76,10 +76,13 @@ pub(crate) struct Live {
 impl Live {
     /// Starts (or finds) the target and waits until `health` answers 200,
     /// for `startup` at most.
+    /// A spawned command gets `nofile` as its soft open-file limit: the
+    /// drill's own, before the drill raised it for its clients.
     pub(crate) async fn start(
         target: &Target,
         health: &str,
         startup: Duration,
+        nofile: u64,
     ) -> Result<Self, DrillError> {
         let mut live = match target {
             Target::Spawn { command, port } => {
@@ -90,11 +93,16 @@ impl Live {
                 let _ = nix::sys::prctl::set_child_subreaper(true);
                 let notify = notify::Listener::bind()
                     .map_err(|e| DrillError::Spawn("a NOTIFY_SOCKET".into(), e))?;
+                let nofile = match nofile {
+                    u64::MAX => "unlimited".to_owned(),
+                    n => n.to_string(),
+                };
                 let child = Command::new("sh")
                     .arg("-c")
                     // exec: the service is the process the drill watches
-                    // (dash does not exec a lone command by itself).
-                    .arg(format!("exec {command}"))
+                    // (dash does not exec a lone command by itself). The
+                    // limit: the service runs as it would without the drill.
+                    .arg(format!("ulimit -Sn {nofile} 2>/dev/null; exec {command}"))
                     .env("PORT", port.to_string())
                     .env("NOTIFY_SOCKET", notify.path())
                     .stdin(Stdio::null())
