@@ -3,7 +3,10 @@
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::{net::TcpStream, task::JoinSet};
-use tokio_tungstenite::{WebSocketStream, client_async, tungstenite::Message};
+use tokio_tungstenite::{
+    WebSocketStream, client_async_with_config,
+    tungstenite::{Message, protocol::WebSocketConfig},
+};
 
 use super::Ctx;
 use crate::record::{Class, Kind};
@@ -16,7 +19,13 @@ async fn open(ctx: &Ctx) -> Option<Ws> {
         return None;
     };
     let url = format!("ws://{}{}", ctx.addr, ctx.settings.ws);
-    match tokio::time::timeout(ctx.settings.request_timeout, client_async(url, tcp)).await {
+    // The drill's messages are small, and it may hold thousands of idle
+    // sockets: 4 KiB buffers, not the default 128 KiB each.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let handshake = client_async_with_config(url, tcp, Some(config));
+    match tokio::time::timeout(ctx.settings.request_timeout, handshake).await {
         Ok(Ok((ws, _))) => {
             ctx.rec.open(Kind::Ws, 1);
             Some(ws)
