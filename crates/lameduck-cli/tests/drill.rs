@@ -495,6 +495,73 @@ async fn a_service_that_ignores_the_stop_is_bounded() {
     assert!(stdout.contains("FAIL: no_exit 1"), "{stdout}");
 }
 
+// The drill killed with SIGKILL mid-run (nothing of it runs to clean up):
+// its watchdog still kills the service it spawned, successors included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_drill_leaves_no_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("jobs.db").display().to_string();
+    let serve = format!(
+        "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 --journal sqlite:{journal} --upgrade-binary {BIN}"
+    );
+    let mut drill = tokio::process::Command::new(BIN)
+        .args(["drill", "--spawn", &serve, "--scenario", "restart"])
+        .args(["--restarts", "100", "--restart-every", "300ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let services = || processes(&format!("{BIN} serve "), &journal);
+    // Should this test fail, what the drill left is killed all the same.
+    struct Strays<F: Fn() -> Vec<u32>>(F);
+    impl<F: Fn() -> Vec<u32>> Drop for Strays<F> {
+        fn drop(&mut self) {
+            for pid in (self.0)() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let _strays = Strays(services);
+    // Serving, then upgraded at least once (a second process seen).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no upgrade seen");
+        seen.extend(services());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drill.start_kill().unwrap();
+    drill.wait().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !services().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left running: {:?}",
+            services()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Pids of running processes whose command line starts with `prefix` and
+/// contains `marker`.
+fn processes(prefix: &str, marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.starts_with(prefix) && cmdline.contains(marker)).then_some(pid)
+        })
+        .collect()
+}
+
 /// Whether a process whose command line contains `marker` is running.
 fn running(marker: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {

@@ -65,6 +65,9 @@ pub(crate) struct Live {
     pub(crate) addr: SocketAddr,
     /// The process the drill started; its pid is the group's id.
     child: Option<Child>,
+    /// Kills the spawned group if the drill dies without its `Drop`
+    /// running (SIGKILL, Ctrl-C).
+    watchdog: Option<Child>,
     pid: Option<u32>,
     trigger: Option<String>,
     restart_trigger: Option<String>,
@@ -113,15 +116,20 @@ impl Live {
                     .process_group(0)
                     .spawn()
                     .map_err(|e| DrillError::Spawn(command.clone(), e))?;
-                Live {
+                let mut live = Live {
                     addr: SocketAddr::from(([127, 0, 0, 1], port)),
                     pid: Some(child.id()),
                     child: Some(child),
+                    watchdog: None,
                     trigger: None,
                     restart_trigger: None,
                     notify: Some(notify),
                     reaped: HashMap::new(),
-                }
+                };
+                // Set up after `live`, so that its drop kills the service
+                // if the watchdog cannot start.
+                live.watchdog = Some(watchdog(live.pid.unwrap_or_default())?);
+                live
             }
             Target::Running {
                 addr,
@@ -131,6 +139,7 @@ impl Live {
             } => Live {
                 addr: *addr,
                 child: None,
+                watchdog: None,
                 pid: *pid,
                 trigger: trigger.clone(),
                 restart_trigger: restart_trigger.clone(),
@@ -296,8 +305,32 @@ async fn run_trigger(trigger: &str, limit: Duration) -> Result<(), DrillError> {
     }
 }
 
+/// A process that waits for end of file on its stdin, a pipe only the
+/// drill holds, and then kills group `group`: the kernel closes the pipe
+/// however the drill ends, so the service never outlives it. (The other
+/// way, a parent-death signal, needs `pre_exec` code, and would not reach
+/// successors started by an upgrade.) Its own process group keeps a
+/// terminal's Ctrl-C, meant for the drill, off it.
+fn watchdog(group: u32) -> Result<Child, DrillError> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("read _; kill -KILL -{group} 2>/dev/null"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| DrillError::Spawn("the watchdog (sh)".into(), e))
+}
+
 impl Drop for Live {
     fn drop(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // Its work is done below; it must not outlive the group and
+            // kill a later group that reuses the id.
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
         if let Some(child) = &mut self.child {
             // The group's id is the child's pid (process_group(0)).
             let group = child.id() as i32;
