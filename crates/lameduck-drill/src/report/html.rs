@@ -133,7 +133,7 @@ pub fn html(r: &Report) -> String {
     format!(
         r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>lameduck drill: {verdict}</title>
-<style>body{{font-family:sans-serif;margin:24px;color:#222}}pre{{background:#f5f5f5;padding:12px;font-size:13px}}h1{{font-size:20px}}.PASS{{color:#2e7d32}}.FAIL{{color:#c62828}}</style>
+<style>body{{font-family:sans-serif;margin:24px;color:#222}}pre{{background:#f5f5f5;padding:12px;font-size:13px;white-space:pre-wrap;overflow-wrap:anywhere}}h1{{font-size:20px}}.PASS{{color:#2e7d32}}.FAIL{{color:#c62828}}</style>
 </head><body>
 <h1>lameduck drill: <span class="{verdict}">{verdict}</span></h1>
 {svg}
