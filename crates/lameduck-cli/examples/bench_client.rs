@@ -10,11 +10,6 @@
 //! - `bench_client drain BIN N_HTTP N_WS`: opens N_HTTP idle keep-alive
 //!   connections and N_WS idle WebSockets, sends SIGTERM, and prints the
 //!   time to exit and how every connection ended.
-//! - `bench_client upgrade BIN CONNS UPGRADES`: CONNS keep-alive clients
-//!   loop `/ping` as fast as they can; after 3 s, UPGRADES SIGHUP upgrades
-//!   in a row. Prints failed requests, p50/p99 latency in the steady state
-//!   and inside the upgrade windows (SIGHUP to the old process's exit), and
-//!   the time from SIGHUP to the new process serving.
 //! - `bench_client idle-rss BIN N [OTHER...]`: opens N keep-alive
 //!   connections (one `/ping` each, then idle) and prints the server's RSS
 //!   growth per connection; then the same for each OTHER example server
@@ -51,9 +46,6 @@ struct Server {
     child: std::process::Child,
     addr: SocketAddr,
     complete: std::sync::mpsc::Receiver<serde_json::Value>,
-    /// `(pid, when)` of every `server.listening` after the first (the
-    /// successors of upgrades share the child's stderr).
-    listening: std::sync::mpsc::Receiver<(u32, Instant)>,
     journal: std::path::PathBuf,
 }
 
@@ -97,14 +89,9 @@ impl Server {
         };
         // Keep reading so the server never blocks on a full pipe.
         let (tx, complete) = std::sync::mpsc::channel();
-        let (listened, listening) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if v["message"] == "server.listening" {
-                    let pid = v["pid"].as_u64().unwrap_or(0) as u32;
-                    let _ = listened.send((pid, Instant::now()));
-                }
                 if v["message"] == "shutdown.complete" {
                     let _ = tx.send(v);
                 }
@@ -114,7 +101,6 @@ impl Server {
             child,
             addr,
             complete,
-            listening,
             journal,
         }
     }
@@ -168,135 +154,6 @@ impl Drop for Server {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-async fn upgrade(bin: &str, conns: usize, upgrades: usize) {
-    let server = Server::start(bin);
-    let addr = server.addr;
-    let start = Instant::now();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..conns)
-        .map(|_| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                // (started, latency) of each answered request, and failures.
-                let mut samples = Vec::new();
-                let mut failed = 0u64;
-                let mut conn: Option<KeepAlive> = None;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let c = match conn.as_mut() {
-                        Some(c) => c,
-                        None => match KeepAlive::connect(addr).await {
-                            Ok(c) => conn.insert(c),
-                            Err(_) => {
-                                failed += 1;
-                                continue;
-                            }
-                        },
-                    };
-                    let t = Instant::now();
-                    match c.get("/ping", Duration::from_secs(30)).await {
-                        Outcome::Ok(res) => {
-                            samples.push((t, t.elapsed()));
-                            if res.status != 200 {
-                                failed += 1;
-                            }
-                            if res.closes() {
-                                conn = None;
-                            }
-                        }
-                        Outcome::NotSent(_) => conn = None,
-                        Outcome::Lost(_) | Outcome::Cut(_) => {
-                            failed += 1;
-                            conn = None;
-                        }
-                    }
-                }
-                (samples, failed)
-            })
-        })
-        .collect();
-
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let steady_end = Instant::now();
-    let mut windows = Vec::new();
-    let mut to_serving = Vec::new();
-    let mut current = server.child.id();
-    for _ in 0..upgrades {
-        let t0 = Instant::now();
-        kill(Pid::from_raw(current as i32), Signal::SIGHUP).expect("SIGHUP");
-        let (new, at) = server
-            .listening
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the new process serves");
-        to_serving.push(at - t0);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while alive(current) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        windows.push((t0, Instant::now()));
-        current = new;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let end = Instant::now();
-    let mut steady = Vec::new();
-    let mut during = Vec::new();
-    let mut failed = 0;
-    let mut total = 0usize;
-    for c in clients {
-        let (samples, f) = c.await.unwrap();
-        failed += f;
-        total += samples.len();
-        for (t, lat) in samples {
-            if t < steady_end {
-                steady.push(lat);
-            } else if windows.iter().any(|(a, b)| t >= *a && t <= *b) {
-                during.push(lat);
-            }
-        }
-    }
-    let _ = kill(Pid::from_raw(current as i32), Signal::SIGKILL);
-    steady.sort();
-    during.sort();
-    to_serving.sort();
-    let window_ms: Vec<u128> = windows.iter().map(|(a, b)| (*b - *a).as_millis()).collect();
-    println!(
-        "upgrade: {conns} keep-alive clients looping /ping, {upgrades} upgrades: {total} requests \
-         ({:.0}/s), {failed} failed",
-        total as f64 / (end - start).as_secs_f64()
-    );
-    println!(
-        "upgrade: latency steady p50 {:?} p99 {:?} ({} requests); during upgrades p50 {:?} p99 {:?} \
-         ({} requests); p99 ratio {:.2}",
-        percentile(&steady, 0.5),
-        percentile(&steady, 0.99),
-        steady.len(),
-        percentile(&during, 0.5),
-        percentile(&during, 0.99),
-        during.len(),
-        percentile(&during, 0.99).as_secs_f64() / percentile(&steady, 0.99).as_secs_f64().max(1e-9)
-    );
-    println!(
-        "upgrade: SIGHUP to new process serving: median {:?}, max {:?}; upgrade windows (ms) {window_ms:?}",
-        percentile(&to_serving, 0.5),
-        to_serving.last().copied().unwrap_or_default()
-    );
 }
 
 async fn open_websockets(addr: SocketAddr, n: usize) -> Vec<Ws> {
@@ -555,13 +412,12 @@ async fn shed(bin: &str, held: usize, n: usize) {
 async fn main() {
     raise_fd_limit(200_000);
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: bench_client ws-rss BIN N | bench_client drain BIN N_HTTP N_WS | bench_client ping ADDR N CONNS | bench_client upgrade BIN CONNS UPGRADES | bench_client idle-rss BIN N [OTHER...] | bench_client slowloris ADDR N SECS | bench_client shed BIN HELD N";
+    let usage = "usage: bench_client ws-rss BIN N | bench_client drain BIN N_HTTP N_WS | bench_client ping ADDR N CONNS | bench_client idle-rss BIN N [OTHER...] | bench_client slowloris ADDR N SECS | bench_client shed BIN HELD N";
     let num = |i: usize| -> usize { args.get(i).and_then(|s| s.parse().ok()).expect(usage) };
     match args.get(1).map(String::as_str) {
         Some("ws-rss") => ws_rss(&args[2], num(3)).await,
         Some("drain") => drain(&args[2], num(3), num(4)).await,
         Some("ping") => ping(args[2].parse().expect(usage), num(3), num(4)).await,
-        Some("upgrade") => upgrade(&args[2], num(3), num(4)).await,
         Some("idle-rss") => idle_rss(&args[2], num(3), args.get(4..).unwrap_or_default()).await,
         Some("slowloris") => slowloris(args[2].parse().expect(usage), num(3), num(4) as u64).await,
         Some("shed") => shed(&args[2], num(3), num(4)).await,

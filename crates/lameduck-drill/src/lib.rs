@@ -200,9 +200,14 @@ impl Drill {
         } else {
             self.before
         };
-        for s in &scenarios {
-            scenario::start(*s, &ctx, inflight_lead, &mut tasks).await;
-        }
+        // Clients connect one after the other; on a host that drops SYNs
+        // that could outlast the limit.
+        let _ = tokio::time::timeout_at(deadline, async {
+            for s in &scenarios {
+                scenario::start(*s, &ctx, inflight_lead, &mut tasks).await;
+            }
+        })
+        .await;
         let mut run = Run {
             drill: self,
             live: &mut live,
@@ -370,6 +375,7 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
             self.live.restart(d.restart_signal, remaining).await?;
             let next = at + d.restart_every;
             let ready_by = at + d.restart_timeout;
+            let mut notices = self.live.notices();
             let mut sampled = Instant::now();
             loop {
                 let now = Instant::now();
@@ -400,7 +406,19 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
                     self.tick();
                     sampled = now;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Woken at once by the service's READY=1, so that the time
+                // to ready and the window's end are not rounded up to the
+                // 10 ms poll of process exits.
+                let notice = async {
+                    match notices.as_mut() {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    open = notice => if !open { notices = None },
+                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
             }
             self.rec.set_phase(Phase::After);
             let failure = if self.live.gone() {

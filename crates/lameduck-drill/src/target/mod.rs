@@ -219,6 +219,11 @@ impl Live {
             .or(self.pid)
     }
 
+    /// Woken by each message of the service's, if it has a notify socket.
+    pub(crate) fn notices(&self) -> Option<tokio::sync::watch::Receiver<notify::Said>> {
+        self.notify.as_ref().map(notify::Listener::subscribe)
+    }
+
     /// `READY=1` messages so far (0 when the service does not report).
     pub(crate) fn readies(&self) -> u64 {
         self.notify.as_ref().map_or(0, |n| n.said().ready)
@@ -276,6 +281,8 @@ impl Live {
         if let Some(child) = &self.child {
             let group = child.id();
             self.pid_ended(group);
+            // The main process first: scanning /proc for the group is only
+            // needed once it has gone.
             let main_ended = self.main_pid().is_none_or(|main| self.pid_ended(main));
             return main_ended && !group::any_alive(group as i32);
         }

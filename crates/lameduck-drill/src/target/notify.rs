@@ -79,6 +79,11 @@ impl Listener {
         &self.path
     }
 
+    /// A receiver woken by each message.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Said> {
+        self.said.clone()
+    }
+
     /// What was said so far.
     pub(crate) fn said(&self) -> Said {
         self.said.borrow().clone()
