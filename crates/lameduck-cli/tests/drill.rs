@@ -439,6 +439,46 @@ async fn running_service_by_triggers() {
     }
 }
 
+// Restarting by --pid a service that comes back under a new pid: the first
+// restart is followed (the health path still answers), then the drill says
+// it cannot go on, rather than call the restart failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_by_pid_stops_when_the_pid_changes() {
+    let server = Killed(lameduck_test_support::Child::serve(
+        BIN,
+        &["--upgrade-binary", BIN],
+    ));
+    let url = format!("http://{}", server.0.addr);
+    let pid = server.0.pid().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let json_s = json.display().to_string();
+    let mut args = vec![
+        "--url",
+        &url,
+        "--pid",
+        &pid,
+        "--scenario",
+        "restart",
+        "--json",
+        &json_s,
+    ];
+    args.extend_from_slice(RESTART_SMALL);
+    let out = drill(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["restarts"].as_array().unwrap().len(), 1, "{report}");
+    assert!(report["restarts"][0]["failure"].is_null(), "{report}");
+    assert_eq!(report["counts"]["restart_failed"], 0, "{report}");
+    assert_eq!(report["counts"]["lost"], 0, "{report}");
+    let note = report["notes"][0].as_str().unwrap();
+    assert!(
+        note.contains(&format!("pid {pid} is gone")) && note.contains("--restart-trigger"),
+        "{note}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(note));
+}
+
 /// A served `lameduck` whose successors are killed too when the test ends.
 struct Killed(lameduck_test_support::Child);
 

@@ -192,19 +192,14 @@ impl Drill {
             rec: rec.clone(),
             settings: Arc::new(self.settings.clone()),
             stop: CancellationToken::new(),
+            inflight_go: CancellationToken::new(),
         };
         let mut tasks = JoinSet::new();
-        // Slow requests are timed to straddle the stop, not the restarts.
-        let inflight_lead = if restarting {
-            self.before + self.restart_every * self.restarts
-        } else {
-            self.before
-        };
         // Clients connect one after the other; on a host that drops SYNs
         // that could outlast the limit.
         let _ = tokio::time::timeout_at(deadline, async {
             for s in &scenarios {
-                scenario::start(*s, &ctx, inflight_lead, &mut tasks).await;
+                scenario::start(*s, &ctx, &mut tasks).await;
             }
         })
         .await;
@@ -214,11 +209,28 @@ impl Drill {
             rec: &rec,
             progress: &progress,
             deadline,
+            inflight: scenarios.contains(&Scenario::Inflight).then(|| {
+                (
+                    ctx.inflight_go.clone(),
+                    Duration::from_millis(self.settings.slow_ms / 2),
+                )
+            }),
             restarts: Vec::new(),
             replaced: Vec::new(),
+            notes: Vec::new(),
         };
 
-        run.traffic_until(Instant::now() + self.before).await;
+        let traffic_from = Instant::now();
+        if !restarting {
+            // Without restarts the stop comes right after `before`: the slow
+            // requests go out half their duration earlier.
+            if let Some((go, lead)) = run.inflight.take() {
+                run.traffic_until(traffic_from + self.before.saturating_sub(lead))
+                    .await;
+                go.cancel();
+            }
+        }
+        run.traffic_until(traffic_from + self.before).await;
         let mut outcome = Ok(());
         if restarting {
             outcome = run.restarts().await;
@@ -236,6 +248,7 @@ impl Drill {
         }
         run.tick();
         let restarts = std::mem::take(&mut run.restarts);
+        let notes = std::mem::take(&mut run.notes);
         let still_open = StillOpen {
             http: rec.open_now(Kind::Http),
             websocket: rec.open_now(Kind::Ws),
@@ -268,6 +281,7 @@ impl Drill {
             exit_status: stop.status.map(target::describe),
             exit_code: stop.status.and_then(|s| s.code()),
             restarts,
+            notes,
             end_ms: rec.elapsed().as_millis() as u64,
             counts: rec.totals(),
             close_codes: rec.close_codes(),
@@ -327,6 +341,10 @@ struct Run<'a, P> {
     /// Processes replaced by a restart and not yet seen to exit: (index in
     /// `restarts`, pid).
     replaced: Vec<(usize, u32)>,
+    /// What the drill could not do, for the report.
+    notes: Vec<String>,
+    /// Fires the slow requests, this long before the stop.
+    inflight: Option<(CancellationToken, Duration)>,
 }
 
 impl<P: Fn(&Recorder)> Run<'_, P> {
@@ -355,8 +373,16 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
         let d = self.drill;
         let speaks_notify = self.live.readies() > 0;
         for n in 1..=d.restarts {
-            if Instant::now() >= self.deadline || self.live.gone() {
+            if Instant::now() >= self.deadline || (self.live.spawned() && self.live.gone()) {
                 // Out of time, or nothing left to restart.
+                break;
+            }
+            if self.live.restarts_given_pid() && self.live.gone() {
+                self.notes.push(format!(
+                    "restarts stopped after {}: pid {} is gone (a service that restarts under a new pid needs --restart-trigger)",
+                    n - 1,
+                    self.live.main_pid().unwrap_or_default()
+                ));
                 break;
             }
             let pid_before = self.live.main_pid();
@@ -396,7 +422,7 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
                 if speaks_notify && ready && old_done {
                     self.rec.set_phase(Phase::After);
                 }
-                if now >= self.deadline || self.live.gone() {
+                if now >= self.deadline || (self.live.spawned() && self.live.gone()) {
                     break;
                 }
                 if now >= next && (ready || now >= ready_by) {
@@ -421,10 +447,12 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
                 }
             }
             self.rec.set_phase(Phase::After);
-            let failure = if self.live.gone() {
+            let failure = if self.live.spawned() && self.live.gone() {
                 Some("no process of the service is left".to_owned())
             } else if speaks_notify && self.restarts[i].ready_after_ms.is_none() {
                 Some(format!("no READY=1 within {:?}", d.restart_timeout))
+            } else if let Err(why) = self.live.healthy(&d.health).await {
+                Some(format!("{} does not answer 200 after it ({why})", d.health))
             } else {
                 None
             };
@@ -466,9 +494,18 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
             _ => "SIGTERM".to_owned(),
         };
         if self.live.gone() {
-            stop.trigger = format!("{} not sent: the service was already gone", stop.trigger);
+            let why = match self.live.main_pid() {
+                Some(pid) if !self.live.spawned() => format!("pid {pid} is gone"),
+                _ => "the service was already gone".to_owned(),
+            };
+            stop.trigger = format!("{} not sent: {why}", stop.trigger);
             self.traffic_until(Instant::now() + d.after).await;
             return Ok(());
+        }
+        // After restarts, the stop waits for the slow requests' lead.
+        if let Some((go, lead)) = self.inflight.take() {
+            go.cancel();
+            self.traffic_until(Instant::now() + lead).await;
         }
         stop.signal_at_ms = Some(self.now_ms());
         self.rec.set_phase(Phase::During);

@@ -35,6 +35,8 @@ pub struct Report {
     pub exit_code: Option<i32>,
     /// The restarts made (`restart` scenario), in order.
     pub restarts: Vec<Restart>,
+    /// What the drill could not do (a restart or stop it did not send).
+    pub notes: Vec<String>,
     /// When the drill ended, in ms.
     pub end_ms: u64,
     /// Outcomes by class name.

@@ -35,6 +35,9 @@ pub fn table(r: &Report) -> String {
         }
         let _ = writeln!(out, "{line}");
     }
+    for note in &r.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
     if let Some(at) = r.signal_at_ms {
         let exit = match (r.exit_after_ms, &r.exit_status) {
             (Some(t), Some(status)) => format!("exited {} after it ({status})", ms(t)),

@@ -100,23 +100,24 @@ pub(super) fn load(ctx: &Ctx, clients: usize, tasks: &mut JoinSet<()>) {
     }
 }
 
-/// `inflight`: slow requests sent half their duration before the signal,
-/// so that the signal arrives while they are in progress.
-pub(super) fn inflight(ctx: &Ctx, before: Duration, tasks: &mut JoinSet<()>) {
-    let slow_ms = ctx.settings.slow_ms;
-    let lead = Duration::from_millis(slow_ms / 2);
-    let wait = before.saturating_sub(lead);
+/// `inflight`: slow requests sent when `ctx.inflight_go` fires, half their
+/// duration before the stop, so that the stop arrives while they are in
+/// progress.
+pub(super) fn inflight(ctx: &Ctx, tasks: &mut JoinSet<()>) {
     let sep = if ctx.settings.slow.contains('?') {
         '&'
     } else {
         '?'
     };
-    let path = format!("{}{sep}ms={slow_ms}", ctx.settings.slow);
+    let path = format!("{}{sep}ms={}", ctx.settings.slow, ctx.settings.slow_ms);
     for _ in 0..ctx.settings.inflight {
         let ctx = ctx.clone();
         let path = path.clone();
         tasks.spawn(async move {
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = ctx.inflight_go.cancelled() => {}
+                () = ctx.stop.cancelled() => return,
+            }
             let Some(mut conn) = connect(&ctx).await else {
                 return;
             };

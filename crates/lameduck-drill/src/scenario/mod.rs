@@ -133,18 +133,16 @@ pub(crate) struct Ctx {
     /// Cancelled when the drill ends: clients stop and report what is still
     /// open.
     pub(crate) stop: CancellationToken,
+    /// Cancelled half the slow requests' duration before the stop: they are
+    /// sent then.
+    pub(crate) inflight_go: CancellationToken,
 }
 
 /// Starts the clients of `scenario`; they run until `ctx.stop`.
-pub(crate) async fn start(
-    scenario: Scenario,
-    ctx: &Ctx,
-    before: Duration,
-    tasks: &mut JoinSet<()>,
-) {
+pub(crate) async fn start(scenario: Scenario, ctx: &Ctx, tasks: &mut JoinSet<()>) {
     match scenario {
         Scenario::Load => http::load(ctx, ctx.settings.load_clients, tasks),
-        Scenario::Inflight => http::inflight(ctx, before, tasks),
+        Scenario::Inflight => http::inflight(ctx, tasks),
         Scenario::Idle => {
             http::idle(ctx, tasks).await;
             ws::idle(ctx, tasks).await;

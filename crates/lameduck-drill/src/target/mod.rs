@@ -275,6 +275,26 @@ impl Live {
         self.reaped.get(&pid).copied()
     }
 
+    /// Whether the drill started the service.
+    pub(crate) fn spawned(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Whether a restart is a signal to a pid given on the command line
+    /// (which a service that restarts under a new pid leaves behind).
+    pub(crate) fn restarts_given_pid(&self) -> bool {
+        self.child.is_none() && self.restart_trigger.is_none() && self.pid.is_some()
+    }
+
+    /// `Err(why)` unless `health` answers 200 now (2 s at most).
+    pub(crate) async fn healthy(&self, health: &str) -> Result<(), String> {
+        match http::get(self.addr, health, Duration::from_secs(2)).await {
+            Ok(res) if res.status == 200 => Ok(()),
+            Ok(res) => Err(format!("status {}", res.status)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Whether the service is gone: every process of a spawned service's
     /// group, or the given pid.
     pub(crate) fn gone(&mut self) -> bool {
