@@ -373,8 +373,16 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
         let d = self.drill;
         let speaks_notify = self.live.readies() > 0;
         for n in 1..=d.restarts {
-            if Instant::now() >= self.deadline || (self.live.spawned() && self.live.gone()) {
-                // Out of time, or nothing left to restart.
+            if Instant::now() >= self.deadline {
+                self.notes.push(format!(
+                    "restarts stopped after {}: the drill's limit ({:?}) came",
+                    n - 1,
+                    d.limit
+                ));
+                break;
+            }
+            if self.live.spawned() && self.live.gone() {
+                // Nothing left to restart: counted as a failed restart.
                 break;
             }
             if self.live.restarts_given_pid() && self.live.gone() {
