@@ -140,6 +140,11 @@ pub(crate) struct DrillArgs {
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     limit: Duration,
 
+    /// Append a spawned service's stdout and stderr to this file (default:
+    /// discarded).
+    #[arg(long)]
+    service_log: Option<PathBuf>,
+
     /// Write every figure as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -209,6 +214,7 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
     drill.after = args.after;
     drill.startup = args.startup;
     drill.limit = args.limit;
+    drill.service_log = args.service_log.clone();
     drill.restarts = args.restarts;
     drill.restart_every = args.restart_every;
     drill.restart_signal = args.restart_signal;
@@ -261,6 +267,13 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
         Err(e @ (DrillError::NoTrigger | DrillError::NoRestart)) => {
             eprintln!("lameduck: error: {e}");
             return Ok(crate::EXIT_USAGE);
+        }
+        Err(e @ (DrillError::ExitedEarly(_) | DrillError::NeverHealthy { .. })) => {
+            let hint = match &args.service_log {
+                Some(path) => format!("; its output is in {}", path.display()),
+                None => "; --service-log FILE keeps its output".to_owned(),
+            };
+            return Err(anyhow::anyhow!("{e}{hint}"));
         }
         Err(e) => return Err(e.into()),
     };

@@ -705,12 +705,25 @@ async fn bad_arguments_are_clear_errors() {
         "the spawned command was left running"
     );
 
-    // Exits before it is healthy.
-    let out = drill(&["--spawn", "sh -c 'exit 7'", "--startup", "5s"]).await;
+    // Exits before it is healthy; what it said is in --service-log.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("service.log").display().to_string();
+    let out = drill(&[
+        "--spawn",
+        "sh -c 'echo cannot bind >&2; exit 7'",
+        "--startup",
+        "5s",
+        "--service-log",
+        &log,
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("exited before it was healthy (exit code 7)"),
+        text(&out).contains(&format!(
+            "exited before it was healthy (exit code 7); its output is in {log}"
+        )),
         "{}",
         text(&out)
     );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "cannot bind\n");
 }

@@ -47,10 +47,10 @@ use report::{Phases, Restart, StillOpen};
 #[non_exhaustive]
 pub enum DrillError {
     /// The port asked for cannot be bound (in use, most likely).
-    #[error("port {0} is not free: {1}")]
+    #[error("port {0} is not free")]
     Port(u16, #[source] std::io::Error),
     /// A command could not be started.
-    #[error("cannot start `{0}`: {1}")]
+    #[error("cannot start `{0}`")]
     Spawn(String, #[source] std::io::Error),
     /// The spawned command ended before its health path answered.
     #[error("the service exited before it was healthy ({0})")]
@@ -88,6 +88,9 @@ pub enum DrillError {
         /// The hard limit.
         limit: u64,
     },
+    /// The service log file cannot be opened.
+    #[error("cannot open the service log {path}", path = .0.display())]
+    Log(std::path::PathBuf, #[source] std::io::Error),
     /// `restart` on a running service without a pid or a restart trigger.
     #[error("the restart scenario on a running service needs --pid or --restart-trigger")]
     NoRestart,
@@ -125,6 +128,9 @@ pub struct Drill {
     pub limit: Duration,
     /// Failure classes tolerated (by name, as `refused`).
     pub allow: Vec<Class>,
+    /// Where a spawned service's stdout and stderr go (appended); `None`
+    /// discards them.
+    pub service_log: Option<std::path::PathBuf>,
 }
 
 impl Drill {
@@ -146,6 +152,7 @@ impl Drill {
             restart_timeout: Duration::from_secs(30),
             limit: Duration::from_secs(120),
             allow: Vec::new(),
+            service_log: None,
         }
     }
 
@@ -184,8 +191,14 @@ impl Drill {
             }
         }
         let nofile = files::raise(self.sockets())?;
-        let mut live =
-            target::Live::start(&self.target, &self.health, self.startup, nofile).await?;
+        let mut live = target::Live::start(
+            &self.target,
+            &self.health,
+            self.startup,
+            nofile,
+            self.service_log.as_deref(),
+        )
+        .await?;
         let rec = Arc::new(Recorder::new());
         let ctx = scenario::Ctx {
             addr: live.addr,

@@ -79,13 +79,15 @@ pub(crate) struct Live {
 impl Live {
     /// Starts (or finds) the target and waits until `health` answers 200,
     /// for `startup` at most.
-    /// A spawned command gets `nofile` as its soft open-file limit: the
-    /// drill's own, before the drill raised it for its clients.
+    /// A spawned command gets `nofile` as its soft open-file limit (the
+    /// drill's own, before the drill raised it for its clients), and its
+    /// output goes to `log` (appended) or nowhere.
     pub(crate) async fn start(
         target: &Target,
         health: &str,
         startup: Duration,
         nofile: u64,
+        log: Option<&std::path::Path>,
     ) -> Result<Self, DrillError> {
         let mut live = match target {
             Target::Spawn { command, port } => {
@@ -100,6 +102,20 @@ impl Live {
                     u64::MAX => "unlimited".to_owned(),
                     n => n.to_string(),
                 };
+                let (stdout, stderr) = match log {
+                    Some(path) => {
+                        let file = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)
+                            .map_err(|e| DrillError::Log(path.to_owned(), e))?;
+                        let copy = file
+                            .try_clone()
+                            .map_err(|e| DrillError::Log(path.to_owned(), e))?;
+                        (Stdio::from(file), Stdio::from(copy))
+                    }
+                    None => (Stdio::null(), Stdio::null()),
+                };
                 let child = Command::new("sh")
                     .arg("-c")
                     // exec: the service is the process the drill watches
@@ -109,8 +125,8 @@ impl Live {
                     .env("PORT", port.to_string())
                     .env("NOTIFY_SOCKET", notify.path())
                     .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stdout(stdout)
+                    .stderr(stderr)
                     // Its own group, so that everything it starts can be
                     // killed at the end, whatever happens.
                     .process_group(0)
