@@ -479,6 +479,77 @@ async fn restart_by_pid_stops_when_the_pid_changes() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(note));
 }
 
+// A service that speaks sd_notify but ignores SIGHUP (a Python server, not
+// lameduck): each restart is failed at the next restart's time, without
+// waiting for the READY timeout, since the service said nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_starts_nothing_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("deaf.py");
+    std::fs::write(
+        &script,
+        r#"import http.server, os, signal, socket
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+os.chdir(os.path.dirname(os.path.abspath(__file__)))
+server = http.server.ThreadingHTTPServer(
+    ("127.0.0.1", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler)
+notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+notify.sendto(b"READY=1\nMAINPID=%d\n" % os.getpid(), os.environ["NOTIFY_SOCKET"])
+server.serve_forever()
+"#,
+    )
+    .unwrap();
+    let spawn = format!("python3 {}", script.display());
+    let json = dir.path().join("report.json");
+    let json_s = json.display().to_string();
+    let args = [
+        "--spawn",
+        &spawn,
+        "--scenario",
+        "restart",
+        "--restarts",
+        "2",
+        "--restart-every",
+        "1s",
+        "--restart-load",
+        "2",
+        "--restart-ws",
+        "0",
+        "--restart-sse",
+        "0",
+        "--health",
+        "/deaf.py",
+        "--ping",
+        "/deaf.py",
+        // Less than one READY timeout (30 s): both restarts fit only if
+        // neither waits for it.
+        "--limit",
+        "20s",
+        "--json",
+        &json_s,
+    ];
+    let out = drill(&args).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let restarts = report["restarts"].as_array().unwrap();
+    assert_eq!(restarts.len(), 2, "{}", text(&out));
+    for r in restarts {
+        assert!(
+            r["failure"]
+                .as_str()
+                .is_some_and(|f| f.contains("the signal started no restart")),
+            "{r}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(report["counts"]["restart_failed"], 2, "{}", text(&out));
+    assert!(
+        report["counts"]["ok"].as_u64().unwrap() > 0,
+        "{}",
+        text(&out)
+    );
+}
+
 /// A served `lameduck` whose successors are killed too when the test ends.
 struct Killed(lameduck_test_support::Child);
 

@@ -408,6 +408,7 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
             }
             let pid_before = self.live.main_pid();
             let readies = self.live.readies();
+            let said_before = self.live.notices_so_far();
             let at = Instant::now();
             let i = self.restarts.len();
             self.restarts.push(Restart {
@@ -446,7 +447,11 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
                 if now >= self.deadline || (self.live.spawned() && self.live.gone()) {
                     break;
                 }
-                if now >= next && (ready || now >= ready_by) {
+                // A service that said nothing at all (no RELOADING=1 either)
+                // by the next restart's time did not start one: no point
+                // waiting for the timeout.
+                let started = self.live.notices_so_far() > said_before;
+                if now >= next && (ready || now >= ready_by || !started) {
                     break;
                 }
                 if now.duration_since(sampled) >= Duration::from_millis(100) {
@@ -470,6 +475,11 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
             self.rec.set_phase(Phase::After);
             let failure = if self.live.spawned() && self.live.gone() {
                 Some("no process of the service is left".to_owned())
+            } else if speaks_notify && self.live.notices_so_far() == said_before {
+                Some(format!(
+                    "no RELOADING=1 or READY=1 within {:?}: the signal started no restart",
+                    d.restart_every
+                ))
             } else if speaks_notify && self.restarts[i].ready_after_ms.is_none() {
                 Some(format!("no READY=1 within {:?}", d.restart_timeout))
             } else if let Err(why) = self.live.healthy(&d.health).await {

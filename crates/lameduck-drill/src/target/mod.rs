@@ -240,6 +240,14 @@ impl Live {
         self.notify.as_ref().map(notify::Listener::subscribe)
     }
 
+    /// `RELOADING=1` and `READY=1` messages so far (0 when the service does
+    /// not report).
+    pub(crate) fn notices_so_far(&self) -> u64 {
+        self.notify
+            .as_ref()
+            .map_or(0, |n| n.said().ready + n.said().reloading)
+    }
+
     /// `READY=1` messages so far (0 when the service does not report).
     pub(crate) fn readies(&self) -> u64 {
         self.notify.as_ref().map_or(0, |n| n.said().ready)

@@ -14,6 +14,8 @@ use tokio::{net::UnixDatagram, sync::watch, task::JoinHandle};
 pub(crate) struct Said {
     /// `READY=1` messages received.
     pub(crate) ready: u64,
+    /// `RELOADING=1` messages received.
+    pub(crate) reloading: u64,
     /// The last `MAINPID=` received.
     pub(crate) main_pid: Option<u32>,
 }
@@ -25,6 +27,7 @@ impl Said {
         for line in msg.lines() {
             match line.split_once('=') {
                 Some(("READY", "1")) => ready = true,
+                Some(("RELOADING", "1")) => self.reloading += 1,
                 Some(("MAINPID", pid)) => {
                     if let Ok(pid) = pid.trim().parse() {
                         self.main_pid = Some(pid);
@@ -106,7 +109,7 @@ mod tests {
         s.take("READY=1\nMAINPID=41\nSTATUS=serving\n");
         assert_eq!((s.ready, s.main_pid), (1, Some(41)));
         s.take("RELOADING=1\nMONOTONIC_USEC=5\n");
-        assert_eq!((s.ready, s.main_pid), (1, Some(41)));
+        assert_eq!((s.ready, s.main_pid, s.reloading), (1, Some(41), 1));
         s.take("MAINPID=x\nREADY=1");
         assert_eq!((s.ready, s.main_pid), (2, Some(41)));
         s.take("STATUS=a=b\nMAINPID=42\nREADY=1\n");
