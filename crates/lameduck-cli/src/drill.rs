@@ -62,6 +62,11 @@ pub(crate) struct DrillArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_class)]
     allow: Vec<Class>,
 
+    /// `Host` header of every request (default: the --url's HOST:PORT, or
+    /// 127.0.0.1:PORT for --spawn).
+    #[arg(long)]
+    host: Option<String>,
+
     /// Path that must answer 200 before traffic starts.
     #[arg(long, default_value = "/ping")]
     health: String,
@@ -181,25 +186,39 @@ fn parse_class(s: &str) -> Result<Class, String> {
         .ok_or_else(|| format!("{s:?} is not a failure class"))
 }
 
-fn parse_url(url: &str) -> anyhow::Result<SocketAddr> {
+/// The address to connect to, and the authority as given (for `Host`).
+fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String)> {
     let rest = url
         .strip_prefix("http://")
         .with_context(|| format!("--url {url:?}: expected http://HOST:PORT"))?;
     let authority = rest.split('/').next().unwrap_or(rest);
-    std::net::ToSocketAddrs::to_socket_addrs(authority)
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(authority)
         .with_context(|| format!("--url {url:?}: cannot resolve {authority:?}"))?
-        .next()
-        .with_context(|| format!("--url {url:?}: no address"))
+        .collect();
+    // `localhost` may resolve to ::1 first and the service listen on
+    // 127.0.0.1 only: the first address that accepts, as curl does.
+    let addr = addrs
+        .iter()
+        .copied()
+        .find(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(1)).is_ok())
+        .or_else(|| addrs.first().copied())
+        .with_context(|| format!("--url {url:?}: no address"))?;
+    Ok((addr, authority.to_owned()))
 }
 
 pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
+    let mut host = args.host.clone();
     let target = match (&args.spawn, &args.url) {
         (Some(command), _) => Target::Spawn {
             command: command.clone(),
             port: args.port,
         },
         (None, Some(url)) => Target::Running {
-            addr: parse_url(url)?,
+            addr: {
+                let (addr, authority) = parse_url(url)?;
+                host.get_or_insert(authority);
+                addr
+            },
             pid: args.pid,
             trigger: args.trigger.clone(),
             restart_trigger: args.restart_trigger.clone(),
@@ -232,6 +251,7 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
     s.ws_clients = args.ws_clients;
     s.ws_interval = args.ws_interval;
     s.sse_clients = args.sse_clients;
+    s.host = host;
     s.restart_load = args.restart_load;
     s.restart_ws = args.restart_ws;
     s.restart_sse = args.restart_sse;

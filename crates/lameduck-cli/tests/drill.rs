@@ -135,6 +135,8 @@ async fn lameduck_serve_loses_nothing() {
         ("crossed", "ws_crossed"),
         ("events", "sse_event"),
         ("gaps", "sse_gap"),
+        ("restart_failed", "restart_failed"),
+        ("no_exit", "no_exit"),
     ] {
         let shown = format!("{label} {:>7}", count(name));
         assert!(table.contains(&shown), "table shows {shown:?}: {table}");
@@ -448,7 +450,9 @@ async fn restart_by_pid_stops_when_the_pid_changes() {
         BIN,
         &["--upgrade-binary", BIN],
     ));
-    let url = format!("http://{}", server.0.addr);
+    // By name: `localhost` may resolve to ::1 first; the drill finds the
+    // address that accepts.
+    let url = format!("http://localhost:{}", server.0.addr.port());
     let pid = server.0.pid().to_string();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");

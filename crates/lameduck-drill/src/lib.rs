@@ -197,11 +197,13 @@ impl Drill {
             self.startup,
             nofile,
             self.service_log.as_deref(),
+            self.settings.host.as_deref(),
         )
         .await?;
         let rec = Arc::new(Recorder::new());
         let ctx = scenario::Ctx {
             addr: live.addr,
+            host: live.host.as_str().into(),
             rec: rec.clone(),
             settings: Arc::new(self.settings.clone()),
             stop: CancellationToken::new(),

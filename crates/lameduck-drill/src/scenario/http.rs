@@ -44,6 +44,7 @@ fn record(ctx: &Ctx, outcome: &Outcome, took: Duration, timed: bool) -> bool {
 async fn connect(ctx: &Ctx) -> Option<KeepAlive> {
     match KeepAlive::connect(ctx.addr).await {
         Ok(conn) => {
+            let conn = conn.with_host(&ctx.host);
             ctx.rec.open(Kind::Http, 1);
             Some(conn)
         }

@@ -98,6 +98,8 @@ pub struct Settings {
     /// How long one request, echo or handshake may take before it counts
     /// as lost.
     pub request_timeout: Duration,
+    /// The `Host` of every request (default: the address, `IP:PORT`).
+    pub host: Option<String>,
 }
 
 impl Default for Settings {
@@ -120,6 +122,7 @@ impl Default for Settings {
             restart_ws: 20,
             restart_sse: 10,
             request_timeout: Duration::from_secs(30),
+            host: None,
         }
     }
 }
@@ -128,6 +131,8 @@ impl Default for Settings {
 #[derive(Clone, Debug)]
 pub(crate) struct Ctx {
     pub(crate) addr: SocketAddr,
+    /// The `Host` header's value.
+    pub(crate) host: Arc<str>,
     pub(crate) rec: Arc<Recorder>,
     pub(crate) settings: Arc<Settings>,
     /// Cancelled when the drill ends: clients stop and report what is still

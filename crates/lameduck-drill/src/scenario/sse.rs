@@ -133,7 +133,7 @@ async fn connect(ctx: &Ctx, last: Option<u64>) -> Option<TcpStream> {
     let resume = last.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{resume}\r\n",
-        ctx.settings.sse, ctx.addr
+        ctx.settings.sse, ctx.host
     );
     if tcp.write_all(request.as_bytes()).await.is_err() {
         // Accepted, then closed before the request could be written: the

@@ -18,7 +18,7 @@ async fn open(ctx: &Ctx) -> Option<Ws> {
         ctx.rec.count(Class::Refused);
         return None;
     };
-    let url = format!("ws://{}{}", ctx.addr, ctx.settings.ws);
+    let url = format!("ws://{}{}", ctx.host, ctx.settings.ws);
     // The drill's messages are small, and it may hold thousands of idle
     // sockets: 4 KiB buffers, not the default 128 KiB each.
     let config = WebSocketConfig::default()

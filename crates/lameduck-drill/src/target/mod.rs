@@ -63,6 +63,8 @@ pub enum Target {
 #[derive(Debug)]
 pub(crate) struct Live {
     pub(crate) addr: SocketAddr,
+    /// The `Host` of the drill's requests.
+    pub(crate) host: String,
     /// The process the drill started; its pid is the group's id.
     child: Option<Child>,
     /// Kills the spawned group if the drill dies without its `Drop`
@@ -88,6 +90,7 @@ impl Live {
         startup: Duration,
         nofile: u64,
         log: Option<&std::path::Path>,
+        host: Option<&str>,
     ) -> Result<Self, DrillError> {
         let mut live = match target {
             Target::Spawn { command, port } => {
@@ -132,8 +135,10 @@ impl Live {
                     .process_group(0)
                     .spawn()
                     .map_err(|e| DrillError::Spawn(command.clone(), e))?;
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
                 let mut live = Live {
-                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    addr,
+                    host: host.map_or_else(|| addr.to_string(), str::to_owned),
                     pid: Some(child.id()),
                     child: Some(child),
                     watchdog: None,
@@ -154,6 +159,7 @@ impl Live {
                 restart_trigger,
             } => Live {
                 addr: *addr,
+                host: host.map_or_else(|| addr.to_string(), str::to_owned),
                 child: None,
                 watchdog: None,
                 pid: *pid,
@@ -174,7 +180,7 @@ impl Live {
             if let Some(status) = self.try_exit() {
                 return Err(DrillError::ExitedEarly(describe(status)));
             }
-            match http::get(self.addr, health, Duration::from_secs(2)).await {
+            match http::get_from(self.addr, &self.host, health, Duration::from_secs(2)).await {
                 Ok(res) if res.status == 200 => return Ok(()),
                 Ok(res) => last = format!("status {}", res.status),
                 Err(e) => last = e.to_string(),
@@ -312,7 +318,7 @@ impl Live {
 
     /// `Err(why)` unless `health` answers 200 now (2 s at most).
     pub(crate) async fn healthy(&self, health: &str) -> Result<(), String> {
-        match http::get(self.addr, health, Duration::from_secs(2)).await {
+        match http::get_from(self.addr, &self.host, health, Duration::from_secs(2)).await {
             Ok(res) if res.status == 200 => Ok(()),
             Ok(res) => Err(format!("status {}", res.status)),
             Err(e) => Err(e.to_string()),

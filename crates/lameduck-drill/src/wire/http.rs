@@ -64,13 +64,14 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct KeepAlive {
     stream: TcpStream,
+    host: String,
     buf: Vec<u8>,
     /// Whether bytes of the current response were consumed already.
     began: bool,
 }
 
 impl KeepAlive {
-    /// Connects to `addr`.
+    /// Connects to `addr`; requests carry `Host: addr`.
     ///
     /// # Errors
     ///
@@ -80,9 +81,16 @@ impl KeepAlive {
         stream.set_nodelay(true)?;
         Ok(Self {
             stream,
+            host: addr.to_string(),
             buf: Vec::with_capacity(1024),
             began: false,
         })
+    }
+
+    /// Requests carry `Host: host` (a name-based virtual host).
+    pub fn with_host(mut self, host: &str) -> Self {
+        host.clone_into(&mut self.host);
+        self
     }
 
     /// Sends `GET path` and reads the response, within `limit`.
@@ -100,7 +108,7 @@ impl KeepAlive {
         body: &[u8],
         limit: Duration,
     ) -> Outcome {
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: lameduck\r\n");
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -260,9 +268,24 @@ impl KeepAlive {
 ///
 /// When the connection is refused, or the response is lost.
 pub async fn get(addr: SocketAddr, path: &str, limit: Duration) -> io::Result<Response> {
+    get_from(addr, &addr.to_string(), path, limit).await
+}
+
+/// `GET path` with `Host: host` on a new connection, within `limit`.
+///
+/// # Errors
+///
+/// When the connection is refused, or the response is lost.
+pub async fn get_from(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    limit: Duration,
+) -> io::Result<Response> {
     let mut conn = timeout(limit, KeepAlive::connect(addr))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??
+        .with_host(host);
     match conn.get(path, limit).await {
         Outcome::Ok(res) => Ok(res),
         Outcome::NotSent(err) => Err(err),
@@ -317,4 +340,81 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{io::AsyncReadExt, net::TcpListener};
+
+    use super::*;
+
+    /// Reads one request head from a test server's side of `listener`, and
+    /// answers it with `response`.
+    async fn serve_one(listener: TcpListener, response: &'static [u8]) -> String {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while find(&head, b"\r\n\r\n").is_none() {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "request head incomplete");
+            head.extend_from_slice(&buf[..n]);
+        }
+        tcp.write_all(response).await.unwrap();
+        String::from_utf8(head).unwrap()
+    }
+
+    #[tokio::test]
+    async fn host_is_the_address_or_the_name_given() {
+        for (host, want) in [
+            (None, None),
+            (Some("drill.test:8080"), Some("drill.test:8080")),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(serve_one(
+                listener,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            ));
+            let mut conn = KeepAlive::connect(addr).await.unwrap();
+            if let Some(host) = host {
+                conn = conn.with_host(host);
+            }
+            let Outcome::Ok(res) = conn.get("/x", Duration::from_secs(5)).await else {
+                panic!("no response");
+            };
+            assert_eq!(res.body, b"ok");
+            let head = server.await.unwrap();
+            let want = want.map_or_else(|| addr.to_string(), str::to_owned);
+            assert!(head.contains(&format!("\r\nHost: {want}\r\n")), "{head}");
+        }
+    }
+
+    #[tokio::test]
+    async fn http10_and_close_delimited_bodies_end_the_connection() {
+        for (response, body) in [
+            // HTTP/1.0 without keep-alive, with a length.
+            (
+                &b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+                &b"ok"[..],
+            ),
+            // No length, no chunks: the body runs to the end of the stream.
+            (
+                &b"HTTP/1.1 200 OK\r\n\r\nuntil the end"[..],
+                &b"until the end"[..],
+            ),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(serve_one(listener, response));
+            let mut conn = KeepAlive::connect(addr).await.unwrap();
+            // The server side closes once it has answered.
+            let got = conn.get("/x", Duration::from_secs(5)).await;
+            server.await.unwrap();
+            let Outcome::Ok(res) = got else {
+                panic!("{got:?}");
+            };
+            assert_eq!(res.body, body);
+            assert!(res.closes(), "{res:?}");
+        }
+    }
 }
