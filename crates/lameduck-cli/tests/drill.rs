@@ -392,6 +392,28 @@ async fn running_service_by_triggers() {
     };
     let (upgrade, drain) = (post("/admin/upgrade"), post("/admin/drain"));
     let url = format!("http://{}", server.0.addr);
+
+    // A trigger that fails: the drill says how, with the end of its stderr.
+    let out = drill(&[
+        "--url",
+        &url,
+        "--trigger",
+        "echo permission denied >&2; exit 4",
+        "--scenario",
+        "load",
+        "--load-clients",
+        "2",
+        "--before",
+        "500ms",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("failed: exit code 4: permission denied"),
+        "{}",
+        text(&out)
+    );
+
     let json = dir.path().join("report.json");
     let json_s = json.display().to_string();
     let mut args = vec![

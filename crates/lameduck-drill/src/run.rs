@@ -46,6 +46,18 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
         (self.progress)(self.rec);
     }
 
+    /// Awaits `work` (a trigger command can take as long as the drain it
+    /// waits for), sampling meanwhile.
+    async fn ticking<T>(&self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(Duration::from_millis(100)) => self.tick(),
+            }
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.rec.elapsed().as_millis() as u64
     }
@@ -100,7 +112,8 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
             });
             self.rec.set_phase(Phase::During);
             let remaining = self.deadline.saturating_duration_since(at);
-            self.live.restart(d.restart_signal, remaining).await?;
+            self.ticking(self.live.restart(d.restart_signal, remaining))
+                .await?;
             let next = at + d.restart_every;
             let ready_by = at + d.restart_timeout;
             let mut notices = self.live.notices();
@@ -221,7 +234,8 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
         stop.signal_at_ms = Some(self.now_ms());
         self.rec.set_phase(Phase::During);
         let remaining = self.deadline.saturating_duration_since(Instant::now());
-        self.live.stop(Signal::SIGTERM, remaining).await?;
+        self.ticking(self.live.stop(Signal::SIGTERM, remaining))
+            .await?;
 
         // The shutdown, until the process is gone.
         if self.live.can_watch_exit() {

@@ -343,22 +343,34 @@ impl Live {
     }
 }
 
+/// Runs a trigger command, `limit` at most. Its output is kept off the
+/// drill's (the table goes to stdout); the end of its stderr is in the
+/// error when it fails.
 async fn run_trigger(trigger: &str, limit: Duration) -> Result<(), DrillError> {
-    let mut child = tokio::process::Command::new("sh")
+    let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(trigger)
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| DrillError::Spawn(trigger.to_owned(), e))?;
-    match tokio::time::timeout(limit, child.wait()).await {
-        Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(DrillError::Trigger(trigger.to_owned(), describe(status))),
-        Ok(Err(e)) => Err(DrillError::Trigger(trigger.to_owned(), e.to_string())),
-        Err(_) => Err(DrillError::Trigger(
-            trigger.to_owned(),
-            format!("still running after {limit:?}"),
-        )),
+    let failed = |why: String| Err(DrillError::Trigger(trigger.to_owned(), why));
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.trim_end().lines().rev().take(3).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            if tail.is_empty() {
+                failed(describe(out.status))
+            } else {
+                failed(format!("{}: {}", describe(out.status), tail.join(" / ")))
+            }
+        }
+        Ok(Err(e)) => failed(e.to_string()),
+        Err(_) => failed(format!("still running after {limit:?}")),
     }
 }
 
