@@ -13,6 +13,9 @@ use crate::cli::parse_duration;
 /// Exit code when the drill saw a failure that was not allowed.
 pub(crate) const EXIT_LOSSES: u8 = 2;
 
+/// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["spawn", "url"])))]
 #[command(group(clap::ArgGroup::new("stop_by").multiple(true)))]
@@ -256,6 +259,19 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
     s.restart_ws = args.restart_ws;
     s.restart_sse = args.restart_sse;
 
+    // Ctrl-C ends the drill early with a report of what happened; a second
+    // one exits at once (the watchdog still kills a spawned service).
+    let interrupt = drill.interrupt.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("lameduck drill: interrupted; finishing the report (Ctrl-C again to quit)");
+            interrupt.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(EXIT_INTERRUPTED.into());
+            }
+        }
+    });
+
     // Drawn on stderr, and only on a terminal.
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -306,5 +322,11 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
         std::fs::write(path, report::html(&report))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(if report.passed { 0 } else { EXIT_LOSSES })
+    Ok(if drill.interrupt.is_cancelled() {
+        EXIT_INTERRUPTED
+    } else if report.passed {
+        0
+    } else {
+        EXIT_LOSSES
+    })
 }

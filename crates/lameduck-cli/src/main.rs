@@ -6,7 +6,7 @@
 //! drained but had to cut connections (`lameduck::EXIT_FORCED`), 64 bad
 //! usage (flags, or an inherited socket environment that does not fit).
 //! Of `drill`: 0 nothing lost, 1 the drill could not run, 2 something was
-//! lost, 64 bad usage.
+//! lost, 64 bad usage, 130 interrupted by Ctrl-C (after its report).
 
 use std::process::ExitCode;
 

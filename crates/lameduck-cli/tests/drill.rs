@@ -684,6 +684,67 @@ async fn a_killed_drill_leaves_no_service() {
     }
 }
 
+// Ctrl-C (SIGINT) mid-drill: the drill ends early, prints and writes the
+// report of what happened, kills the service, and exits 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_ends_the_drill_with_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("jobs.db").display().to_string();
+    let json = dir.path().join("report.json");
+    let serve = format!(
+        "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 --journal sqlite:{journal}"
+    );
+    let drill = tokio::process::Command::new(BIN)
+        .args(["drill", "--spawn", &serve, "--scenario", "load,websocket"])
+        .args([
+            "--load-clients",
+            "4",
+            "--ws-clients",
+            "4",
+            "--before",
+            "60s",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let services = || processes(&format!("{BIN} serve "), &journal);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while services().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Some traffic first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = nix::unistd::Pid::from_raw(drill.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), drill.wait_with_output())
+        .await
+        .expect("the drill ends soon after Ctrl-C")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("note: interrupted at"), "{stdout}");
+    assert!(
+        stdout.contains("SIGTERM not sent: the drill was interrupted"),
+        "{stdout}"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["counts"]["ok"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["counts"]["ws_echoed"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert_eq!(report["counts"]["no_exit"], 0, "{report}");
+    assert!(services().is_empty(), "the service was left running");
+}
+
 /// Pids of running processes whose command line starts with `prefix` and
 /// contains `marker`.
 fn processes(prefix: &str, marker: &str) -> Vec<u32> {

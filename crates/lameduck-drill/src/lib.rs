@@ -132,6 +132,9 @@ pub struct Drill {
     /// Where a spawned service's stdout and stderr go (appended); `None`
     /// discards them.
     pub service_log: Option<std::path::PathBuf>,
+    /// Cancel it (on Ctrl-C, say) to end the drill early: what has not
+    /// happened yet is skipped, and the report covers what did.
+    pub interrupt: CancellationToken,
 }
 
 impl Drill {
@@ -154,6 +157,7 @@ impl Drill {
             limit: Duration::from_secs(120),
             allow: Vec::new(),
             service_log: None,
+            interrupt: CancellationToken::new(),
         }
     }
 
@@ -213,12 +217,14 @@ impl Drill {
         let mut tasks = JoinSet::new();
         // Clients connect one after the other; on a host that drops SYNs
         // that could outlast the limit.
-        let _ = tokio::time::timeout_at(deadline, async {
-            for s in &scenarios {
-                scenario::start(*s, &ctx, &mut tasks).await;
-            }
-        })
-        .await;
+        tokio::select! {
+            _ = tokio::time::timeout_at(deadline, async {
+                for s in &scenarios {
+                    scenario::start(*s, &ctx, &mut tasks).await;
+                }
+            }) => {}
+            () = self.interrupt.cancelled() => {}
+        }
         let mut run = run::Run {
             drill: self,
             live: &mut live,
@@ -264,7 +270,13 @@ impl Drill {
         }
         run.tick();
         let restarts = std::mem::take(&mut run.restarts);
-        let notes = std::mem::take(&mut run.notes);
+        let mut notes = std::mem::take(&mut run.notes);
+        if self.interrupt.is_cancelled() {
+            notes.push(format!(
+                "interrupted at {:.2} s: the report covers the drill until then",
+                rec.elapsed().as_secs_f64()
+            ));
+        }
         let still_open = StillOpen {
             http: rec.open_now(Kind::Http),
             websocket: rec.open_now(Kind::Ws),

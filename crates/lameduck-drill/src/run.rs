@@ -58,13 +58,19 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
         }
     }
 
+    /// Whether the drill must end now: its limit came, or it was
+    /// interrupted.
+    fn over(&self) -> bool {
+        Instant::now() >= self.deadline || self.drill.interrupt.is_cancelled()
+    }
+
     fn now_ms(&self) -> u64 {
         self.rec.elapsed().as_millis() as u64
     }
 
     /// Traffic, sampled, until `until` (or the drill's limit).
     pub(crate) async fn traffic_until(&mut self, until: Instant) {
-        while Instant::now() < until.min(self.deadline) {
+        while Instant::now() < until && !self.over() {
             self.watch_replaced();
             self.tick();
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -78,12 +84,14 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
         let d = self.drill;
         let speaks_notify = self.live.readies() > 0;
         for n in 1..=d.restarts {
-            if Instant::now() >= self.deadline {
-                self.notes.push(format!(
-                    "restarts stopped after {}: the drill's limit ({:?}) came",
-                    n - 1,
-                    d.limit
-                ));
+            if self.over() {
+                let why = if d.interrupt.is_cancelled() {
+                    "the drill was interrupted".to_owned()
+                } else {
+                    format!("the drill's limit ({:?}) came", d.limit)
+                };
+                self.notes
+                    .push(format!("restarts stopped after {}: {why}", n - 1));
                 break;
             }
             if self.live.spawned() && self.live.gone() {
@@ -137,7 +145,7 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
                 if speaks_notify && ready && old_done {
                     self.rec.set_phase(Phase::After);
                 }
-                if now >= self.deadline || (self.live.spawned() && self.live.gone()) {
+                if self.over() || (self.live.spawned() && self.live.gone()) {
                     break;
                 }
                 // A service that said nothing at all (no RELOADING=1 either)
@@ -217,6 +225,10 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
             } => format!("trigger `{t}`"),
             _ => "SIGTERM".to_owned(),
         };
+        if d.interrupt.is_cancelled() {
+            stop.trigger = format!("{} not sent: the drill was interrupted", stop.trigger);
+            return Ok(());
+        }
         if self.live.gone() {
             let why = match self.live.main_pid() {
                 Some(pid) if !self.live.spawned() => format!("pid {pid} is gone"),
@@ -240,7 +252,7 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
         // The shutdown, until the process is gone.
         if self.live.can_watch_exit() {
             let mut sampled = Instant::now();
-            while Instant::now() < self.deadline {
+            while !self.over() {
                 self.watch_replaced();
                 if self.live.gone() {
                     stop.exit_at_ms = Some(self.now_ms());
@@ -252,7 +264,7 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if stop.exit_at_ms.is_none() {
+            if stop.exit_at_ms.is_none() && !d.interrupt.is_cancelled() {
                 self.rec.count(Class::NoExit);
             }
         }
