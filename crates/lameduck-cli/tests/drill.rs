@@ -37,6 +37,13 @@ async fn drill(args: &[&str]) -> Output {
         .expect("drill output")
 }
 
+/// The drill's `--json` report.
+fn read_report(path: &Path) -> Value {
+    let json = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("no report at {}: {e}", path.display()));
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("report is not JSON: {e}: {json}"))
+}
+
 fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -90,7 +97,7 @@ async fn lameduck_serve_loses_nothing() {
     let out = drill(&args).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json);
     let count = |name: &str| {
         report["counts"][name]
             .as_u64()
@@ -217,7 +224,7 @@ async fn careless_server_fails_the_drill() {
     args.extend_from_slice(SMALL);
     let out = drill(&args).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json);
     let count = |name: &str| report["counts"][name].as_u64().unwrap();
     assert!(
         count("lost") + count("cut") >= 20,
@@ -279,7 +286,7 @@ async fn restarts_of_lameduck_serve_lose_nothing() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!running(&journal), "a lameduck process was left running");
 
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json);
     let count = |name: &str| report["counts"][name].as_u64().unwrap();
     for bad in [
         "refused",
@@ -347,7 +354,7 @@ async fn careless_server_fails_a_restart() {
     args.extend_from_slice(RESTART_SMALL);
     let out = drill(&args).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json);
     let count = |name: &str| report["counts"][name].as_u64().unwrap();
     assert_eq!(count("restart_failed"), 1, "{}", text(&out));
     assert_eq!(count("ws_abrupt"), 10, "{}", text(&out));
@@ -435,7 +442,7 @@ async fn running_service_by_triggers() {
     args.extend_from_slice(RESTART_SMALL);
     let out = drill(&args).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json);
     let count = |name: &str| report["counts"][name].as_u64().unwrap();
     for bad in ["lost", "cut", "ws_abrupt", "sse_abrupt", "sse_gap"] {
         assert_eq!(count(bad), 0, "{bad}: {}", text(&out));
@@ -492,7 +499,7 @@ async fn restart_by_pid_stops_when_the_pid_changes() {
     args.extend_from_slice(RESTART_SMALL);
     let out = drill(&args).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json);
     assert_eq!(report["restarts"].as_array().unwrap().len(), 1, "{report}");
     assert!(report["restarts"][0]["failure"].is_null(), "{report}");
     assert_eq!(report["counts"]["restart_failed"], 0, "{report}");
@@ -556,7 +563,7 @@ server.serve_forever()
     ];
     let out = drill(&args).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json);
     let restarts = report["restarts"].as_array().unwrap();
     assert_eq!(restarts.len(), 2, "{}", text(&out));
     for r in restarts {
@@ -624,7 +631,7 @@ async fn a_service_that_ignores_the_stop_is_bounded() {
     let out = drill(&args).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(!running(&marker), "the service was left running");
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json);
     assert_eq!(report["counts"]["no_exit"], 1, "{report}");
     assert!(report["exit_at_ms"].is_null(), "{report}");
     assert!(report["counts"]["ok"].as_u64().unwrap() > 0, "{report}");
@@ -735,7 +742,7 @@ async fn ctrl_c_ends_the_drill_with_a_report() {
         stdout.contains("SIGTERM not sent: the drill was interrupted"),
         "{stdout}"
     );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json);
     assert!(report["counts"]["ok"].as_u64().unwrap() > 0, "{report}");
     assert!(
         report["counts"]["ws_echoed"].as_u64().unwrap() > 0,
