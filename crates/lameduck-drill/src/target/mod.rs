@@ -68,7 +68,7 @@ pub(crate) struct Live {
     /// The process the drill started; its pid is the group's id.
     child: Option<Child>,
     /// Kills the spawned group if the drill dies without its `Drop`
-    /// running (SIGKILL, Ctrl-C).
+    /// running (SIGKILL, a second Ctrl-C).
     watchdog: Option<Child>,
     pid: Option<u32>,
     trigger: Option<String>,
@@ -81,6 +81,7 @@ pub(crate) struct Live {
 impl Live {
     /// Starts (or finds) the target and waits until `health` answers 200,
     /// for `startup` at most.
+    ///
     /// A spawned command gets `nofile` as its soft open-file limit (the
     /// drill's own, before the drill raised it for its clients), and its
     /// output goes to `log` (appended) or nowhere.
