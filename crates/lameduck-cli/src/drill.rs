@@ -135,7 +135,7 @@ pub(crate) struct DrillArgs {
     #[arg(long, default_value_t = 10)]
     restart_sse: usize,
 
-    /// Traffic before the signal.
+    /// Traffic before the first signal (restart or stop).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     before: Duration,
     /// Traffic after the exit.
@@ -305,9 +305,10 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
             return Ok(crate::EXIT_USAGE);
         }
         Err(e @ (DrillError::ExitedEarly(_) | DrillError::NeverHealthy { .. })) => {
-            let hint = match &args.service_log {
-                Some(path) => format!("; its output is in {}", path.display()),
-                None => "; --service-log FILE keeps its output".to_owned(),
+            let hint = match (&args.spawn, &args.service_log) {
+                (None, _) => String::new(),
+                (Some(_), Some(path)) => format!("; its output is in {}", path.display()),
+                (Some(_), None) => "; --service-log FILE keeps its output".to_owned(),
             };
             return Err(anyhow::anyhow!("{e}{hint}"));
         }
