@@ -102,6 +102,7 @@ pub(super) async fn streams(ctx: &Ctx, clients: usize, tasks: &mut JoinSet<()>) 
                         }
                     },
                 };
+                let last_before = last;
                 let end = tokio::select! {
                     end = read(&ctx, &mut conn, &mut last) => end,
                     () = ctx.stop.cancelled() => End::Stopped,
@@ -113,7 +114,9 @@ pub(super) async fn streams(ctx: &Ctx, clients: usize, tasks: &mut JoinSet<()>) 
                     End::Stopped => {}
                 }
                 ctx.rec.open(Kind::Sse, -1);
-                if end == End::NoStream {
+                // A stream that ended without one event id (a path that is
+                // not a stream, say) is not retried in a tight loop.
+                if end == End::NoStream || last == last_before {
                     tokio::select! {
                         () = tokio::time::sleep(super::REFUSED_PAUSE) => {}
                         () = ctx.stop.cancelled() => break,
