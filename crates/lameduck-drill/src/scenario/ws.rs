@@ -113,6 +113,7 @@ pub(super) async fn chat(ctx: &Ctx, clients: usize, reconnect: bool, tasks: &mut
                         }
                     },
                 };
+                let next_before = next;
                 let end = session(&ctx, &mut sock, &mut next).await;
                 // Completes the closing handshake the server started.
                 let _ =
@@ -120,6 +121,14 @@ pub(super) async fn chat(ctx: &Ctx, clients: usize, reconnect: bool, tasks: &mut
                 record_end(&ctx, end);
                 if !reconnect {
                     break;
+                }
+                // A socket closed before one echo (a server that refuses the
+                // session, say) is not reopened in a tight loop.
+                if next == next_before {
+                    tokio::select! {
+                        () = tokio::time::sleep(super::REFUSED_PAUSE) => {}
+                        () = ctx.stop.cancelled() => break,
+                    }
                 }
             }
         });
