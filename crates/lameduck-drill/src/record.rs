@@ -60,9 +60,10 @@ pub enum Class {
     /// An SSE event id that skipped one or more ids (on one stream, or
     /// across a reconnect with `Last-Event-ID`).
     SseGap,
-    /// A restart after which the service did not report `READY=1` again
-    /// within the restart timeout (when it reports at all), or after which
-    /// none of its processes was left.
+    /// A restart that did not go through: no process of a spawned service
+    /// was left; a service that speaks sd_notify said nothing before the
+    /// next restart was due, or no `READY=1` within the restart timeout; or
+    /// the health path did not answer 200 after it.
     RestartFailed,
     /// The service was told to stop and was still running when the drill's
     /// time limit came.
