@@ -37,6 +37,17 @@ async fn drill(args: &[&str]) -> Output {
         .expect("drill output")
 }
 
+/// `lameduck serve` as the drill spawns it (on `{port}`; on SIGHUP it
+/// upgrades to itself), with its journal in `dir`; and that journal's path,
+/// which finds its processes.
+fn serve_command(dir: &Path) -> (String, String) {
+    let journal = dir.join("jobs.db").display().to_string();
+    let serve = format!(
+        "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 --journal sqlite:{journal}"
+    );
+    (serve, journal)
+}
+
 /// The drill's `--json` report.
 fn read_report(path: &Path) -> Value {
     let json = std::fs::read_to_string(path)
@@ -79,10 +90,7 @@ async fn lameduck_serve_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let html = dir.path().join("report.html");
-    let serve = format!(
-        "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 --journal sqlite:{}/jobs.db",
-        dir.path().display()
-    );
+    let (serve, _) = serve_command(dir.path());
     let mut args = vec![
         "--spawn",
         &serve,
@@ -264,10 +272,7 @@ async fn restarts_of_lameduck_serve_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let html = dir.path().join("report.html");
-    let journal = dir.path().join("jobs.db").display().to_string();
-    let serve = format!(
-        "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 --journal sqlite:{journal} --upgrade-binary {BIN}"
-    );
+    let (serve, journal) = serve_command(dir.path());
     let (json_s, html_s) = (json.display().to_string(), html.display().to_string());
     let mut args = vec![
         "--spawn",
@@ -644,10 +649,7 @@ async fn a_service_that_ignores_the_stop_is_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_drill_leaves_no_service() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("jobs.db").display().to_string();
-    let serve = format!(
-        "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 --journal sqlite:{journal} --upgrade-binary {BIN}"
-    );
+    let (serve, journal) = serve_command(dir.path());
     let mut drill = tokio::process::Command::new(BIN)
         .args(["drill", "--spawn", &serve, "--scenario", "restart"])
         .args(["--restarts", "100", "--restart-every", "300ms"])
@@ -696,11 +698,8 @@ async fn a_killed_drill_leaves_no_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_ends_the_drill_with_a_report() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("jobs.db").display().to_string();
+    let (serve, journal) = serve_command(dir.path());
     let json = dir.path().join("report.json");
-    let serve = format!(
-        "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 --journal sqlite:{journal}"
-    );
     let drill = tokio::process::Command::new(BIN)
         .args(["drill", "--spawn", &serve, "--scenario", "load,websocket"])
         .args([
@@ -769,15 +768,7 @@ fn processes(prefix: &str, marker: &str) -> Vec<u32> {
 
 /// Whether a process whose command line contains `marker` is running.
 fn running(marker: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .map(|c| {
-                String::from_utf8_lossy(&c)
-                    .replace('\0', " ")
-                    .contains(marker)
-            })
-            .unwrap_or(false)
-    })
+    !processes("", marker).is_empty()
 }
 
 // Test 4: bad arguments get a clear error and a non-zero exit, and leave no

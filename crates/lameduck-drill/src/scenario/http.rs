@@ -72,12 +72,8 @@ pub(super) fn load(ctx: &Ctx, clients: usize, tasks: &mut JoinSet<()>) {
                     Some(c) => c,
                     None => match connect(&ctx).await {
                         Some(c) => c,
-                        None => {
-                            tokio::select! {
-                                () = tokio::time::sleep(super::REFUSED_PAUSE) => continue,
-                                () = ctx.stop.cancelled() => break,
-                            }
-                        }
+                        None if ctx.pause().await => continue,
+                        None => break,
                     },
                 };
                 let mut c = c;

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::record::Recorder;
 
-/// Pause after a refused connection, so a stopped server is not hammered.
-const REFUSED_PAUSE: Duration = Duration::from_millis(50);
+/// Pause before reconnecting after a refusal, or after a session that
+/// carried nothing, so that a stopped or refusing server is not hammered.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// A kind of traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -141,6 +142,16 @@ pub(crate) struct Ctx {
     /// Cancelled half the slow requests' duration before the stop: they are
     /// sent then.
     pub(crate) inflight_go: CancellationToken,
+}
+
+impl Ctx {
+    /// Waits `RETRY_PAUSE`; false if the drill stopped meanwhile.
+    pub(crate) async fn pause(&self) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(RETRY_PAUSE) => true,
+            () = self.stop.cancelled() => false,
+        }
+    }
 }
 
 /// Starts the clients of `scenario`; they run until `ctx.stop`.

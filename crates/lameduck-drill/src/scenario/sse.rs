@@ -94,12 +94,8 @@ pub(super) async fn streams(ctx: &Ctx, clients: usize, tasks: &mut JoinSet<()>) 
                     Some(conn) => conn,
                     None => match connect(&ctx, last).await {
                         Some(conn) => conn,
-                        None => {
-                            tokio::select! {
-                                () = tokio::time::sleep(super::REFUSED_PAUSE) => continue,
-                                () = ctx.stop.cancelled() => break,
-                            }
-                        }
+                        None if ctx.pause().await => continue,
+                        None => break,
                     },
                 };
                 let last_before = last;
@@ -116,11 +112,8 @@ pub(super) async fn streams(ctx: &Ctx, clients: usize, tasks: &mut JoinSet<()>) 
                 ctx.rec.open(Kind::Sse, -1);
                 // A stream that ended without one event id (a path that is
                 // not a stream, say) is not retried in a tight loop.
-                if end == End::NoStream || last == last_before {
-                    tokio::select! {
-                        () = tokio::time::sleep(super::REFUSED_PAUSE) => {}
-                        () = ctx.stop.cancelled() => break,
-                    }
+                if (end == End::NoStream || last == last_before) && !ctx.pause().await {
+                    break;
                 }
             }
         });

@@ -105,12 +105,8 @@ pub(super) async fn chat(ctx: &Ctx, clients: usize, reconnect: bool, tasks: &mut
                     Some(sock) => sock,
                     None => match open(&ctx).await {
                         Some(sock) => sock,
-                        None => {
-                            tokio::select! {
-                                () = tokio::time::sleep(super::REFUSED_PAUSE) => continue,
-                                () = ctx.stop.cancelled() => break,
-                            }
-                        }
+                        None if ctx.pause().await => continue,
+                        None => break,
                     },
                 };
                 let next_before = next;
@@ -124,11 +120,8 @@ pub(super) async fn chat(ctx: &Ctx, clients: usize, reconnect: bool, tasks: &mut
                 }
                 // A socket closed before one echo (a server that refuses the
                 // session, say) is not reopened in a tight loop.
-                if next == next_before {
-                    tokio::select! {
-                        () = tokio::time::sleep(super::REFUSED_PAUSE) => {}
-                        () = ctx.stop.cancelled() => break,
-                    }
+                if (next == next_before) && !ctx.pause().await {
+                    break;
                 }
             }
         });
