@@ -2,7 +2,7 @@
 //! did, and drain/upgrade endpoints that are disabled without a token and
 //! refuse a wrong one without a hint.
 
-use std::{collections::HashMap, net::SocketAddr, process::Command, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use lameduck_test_support::{Child, get, post_json, send};
 use tokio::{io::AsyncWriteExt, net::TcpStream, time::timeout};
@@ -13,23 +13,12 @@ const SEC: Duration = Duration::from_secs(1);
 
 /// Starts the binary with `LAMEDUCK_ADMIN_TOKEN` set (or not).
 fn serve_with_token(token: Option<&str>) -> Child {
-    let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(BIN);
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json", "--journal"])
-        .arg(format!("sqlite:{}", dir.path().join("jobs.db").display()))
-        .env_remove("LAMEDUCK_ADMIN_TOKEN");
+    let (mut command, dir) = Child::serve_command(BIN, &[]);
+    command.env_remove("LAMEDUCK_ADMIN_TOKEN");
     if let Some(token) = token {
         command.env("LAMEDUCK_ADMIN_TOKEN", token);
     }
-    Child::spawn(command, Some(dir))
+    Child::spawn(command, dir)
 }
 
 /// `name{labels}` → value, from OpenMetrics text; panics on a line that is

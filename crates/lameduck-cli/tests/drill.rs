@@ -390,13 +390,10 @@ async fn running_service_by_triggers() {
         .local_addr()
         .unwrap()
         .to_string();
-    let mut command = std::process::Command::new(BIN);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", &admin])
-        .args(["--log-format", "json", "--upgrade-binary", BIN, "--journal"])
-        .arg(format!("sqlite:{}", dir.path().join("jobs.db").display()))
-        .env("LAMEDUCK_ADMIN_TOKEN", "t0ken");
-    let server = Killed(lameduck_test_support::Child::spawn(command, None));
+    let (mut command, journal_dir) =
+        lameduck_test_support::Child::serve_command(BIN, &["--admin-listen", &admin]);
+    command.env("LAMEDUCK_ADMIN_TOKEN", "t0ken");
+    let server = Killed(lameduck_test_support::Child::spawn(command, journal_dir));
     let post = |path: &str| {
         format!(
             "python3 -c \"import urllib.request as u; u.urlopen(u.Request('http://{admin}{path}', method='POST', headers={{'Authorization': 'Bearer t0ken'}}), timeout=30)\""

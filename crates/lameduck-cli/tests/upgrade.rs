@@ -527,22 +527,9 @@ async fn sd_notify_reports_ready_and_stopping() {
     let path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&path).unwrap();
     socket.set_read_timeout(Some(10 * SEC)).unwrap();
-    let journal = format!("sqlite:{}", dir.path().join("jobs.db").display());
-    let mut command = Command::new(BIN);
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--journal",
-            &journal,
-        ])
-        .env("NOTIFY_SOCKET", &path);
-    let mut server = Child::spawn(command, None);
+    let (mut command, journal_dir) = Child::serve_command(BIN, &[]);
+    command.env("NOTIFY_SOCKET", &path);
+    let mut server = Child::spawn(command, journal_dir);
 
     let mut buf = [0u8; 1024];
     let n = socket.recv(&mut buf).expect("a READY message");

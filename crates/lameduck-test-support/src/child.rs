@@ -77,6 +77,14 @@ impl Child {
     ///
     /// When the process cannot start or never reports its address.
     pub fn serve(bin: &str, args: &[&str]) -> Self {
+        let (command, journal_dir) = Self::serve_command(bin, args);
+        Self::spawn(command, journal_dir)
+    }
+
+    /// The command [`Child::serve`] runs, for a caller that adds to it
+    /// (environment, say) before [`Child::spawn`]; with the journal's temp
+    /// dir, to be kept as long as the child.
+    pub fn serve_command(bin: &str, args: &[&str]) -> (Command, Option<tempfile::TempDir>) {
         let mut command = Command::new(bin);
         command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]);
         if !args.contains(&"--admin-listen") {
@@ -92,7 +100,7 @@ impl Child {
                 .arg(format!("sqlite:{}", dir.path().join("jobs.db").display()));
             Some(dir)
         };
-        Self::spawn(command, journal_dir)
+        (command, journal_dir)
     }
 
     /// Starts `command` (which must log JSON to stderr) and waits (10 s at
