@@ -124,7 +124,7 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
                 .await?;
             let next = at + d.restart_every;
             let ready_by = at + d.restart_timeout;
-            let mut notices = self.live.notices();
+            let mut notices = self.live.notice_changes();
             let mut sampled = Instant::now();
             loop {
                 let now = Instant::now();

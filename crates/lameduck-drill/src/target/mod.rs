@@ -243,16 +243,17 @@ impl Live {
     }
 
     /// Woken by each message of the service's, if it has a notify socket.
-    pub(crate) fn notices(&self) -> Option<tokio::sync::watch::Receiver<notify::Said>> {
+    pub(crate) fn notice_changes(&self) -> Option<tokio::sync::watch::Receiver<notify::Said>> {
         self.notify.as_ref().map(notify::Listener::subscribe)
     }
 
     /// `RELOADING=1` and `READY=1` messages so far (0 when the service does
     /// not report).
     pub(crate) fn notices_so_far(&self) -> u64 {
-        self.notify
-            .as_ref()
-            .map_or(0, |n| n.said().ready + n.said().reloading)
+        self.notify.as_ref().map_or(0, |n| {
+            let said = n.said();
+            said.ready + said.reloading
+        })
     }
 
     /// `READY=1` messages so far (0 when the service does not report).
