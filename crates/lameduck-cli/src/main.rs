@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("lameduck: error: {err:#}");
+            logging::error_line(format_args!("lameduck: error: {err:#}"));
             ExitCode::FAILURE
         }
     }
@@ -41,20 +41,21 @@ fn main() -> ExitCode {
 fn run(cli: cli::Cli) -> anyhow::Result<u8> {
     match cli.command {
         cli::Command::Serve(args) => {
-            logging::init(&args.log)?;
+            // Held to the end: it flushes the lines still queued.
+            let _log = logging::init(&args.log)?;
             // Before any thread starts: this edits the environment.
             let inherited = match lameduck::handoff::inherited_listeners() {
                 Ok(listeners) => listeners,
                 Err(err) => {
-                    eprintln!("lameduck: error: {err}");
+                    logging::error_line(format_args!("lameduck: error: {err}"));
                     return Ok(EXIT_USAGE);
                 }
             };
             if inherited.len() > 1 {
-                eprintln!(
+                logging::error_line(format_args!(
                     "lameduck: error: {} listening sockets inherited; `serve` takes one",
                     inherited.len()
-                );
+                ));
                 return Ok(EXIT_USAGE);
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -162,3 +162,37 @@ async fn debug_lines_carry_the_request_span() {
     assert_eq!(ended.len(), 1, "{:#?}", server.logs());
     assert_eq!(ended[0]["span"]["name"], "request");
 }
+
+// A log reader that went away (a crashed log shipper, `| head`) leaves
+// stderr a pipe with no reader: every line then fails with EPIPE. The
+// service keeps serving, counts the lines it dropped in /metrics, and the
+// first SIGTERM still drains it to exit 0. (tracing-subscriber's own
+// report of a failed write panicked in whatever task logged it, the
+// signal task included, and the process ignored SIGTERM.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_log_pipe_stops_neither_serving_nor_the_drain() {
+    let (command, journal) = Child::serve_command(BIN, &["--access-log"]);
+    let mut server = Child::spawn_logs_closed_after(command, journal, Some("server.listening"));
+    let admin = server.admin_addr.expect("admin address");
+    for i in 0..20 {
+        let res = send(server.addr, "GET", "/ping", &[], b"", 5 * SEC)
+            .await
+            .unwrap_or_else(|e| panic!("request {i} after the log pipe closed: {e}"));
+        assert_eq!(res.status, 200, "request {i}");
+    }
+    let metrics = send(admin, "GET", "/metrics", &[], b"", 5 * SEC)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let dropped: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("lameduck_log_lines_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no lameduck_log_lines_dropped_total in {text}"));
+    assert!(dropped >= 20, "20 access lines were dropped: {dropped}");
+
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = tokio::task::block_in_place(|| server.wait_exit(30 * SEC))
+        .expect("SIGTERM drains the service although its log pipe is closed");
+    assert_eq!(status.code(), Some(0));
+}

@@ -110,7 +110,22 @@ impl Child {
     /// # Panics
     ///
     /// When the process cannot start or never reports its address.
-    pub fn spawn(mut command: Command, keep: Option<tempfile::TempDir>) -> Self {
+    pub fn spawn(command: Command, keep: Option<tempfile::TempDir>) -> Self {
+        Self::spawn_logs_closed_after(command, keep, None)
+    }
+
+    /// As [`Child::spawn`], but stops reading the child's stderr and closes
+    /// the pipe right after the event named `close_after` (when given): a
+    /// log reader that went away. Later lines are not seen.
+    ///
+    /// # Panics
+    ///
+    /// As [`Child::spawn`].
+    pub fn spawn_logs_closed_after(
+        mut command: Command,
+        keep: Option<tempfile::TempDir>,
+        close_after: Option<&'static str>,
+    ) -> Self {
         let journal_dir = keep;
         let mut child = command
             .stdin(Stdio::null())
@@ -124,10 +139,14 @@ impl Child {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let value = serde_json::from_str(&line)
+                let value: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                let last = close_after.is_some_and(|name| value["message"] == name);
                 sink.lines.lock().unwrap().0.push(value);
                 sink.changed.notify_all();
+                if last {
+                    break;
+                }
             }
             sink.lines.lock().unwrap().1 = true;
             sink.changed.notify_all();

@@ -24,14 +24,18 @@ pub struct DrainReport {
     /// Connections still open when the drain was forced; 0 when everything
     /// drained by itself.
     pub forced: usize,
+    /// A task the drain depends on (signals, accept loop, timers, upgrades)
+    /// that panicked; the drain was then forced. `None` normally.
+    pub panicked: Option<&'static str>,
     /// What the server did over its whole life.
     pub totals: Totals,
 }
 
 impl DrainReport {
-    /// Whether every connection finished without being cut.
+    /// Whether every connection finished without being cut, and no task
+    /// the drain depends on panicked.
     pub fn is_clean(&self) -> bool {
-        self.forced == 0
+        self.forced == 0 && self.panicked.is_none()
     }
 
     /// [`EXIT_DRAINED`] or [`EXIT_FORCED`].

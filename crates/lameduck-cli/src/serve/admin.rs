@@ -177,6 +177,12 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         "WebSocket upgrades",
         totals.upgrades,
     );
+    counter(
+        &mut registry,
+        "log_lines_dropped",
+        "Log lines not written (stderr closed, failing or too slow)",
+        crate::logging::dropped_lines(),
+    );
     let rejected = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
     rejected
         .get_or_create(&vec![("reason", "max_connections")])

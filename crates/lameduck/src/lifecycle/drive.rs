@@ -48,11 +48,12 @@ pub(crate) async fn drive(shared: &Shared) -> DrainReport {
         reason,
         duration: started.elapsed(),
         forced,
+        panicked: shared.panicked(),
         totals: shared.stats.totals(),
     };
     tracing::info!(
         reason = %report.reason,
-        outcome = if report.forced == 0 { "drained" } else { "forced" },
+        outcome = if report.is_clean() { "drained" } else { "forced" },
         forced = report.forced,
         duration_ms = report.duration.as_millis() as u64,
         connections = report.totals.connections,

@@ -148,6 +148,8 @@ pub(crate) struct Shared {
     pub(crate) upgrade_socket: Mutex<Option<OwnedFd>>,
     /// When the drain started.
     pub(crate) drain_started: OnceLock<std::time::Instant>,
+    /// The first task the drain depends on that panicked.
+    panicked: OnceLock<&'static str>,
     /// Open HTTP connections, for the timer sweep.
     pub(crate) conns: Mutex<HashMap<usize, std::sync::Weak<crate::server::ConnState>>>,
     /// A coarse clock, in milliseconds since the server started, advanced by
@@ -262,6 +264,7 @@ impl Shared {
             upgrades: OnceLock::new(),
             upgrade_socket: Mutex::new(None),
             drain_started: OnceLock::new(),
+            panicked: OnceLock::new(),
             conns: Mutex::default(),
             clock_ms: std::sync::atomic::AtomicU64::new(1),
         })
@@ -316,6 +319,23 @@ impl Shared {
     /// Cancelled when a drain is requested.
     pub(crate) fn drain_requested(&self) -> &CancellationToken {
         &self.drain_requested
+    }
+
+    /// A task the drain depends on panicked: a process left without its
+    /// signal task would ignore SIGTERM, one without its accept loop would
+    /// never close its listener. The drain is forced, and reported.
+    pub(crate) fn task_panicked(&self, task: &'static str) {
+        let _ = self.panicked.set(task);
+        let _ = self
+            .reason
+            .set(DrainReason::Requested(format!("{task} task panicked")));
+        self.drain_requested.cancel();
+        self.force_requested.cancel();
+    }
+
+    /// The first task that panicked, if any.
+    pub(crate) fn panicked(&self) -> Option<&'static str> {
+        self.panicked.get().copied()
     }
 
     pub(crate) fn upgrade_finished(&self) {

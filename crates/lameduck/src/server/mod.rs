@@ -84,6 +84,30 @@ async fn upgrades(
     }
 }
 
+/// Watches the tasks the drain depends on. One that panics would leave a
+/// process that ignores its signals (the signal task) or never closes its
+/// listener (the accept loop): the drain is forced instead, and the report
+/// (and so the exit code) says so. Never returns.
+async fn supervise(
+    shared: Arc<Shared>,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+) -> std::convert::Infallible {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut running: FuturesUnordered<_> = tasks
+        .into_iter()
+        .map(|(name, task)| async move { (name, task.await) })
+        .collect();
+    while let Some((name, result)) = running.next().await {
+        if let Err(e) = result {
+            if e.is_panic() {
+                tracing::error!(task = name, "server.task_panicked");
+                shared.task_panicked(name);
+            }
+        }
+    }
+    std::future::pending().await
+}
+
 /// Serves a `tower::Service` (an axum `Router`, typically) until a drain
 /// completes, and returns its [`DrainReport`].
 ///
@@ -272,17 +296,17 @@ impl Server {
         let sweep = tokio::spawn(timers::sweep(shared.clone()));
         handoff::notify::ready();
 
-        let report = lifecycle::drive(&shared).await;
-        sweep.abort();
-        if let Some(signals) = signals {
-            signals.abort();
+        let mut tasks = vec![("accept", accept), ("timers", sweep)];
+        tasks.extend(signals.map(|task| ("signals", task)));
+        tasks.extend(upgrades.map(|task| ("upgrades", task)));
+        let aborts: Vec<_> = tasks.iter().map(|(_, task)| task.abort_handle()).collect();
+        let report = tokio::select! {
+            report = lifecycle::drive(&shared) => report,
+            never = supervise(shared.clone(), tasks) => match never {},
+        };
+        for task in aborts {
+            task.abort();
         }
-        if let Some(upgrades) = upgrades {
-            upgrades.abort();
-        }
-        // The loop ended before the tracker could close; this only collects
-        // the task.
-        let _ = accept.await;
         Ok(report)
     }
 }
