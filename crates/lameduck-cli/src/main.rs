@@ -44,24 +44,20 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
             // Held to the end: it flushes the lines still queued.
             let _log = logging::init(&args.log)?;
             // Before any thread starts: this edits the environment.
-            let inherited = match lameduck::handoff::inherited_listeners() {
-                Ok(listeners) => listeners,
+            let sockets = match lameduck::handoff::inherited_listeners()
+                .map_err(|e| e.to_string())
+                .and_then(serve::Sockets::from_inherited)
+            {
+                Ok(sockets) => sockets,
                 Err(err) => {
                     logging::error_line(format_args!("lameduck: error: {err}"));
                     return Ok(EXIT_USAGE);
                 }
             };
-            if inherited.len() > 1 {
-                logging::error_line(format_args!(
-                    "lameduck: error: {} listening sockets inherited; `serve` takes one",
-                    inherited.len()
-                ));
-                return Ok(EXIT_USAGE);
-            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve::run(args, inherited.into_iter().next()))
+            runtime.block_on(serve::run(args, sockets))
         }
         cli::Command::Drill(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -232,3 +232,46 @@ async fn admin_upgrade_hands_over() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// The admin address belongs to one service: a second instance given the
+// same address exits 1 naming the address and the flag, instead of
+// sharing the port (with SO_REUSEPORT the kernel spread scrapes, and drain
+// requests, over both); the first keeps serving its admin plane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_cannot_take_the_admin_address() {
+    let first = serve_with_token(None);
+    let admin = first.admin_addr.expect("admin address");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = format!("sqlite:{}", dir.path().join("jobs.db").display());
+    let mut second = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--journal", &journal])
+        .args(["--admin-listen", &admin.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + 10 * SEC;
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second instance kept running on a used admin address");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&admin.to_string()), "{stderr}");
+    assert!(stderr.contains("--admin-listen"), "{stderr}");
+
+    for _ in 0..6 {
+        let m = metrics(admin).await;
+        assert_eq!(m["lameduck_phase{phase=\"serving\"}"], 1.0);
+    }
+    assert_eq!(get(first.addr, "/ping", 5 * SEC).await.unwrap().status, 200);
+}

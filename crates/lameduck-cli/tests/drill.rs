@@ -383,8 +383,8 @@ async fn careless_server_fails_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_service_by_triggers() {
     let dir = tempfile::tempdir().unwrap();
-    // A fixed admin port: each successor binds the same one (with
-    // SO_REUSEPORT), where the next trigger finds it.
+    // A fixed admin port: each successor inherits the same socket, where
+    // the next trigger finds it.
     let admin = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

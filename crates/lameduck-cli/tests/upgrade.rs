@@ -465,7 +465,7 @@ fn socket_activated(
         .args(["serve", "--listen", "127.0.0.1:1", "--log-format", "json"])
         .args(["--admin-listen", "127.0.0.1:0"])
         .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "http");
+        .env("LISTEN_FDNAMES", "service");
     for (k, v) in extra_env {
         command.env(k, v);
     }
@@ -555,4 +555,106 @@ async fn sd_notify_reports_ready_and_stopping() {
     }
     let status = tokio::task::block_in_place(|| server.wait_exit(10 * SEC)).expect("exits");
     assert_eq!(status.code(), Some(0));
+}
+
+/// The admin socket is handed over with the service's: `/metrics` polled
+/// every 50 ms through 3 SIGHUP upgrades is never refused or reset, and
+/// once each old process is gone the successor answers on the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_socket_is_handed_over_on_upgrades() {
+    let server = Child::serve(BIN, &["--drain-timeout", "5s"]);
+    let admin = server.admin_addr.expect("admin address");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let poller = {
+        let (stop, tally) = (stop.clone(), tally.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match get(admin, "/metrics", 5 * SEC).await {
+                    Ok(res) if res.status == 200 => {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(res) => tally.problem(format!("/metrics answered {}", res.status)),
+                    Err(e) => {
+                        tally.lost.fetch_add(1, Ordering::Relaxed);
+                        tally.problem(format!("/metrics: {e}"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let mut pids = vec![server.pid()];
+    // Waits until the poller has had `n` more answers (10 s at most).
+    let answered = |n: u64| {
+        let target = tally.ok.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + 10 * SEC;
+        while tally.ok.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    for round in 0..3 {
+        tokio::task::block_in_place(|| answered(5));
+        let old = *pids.last().unwrap();
+        signal(old, SIGHUP);
+        let new = tokio::task::block_in_place(|| wait_new_pid(&server, &pids, 30 * SEC));
+        pids.push(new);
+        tokio::task::block_in_place(|| wait_gone(old, 30 * SEC));
+        // Only the successor holds the socket now.
+        let res = get(admin, "/metrics", 5 * SEC)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the successor does not answer: {e}"));
+        let text = String::from_utf8_lossy(&res.body).into_owned();
+        assert!(
+            text.contains("lameduck_phase{phase=\"serving\"} 1"),
+            "round {round}: {text}"
+        );
+    }
+    tokio::task::block_in_place(|| answered(5));
+    stop.store(true, Ordering::Relaxed);
+    timeout(20 * SEC, poller).await.unwrap().unwrap();
+    let problems = tally.problems.lock().unwrap().clone();
+    assert!(problems.is_empty(), "{problems:#?}");
+    let ok = tally.ok.load(Ordering::Relaxed);
+    assert!(ok >= 20, "only {ok} scrapes answered");
+    signal(*pids.last().unwrap(), SIGTERM);
+    tokio::task::block_in_place(|| wait_gone(*pids.last().unwrap(), 30 * SEC));
+}
+
+/// systemd may pass the admin socket too: by name (`LISTEN_FDNAMES`, in
+/// any order), the service and the admin plane each serve on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_passes_the_admin_socket_by_name() {
+    use command_fds::{CommandFdExt, FdMapping};
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (service_addr, admin_addr) = (service.local_addr().unwrap(), admin.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let journal = format!("sqlite:{}", dir.path().join("jobs.db").display());
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:1", "--log-format", "json"])
+        .args(["--admin-listen", "127.0.0.1:1", "--journal", &journal])
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "admin:service")
+        .fd_mappings(vec![
+            FdMapping {
+                parent_fd: admin.into(),
+                child_fd: 3,
+            },
+            FdMapping {
+                parent_fd: service.into(),
+                child_fd: 4,
+            },
+        ])
+        .unwrap();
+    let server = Child::spawn(command, Some(dir));
+    assert_eq!(server.addr, service_addr);
+    assert_eq!(server.admin_addr, Some(admin_addr));
+    let res = get(service_addr, "/ping", 5 * SEC).await.unwrap();
+    assert_eq!(res.body, b"pong");
+    let res = get(admin_addr, "/metrics", 5 * SEC).await.unwrap();
+    assert_eq!(res.status, 200);
+    assert!(String::from_utf8_lossy(&res.body).contains("lameduck_phase"));
 }

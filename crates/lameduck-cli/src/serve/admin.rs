@@ -12,6 +12,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use lameduck::{DrainReason, Handle, Phase, handoff::UpgradeError};
 use lameduck_jobs::{JobState, Journal};
 use prometheus_client::{
@@ -20,6 +25,8 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::routes::error;
 
@@ -38,6 +45,55 @@ pub(crate) fn routes(admin: Admin) -> Router {
         .route("/admin/upgrade", post(upgrade))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin route") })
         .with_state(admin)
+}
+
+/// How long a connection gets to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long, once the admin plane stops, the requests it accepted get to
+/// finish.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves the admin plane on `listener` until `stop`, one request per
+/// connection; then stops accepting and lets every accepted connection
+/// finish its request (5 s at most).
+///
+/// Not `axum::serve`: its graceful shutdown closes a connection it has
+/// accepted but whose request it has not read yet, and during an upgrade
+/// that loses scrapes: the socket is shared with the successor, which
+/// would have served them.
+pub(crate) async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+    let conns = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: retrying at once
+                    // would spin.
+                    tracing::warn!(error = %e, "admin.accept_error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        conns.spawn(async move {
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "admin.conn_error");
+            }
+        });
+    }
+    drop(listener);
+    conns.close();
+    let _ = tokio::time::timeout(FINISH_TIMEOUT, conns.wait()).await;
 }
 
 /// Compares in time that depends only on the lengths, so that response times

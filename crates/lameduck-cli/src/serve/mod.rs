@@ -7,23 +7,51 @@ mod request_id;
 mod routes;
 mod sleep_job;
 
-use std::{future::IntoFuture, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use lameduck::{Config, EXIT_FORCED, Server, handoff::UpgradeConfig, ws::WsConfig};
+use lameduck::{
+    Config, EXIT_FORCED, Server,
+    handoff::{Inherited, UpgradeConfig},
+    ws::WsConfig,
+};
 use lameduck_jobs::{PoolConfig, WorkerPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
 
-pub(crate) async fn run(
-    args: ServeArgs,
-    inherited: Option<std::net::TcpListener>,
-) -> anyhow::Result<u8> {
+/// The listening sockets `serve` inherited (from systemd or from the
+/// process it replaces): the service's and the admin listener's.
+#[derive(Debug, Default)]
+pub(crate) struct Sockets {
+    service: Option<std::net::TcpListener>,
+    admin: Option<std::net::TcpListener>,
+}
+
+impl Sockets {
+    /// By name (`service`, `admin`) when `LISTEN_FDNAMES` gives them, else
+    /// in order: the service's first, then the admin listener's.
+    pub(crate) fn from_inherited(mut inherited: Inherited) -> Result<Self, String> {
+        let admin = inherited.take("admin");
+        let service = inherited.take("service").or_else(|| inherited.take_first());
+        let admin = admin.or_else(|| inherited.take_first());
+        if !inherited.is_empty() {
+            return Err(format!(
+                "{} more listening sockets inherited than `serve` takes (one for the \
+                 service, one for the admin listener); names left: {:?}",
+                inherited.len(),
+                inherited.names()
+            ));
+        }
+        Ok(Self { service, admin })
+    }
+}
+
+pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8> {
     let journal = lameduck_jobs::open(&args.jobs.journal)
         .await
         .with_context(|| format!("cannot open the job journal {:?}", args.jobs.journal))?;
-    let listener = match inherited {
+    let listener = match sockets.service {
         Some(listener) => tokio::net::TcpListener::from_std(listener)
             .context("cannot use the inherited listening socket")?,
         None => tokio::net::TcpListener::bind(args.listen)
@@ -55,14 +83,28 @@ pub(crate) async fn run(
     let pool =
         WorkerPool::with_config(journal.clone(), pool_config).handler("sleep", sleep_job::run);
 
+    let admin_listener = match sockets.admin {
+        Some(listener) => tokio::net::TcpListener::from_std(listener)
+            .context("cannot use the inherited admin socket")?,
+        None => bind_admin(args.admin_listen).with_context(|| {
+            format!(
+                "cannot listen on {} (--admin-listen; is another instance using it?)",
+                args.admin_listen
+            )
+        })?,
+    };
+    tracing::info!(addr = %admin_listener.local_addr()?, "admin.listening");
+
     let mut upgrade = UpgradeConfig::default();
     upgrade.binary = args.upgrade_binary;
     upgrade.ready_timeout = args.upgrade_timeout;
+    // The successor inherits the admin socket as it inherits the service's:
+    // the socket is never closed nor shared with an unrelated process.
+    upgrade
+        .hand_over("admin", &admin_listener)
+        .context("cannot prepare the admin socket for upgrades")?;
 
     let server = Server::with_config(listener, config).with_upgrade(upgrade);
-    let admin_listener = bind_admin(args.admin_listen)
-        .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
-    tracing::info!(addr = %admin_listener.local_addr()?, "admin.listening");
     let token = std::env::var("LAMEDUCK_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
@@ -73,11 +115,7 @@ pub(crate) async fn run(
         token,
     });
     let admin_done = CancellationToken::new();
-    let admin_server = tokio::spawn(
-        axum::serve(admin_listener, admin_app)
-            .with_graceful_shutdown(admin_done.clone().cancelled_owned())
-            .into_future(),
-    );
+    let admin_server = tokio::spawn(admin::serve(admin_listener, admin_app, admin_done.clone()));
 
     let ws = routes::WsLimits {
         config: ws,
@@ -102,9 +140,7 @@ pub(crate) async fn run(
     let jobs = workers.await.context("the job pool panicked")?;
     // The admin plane answers until the very end (metrics of the drain).
     admin_done.cancel();
-    if let Ok(Err(e)) = admin_server.await {
-        tracing::warn!(error = %e, "admin.error");
-    }
+    let _ = admin_server.await;
     // Jobs given back at the deadline lost nothing (they resume from their
     // checkpoint), but they were cut, as connections cut at the deadline are.
     Ok(if jobs.forced > 0 {
@@ -114,16 +150,19 @@ pub(crate) async fn run(
     })
 }
 
-/// The admin listener, with `SO_REUSEPORT`: during an upgrade the new
-/// process binds the same admin address while the old one still holds it.
+/// The admin listener. Without `SO_REUSEPORT`: a second instance given
+/// the same address must fail, not share it (the kernel would spread admin
+/// connections over both, and a drain request could reach the wrong
+/// service). Successors inherit the socket instead of binding it.
 fn bind_admin(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
+    // Only lets a restarted process bind over connections in TIME_WAIT;
+    // on Linux it never lets two sockets listen on one address.
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(128)
 }

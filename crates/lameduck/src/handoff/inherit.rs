@@ -33,14 +33,58 @@ pub enum InheritError {
     },
 }
 
-/// The listening sockets this process inherited, in fd order; empty when
-/// `LISTEN_FDS` is not set.
+/// The listening sockets a process inherited, in fd order, with their
+/// names from `LISTEN_FDNAMES` when it gives them. A predecessor names its
+/// service socket `service` and the ones it was told to hand over by their
+/// names (see [`UpgradeConfig::hand_over`]); systemd uses each socket's
+/// `FileDescriptorName=`.
+///
+/// [`UpgradeConfig::hand_over`]: crate::handoff::UpgradeConfig::hand_over
+#[derive(Debug, Default)]
+pub struct Inherited {
+    sockets: Vec<(Option<String>, TcpListener)>,
+}
+
+impl Inherited {
+    /// How many sockets are left.
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Whether none is left.
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// Takes the first socket named `name`.
+    pub fn take(&mut self, name: &str) -> Option<TcpListener> {
+        let i = self
+            .sockets
+            .iter()
+            .position(|(n, _)| n.as_deref() == Some(name))?;
+        Some(self.sockets.remove(i).1)
+    }
+
+    /// Takes the first socket left, whatever its name.
+    pub fn take_first(&mut self) -> Option<TcpListener> {
+        (!self.sockets.is_empty()).then(|| self.sockets.remove(0).1)
+    }
+
+    /// The names of the sockets left, in fd order (`None` where
+    /// `LISTEN_FDNAMES` gives none).
+    pub fn names(&self) -> Vec<Option<&str>> {
+        self.sockets.iter().map(|(n, _)| n.as_deref()).collect()
+    }
+}
+
+/// The listening sockets this process inherited; empty when `LISTEN_FDS` is
+/// not set.
 ///
 /// Call it once, at the start of `main`, before any thread is started: like
 /// `sd_listen_fds(1)`, it removes `LISTEN_PID` and `LISTEN_FDS` from the
-/// environment (so that children do not inherit them), and changing the
-/// environment while other threads run is unsound. The sockets are set
-/// close-on-exec and non-blocking, ready for
+/// environment (so that children do not inherit sockets meant for this
+/// process), and changing the environment while other threads run is unsound.
+/// The sockets are set close-on-exec and non-blocking, ready for
 /// `tokio::net::TcpListener::from_std`.
 ///
 /// # Errors
@@ -51,10 +95,11 @@ pub enum InheritError {
 ///
 /// ```no_run
 /// fn main() -> Result<(), Box<dyn std::error::Error>> {
-///     let inherited = lameduck::handoff::inherited_listeners()?;
+///     let mut inherited = lameduck::handoff::inherited_listeners()?;
+///     let service = inherited.take("service").or_else(|| inherited.take_first());
 ///     let runtime = tokio::runtime::Runtime::new()?;
 ///     runtime.block_on(async {
-///         let listener = match inherited.into_iter().next() {
+///         let listener = match service {
 ///             Some(std) => tokio::net::TcpListener::from_std(std)?,
 ///             None => tokio::net::TcpListener::bind("127.0.0.1:8080").await?,
 ///         };
@@ -64,9 +109,9 @@ pub enum InheritError {
 ///     })
 /// }
 /// ```
-pub fn inherited_listeners() -> Result<Vec<TcpListener>, InheritError> {
+pub fn inherited_listeners() -> Result<Inherited, InheritError> {
     let Ok(count) = std::env::var("LISTEN_FDS") else {
-        return Ok(Vec::new());
+        return Ok(Inherited::default());
     };
     let n: usize = match count.trim().parse() {
         Ok(n) if (1..=64).contains(&n) => n,
@@ -78,8 +123,11 @@ pub fn inherited_listeners() -> Result<Vec<TcpListener>, InheritError> {
             return Err(InheritError::WrongPid { listen_pid, pid });
         }
     }
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|names| names.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();
-    (0..n)
+    let sockets = (0..n)
         .map(|i| {
             let fd = 3 + i as i32;
             let listener = fds
@@ -89,7 +137,9 @@ pub fn inherited_listeners() -> Result<Vec<TcpListener>, InheritError> {
             listener
                 .set_nonblocking(true)
                 .map_err(|source| InheritError::NotTcp { fd, source })?;
-            Ok(listener)
+            let name = names.get(i).filter(|n| !n.is_empty()).cloned();
+            Ok((name, listener))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(Inherited { sockets })
 }

@@ -4,8 +4,9 @@
 //!
 //! The sequence of an upgrade (`SIGHUP`, or [`crate::Handle::upgrade`]):
 //! 1. The running process starts a new copy of its binary with the
-//!    listening socket as fd 3 (`LISTEN_FDS=1`), and a private datagram
-//!    socket to report on. Both processes now accept from the same socket:
+//!    listening socket as fd 3 (`LISTEN_FDS=1`, `LISTEN_FDNAMES=service`;
+//!    sockets given to [`UpgradeConfig::hand_over`] follow it, by name),
+//!    and a private datagram socket to report on. Both processes now accept from the same socket:
 //!    the kernel queue is shared, nothing is refused.
 //! 2. The new process serves, then reports ready (and tells systemd its pid).
 //! 3. Only then does the old process drain, with [`DrainReason::Restart`]
@@ -27,7 +28,7 @@ mod inherit;
 pub(crate) mod notify;
 mod upgrade;
 
-pub use inherit::{InheritError, inherited_listeners};
+pub use inherit::{InheritError, Inherited, inherited_listeners};
 pub(crate) use upgrade::start_successor;
 pub use upgrade::{UpgradeConfig, UpgradeError};
 

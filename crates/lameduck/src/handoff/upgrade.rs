@@ -2,10 +2,13 @@
 
 use std::{
     ffi::OsString,
-    os::fd::OwnedFd,
+    os::fd::{AsFd, OwnedFd},
     path::PathBuf,
     process::{ExitStatus, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -43,7 +46,54 @@ pub struct UpgradeConfig {
     /// How long the successor gets to report ready before it is killed and
     /// this process keeps serving.
     pub ready_timeout: Duration,
+    /// Other sockets the successor inherits after the service's, by name.
+    sockets: Vec<(String, Arc<OwnedFd>)>,
 }
+
+impl UpgradeConfig {
+    /// Hands `socket` (an admin listener, say) to successors too, after the
+    /// service's socket: they find it named `name` in `LISTEN_FDNAMES`
+    /// (the service's socket is named `service`), see
+    /// [`crate::handoff::inherited_listeners`]. A copy is kept for as long
+    /// as the configuration lives, so the socket never closes between the
+    /// two processes: connections queue for whichever accepts first.
+    ///
+    /// # Errors
+    ///
+    /// When `name` is `service`, empty, longer than 255 bytes, or has a
+    /// `:` or a control character (systemd's rules for socket names), or
+    /// the socket cannot be duplicated.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn run() -> std::io::Result<()> {
+    /// let admin = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let mut upgrade = lameduck::handoff::UpgradeConfig::default();
+    /// upgrade.hand_over("admin", &admin)?;
+    /// # Ok(()) }
+    /// # run().unwrap();
+    /// ```
+    pub fn hand_over(&mut self, name: &str, socket: &impl AsFd) -> std::io::Result<()> {
+        let bad = name.is_empty()
+            || name == SERVICE_SOCKET
+            || name.len() > 255
+            || name.chars().any(|c| c == ':' || c.is_control())
+            || self.sockets.iter().any(|(n, _)| n == name);
+        if bad {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{name:?} cannot name a handed-over socket"),
+            ));
+        }
+        let fd = socket.as_fd().try_clone_to_owned()?;
+        self.sockets.push((name.to_owned(), Arc::new(fd)));
+        Ok(())
+    }
+}
+
+/// The name of the service's listening socket in `LISTEN_FDNAMES`.
+pub(crate) const SERVICE_SOCKET: &str = "service";
 
 impl Default for UpgradeConfig {
     /// This binary, these arguments, 30 s to be ready.
@@ -52,6 +102,7 @@ impl Default for UpgradeConfig {
             binary: None,
             args: None,
             ready_timeout: Duration::from_secs(30),
+            sockets: Vec::new(),
         }
     }
 }
@@ -90,7 +141,8 @@ pub enum UpgradeError {
 }
 
 /// Starts the successor with `listener` (a copy, given to the child and
-/// closed here once it is started) as fd 3 and waits until it reports
+/// closed here once it is started) as fd 3, the handed-over sockets after
+/// it, and waits until it reports
 /// ready; returns its pid. On failure, or when `cancel` fires first (a drain
 /// began), the successor is killed and reaped.
 pub(crate) async fn start_successor(
@@ -116,19 +168,28 @@ pub(crate) async fn start_successor(
     let reports = UnixDatagram::bind(&path).map_err(UpgradeError::Io)?;
     let _remove = RemoveOnDrop(path.clone());
 
+    let mut names = vec![SERVICE_SOCKET];
+    let mut mappings = vec![FdMapping {
+        parent_fd: listener,
+        child_fd: 3,
+    }];
+    for (name, fd) in &config.sockets {
+        names.push(name);
+        mappings.push(FdMapping {
+            parent_fd: fd.try_clone().map_err(UpgradeError::Io)?,
+            child_fd: 3 + mappings.len() as i32,
+        });
+    }
     let mut command = std::process::Command::new(&binary);
     command
         .args(&args)
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "http")
+        .env("LISTEN_FDS", names.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
         .env_remove("LISTEN_PID")
         .env(READY_SOCKET_ENV, &path)
         .stdin(Stdio::null());
     command
-        .fd_mappings(vec![FdMapping {
-            parent_fd: listener,
-            child_fd: 3,
-        }])
+        .fd_mappings(mappings)
         .map_err(|e| UpgradeError::Io(std::io::Error::other(e)))?;
     // The command (and with it our copy of the socket) is dropped as soon as
     // the child has started.
