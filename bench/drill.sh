@@ -47,7 +47,7 @@ stop_server() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null |
 # $out/report.json and the drill's usage "$out/time" (user sys maxrss_kib).
 drill() {
   /usr/bin/time -o "$out/time" -f "%U %S %M" \
-    "$bin" drill --url "http://$addr" --pid "$server" --allow refused --after 0s \
+    "$bin" drill --url "http://$addr" --pid "$server" --after 0s \
     --json "$out/report.json" "$@" >"$out/table" 2>/dev/null || { cat "$out/table" >&2; exit 1; }
   wait "$server" 2>/dev/null || true
   server=""

@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Mutex,
-        atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -25,8 +25,13 @@ pub enum Class {
     Ok,
     /// A complete response with a 5xx status.
     Http5xx,
-    /// The connection was refused: the request was never accepted.
+    /// The connection was refused before the final stop (or during a
+    /// restart): the request was never accepted.
     Refused,
+    /// The connection was refused after the final stop was sent: a service
+    /// with no successor closes its listener, and nothing can avoid that.
+    /// Not a failure.
+    RefusedAfterStop,
     /// The request could not be written on a kept-alive connection the
     /// server had closed; retried on a new one (what every HTTP client does).
     Retried,
@@ -72,10 +77,11 @@ pub enum Class {
 
 impl Class {
     /// Every class, in report order.
-    pub const ALL: [Class; 19] = [
+    pub const ALL: [Class; 20] = [
         Class::Ok,
         Class::Http5xx,
         Class::Refused,
+        Class::RefusedAfterStop,
         Class::Retried,
         Class::Lost,
         Class::Cut,
@@ -100,6 +106,7 @@ impl Class {
             Class::Ok => "ok",
             Class::Http5xx => "http_5xx",
             Class::Refused => "refused",
+            Class::RefusedAfterStop => "refused_after_stop",
             Class::Retried => "retried",
             Class::Lost => "lost",
             Class::Cut => "cut",
@@ -188,6 +195,8 @@ pub struct Bucket {
 pub struct Recorder {
     start: Instant,
     phase: AtomicU8,
+    /// Set when the final stop is sent: refusals are expected from then on.
+    stopping: AtomicBool,
     totals: [AtomicU64; Class::ALL.len()],
     close_codes: Mutex<BTreeMap<u16, u64>>,
     latency: Mutex<[Histogram<u64>; 3]>,
@@ -208,6 +217,7 @@ impl Recorder {
         Self {
             start: Instant::now(),
             phase: AtomicU8::new(0),
+            stopping: AtomicBool::new(false),
             totals: Default::default(),
             close_codes: Mutex::default(),
             latency: Mutex::new([histogram(), histogram(), histogram()]),
@@ -240,11 +250,21 @@ impl Recorder {
         self.count_n(class, 1);
     }
 
+    /// The final stop is about to be sent: refusals counted from now on
+    /// are [`Class::RefusedAfterStop`].
+    pub fn final_stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
     /// Counts `n` outcomes of `class`.
     pub fn count_n(&self, class: Class, n: u64) {
         if n == 0 {
             return;
         }
+        let class = match class {
+            Class::Refused if self.stopping.load(Ordering::Relaxed) => Class::RefusedAfterStop,
+            other => other,
+        };
         self.totals[class as usize].fetch_add(n, Ordering::Relaxed);
         self.with_bucket(|b| *b.counts.entry(class.name()).or_default() += n);
     }

@@ -245,6 +245,9 @@ impl<P: Fn(&Recorder)> Run<'_, P> {
         }
         stop.signal_at_ms = Some(self.now_ms());
         self.rec.set_phase(Phase::During);
+        // Set before the signal leaves, so that no refusal the stop causes
+        // is counted as a failure.
+        self.rec.final_stop();
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         self.ticking(self.live.stop(Signal::SIGTERM, remaining))
             .await?;

@@ -32,6 +32,11 @@ pub fn html(r: &Report) -> String {
             "errors per second",
             vec![
                 ("refused", "#9e9e9e", Box::new(count("refused"))),
+                (
+                    "refused after stop",
+                    "#cfcfcf",
+                    Box::new(count("refused_after_stop")),
+                ),
                 ("LOST", "#c62828", Box::new(count("lost"))),
                 ("cut", "#ad1457", Box::new(count("cut"))),
                 ("ws abrupt", "#6a1b9a", Box::new(count("ws_abrupt"))),

@@ -59,6 +59,7 @@ pub fn table(r: &Report) -> String {
             vec![
                 ("ok", c("ok")),
                 ("refused", c("refused")),
+                ("refused after stop", c("refused_after_stop")),
                 ("LOST", c("lost")),
                 ("cut", c("cut")),
                 ("5xx", c("http_5xx")),
