@@ -116,7 +116,7 @@ async fn metrics_match_what_happened() {
     assert_eq!(m["lameduck_requests_total"], 17.0);
     // 10 pings on their own connections + 3 + 2 + 2, all accepted.
     assert_eq!(m["lameduck_connections_accepted_total"], 17.0);
-    assert_eq!(m["lameduck_connections_forced_total"], 0.0);
+    assert_eq!(m["lameduck_connections_cut_total"], 0.0);
     drop(sockets);
     drop(streams);
 }

@@ -128,7 +128,7 @@ async fn idle_connections_are_closed_cleanly() {
     let status = wait_exit(&mut server, 40 * SEC);
     assert_eq!(status.code(), Some(0), "logs: {:#?}", server.logs());
     let complete = wait_event(&server, "shutdown.complete", SEC);
-    assert_eq!(complete["forced"], 0);
+    assert_eq!(complete["cut"], 0);
     assert_eq!(complete["upgrades"], 200);
 }
 
@@ -158,7 +158,7 @@ async fn in_flight_requests_complete() {
     // exit 0 and `forced: 0` say it cut nothing to get there.
     assert_eq!(wait_exit(&mut server, 40 * SEC).code(), Some(0));
     let complete = wait_event(&server, "shutdown.complete", SEC);
-    assert_eq!(complete["forced"], 0);
+    assert_eq!(complete["cut"], 0);
     assert_eq!(complete["requests"], 50);
 }
 
@@ -363,7 +363,7 @@ async fn deadline_forces_and_reports() {
     assert!(signalled.elapsed() >= 2 * SEC, "forced before the deadline");
     assert_eq!(status.code(), Some(EXIT_FORCED));
     let complete = wait_event(&server, "shutdown.complete", SEC);
-    assert_eq!(complete["forced"], 1);
+    assert_eq!(complete["cut"], 1);
     assert_eq!(complete["outcome"], "forced");
     assert!(matches!(slow.await.unwrap(), Outcome::Lost(_)));
 }

@@ -107,7 +107,7 @@ async fn requests_carry_their_id_on_every_log_line() {
 
     server.signal(nix::sys::signal::Signal::SIGTERM);
     let status = tokio::task::block_in_place(|| server.wait_exit(30 * SEC)).expect("exits");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "{:#?}", server.logs());
 }
 
 // Without --access-log there is no line per request, and ids are still

@@ -9,16 +9,22 @@ use std::time::Duration;
 /// `drain_announce` (5 s advised) so that endpoints are removed before the
 /// listener closes.
 ///
+/// The struct is `#[non_exhaustive]` (new settings are not breaking
+/// changes), so it is built from its default with the setters, or by
+/// assigning fields of a `Config::default()`.
+///
 /// # Examples
 ///
 /// ```
 /// use std::time::Duration;
 /// use lameduck::Config;
 ///
-/// let mut config = Config::default();
-/// config.drain_announce = Duration::from_secs(5);
-/// config.drain_timeout = Duration::from_secs(20);
+/// let config = Config::default()
+///     .drain_announce(Duration::from_secs(5))
+///     .drain_timeout(Duration::from_secs(20))
+///     .max_in_flight(Some(1_000));
 /// assert_eq!(config.idle_grace, Duration::from_secs(1));
+/// assert_eq!(config.drain_announce, Duration::from_secs(5));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -38,7 +44,8 @@ pub struct Config {
     /// Time an HTTP/1 client has to send a complete request head, from its
     /// first byte (or from the connection's start, for its first request),
     /// against slowloris (default 10 s; `None`: no limit). Checked by a sweep
-    /// four times a second rather than a timer per request.
+    /// twice a second rather than a timer per request, so a timeout fires up
+    /// to a second late, never early.
     pub header_read_timeout: Option<Duration>,
     /// How long an HTTP/1 keep-alive connection may stay idle between
     /// requests before the server closes it (default 60 s; `None`: no
@@ -78,5 +85,68 @@ impl Default for Config {
             max_in_flight: None,
             max_header_bytes: 64 * 1024,
         }
+    }
+}
+
+/// Setters, one per field, for building a `Config` in one expression.
+impl Config {
+    /// Sets [`Config::drain_announce`].
+    pub fn drain_announce(mut self, value: Duration) -> Self {
+        self.drain_announce = value;
+        self
+    }
+
+    /// Sets [`Config::drain_timeout`].
+    pub fn drain_timeout(mut self, value: Duration) -> Self {
+        self.drain_timeout = value;
+        self
+    }
+
+    /// Sets [`Config::idle_grace`].
+    pub fn idle_grace(mut self, value: Duration) -> Self {
+        self.idle_grace = value;
+        self
+    }
+
+    /// Sets [`Config::header_read_timeout`].
+    pub fn header_read_timeout(mut self, value: Option<Duration>) -> Self {
+        self.header_read_timeout = value;
+        self
+    }
+
+    /// Sets [`Config::keep_alive_timeout`].
+    pub fn keep_alive_timeout(mut self, value: Option<Duration>) -> Self {
+        self.keep_alive_timeout = value;
+        self
+    }
+
+    /// Sets [`Config::progress_interval`].
+    pub fn progress_interval(mut self, value: Duration) -> Self {
+        self.progress_interval = value;
+        self
+    }
+
+    /// Sets [`Config::connect_info`].
+    pub fn connect_info(mut self, value: bool) -> Self {
+        self.connect_info = value;
+        self
+    }
+
+    /// Sets [`Config::max_connections`].
+    pub fn max_connections(mut self, value: Option<usize>) -> Self {
+        self.max_connections = value;
+        self
+    }
+
+    /// Sets [`Config::max_in_flight`].
+    pub fn max_in_flight(mut self, value: Option<usize>) -> Self {
+        self.max_in_flight = value;
+        self
+    }
+
+    /// Sets [`Config::max_header_bytes`].
+    pub fn max_header_bytes(mut self, value: usize) -> Self {
+        self.max_header_bytes = value;
+        self
     }
 }

@@ -4,17 +4,15 @@
 //! "Lame duck" is the state a server enters when it still serves what it
 //! holds but takes on nothing new. [`Server`] runs its own accept loop over
 //! hyper-util's connection builder so that it sees every connection,
-//! upgraded ones included, and drains them in the order that loses nothing:
-//!
-//! 1. `/readyz` fails at once; everything else works for `drain_announce`.
-//! 2. Connections already in the kernel's accept queue are served, then the
-//!    listener closes.
-//! 3. HTTP/1.1 keep-alive goes off: busy connections answer with
-//!    `Connection: close`; idle ones get `idle_grace` for a request already
-//!    on its way. HTTP/2 gets GOAWAY.
-//! 4. WebSockets ([`ws::WsSession`]) get Close 1001 (1012 on restart); SSE
-//!    streams ([`sse::SseStream`]) get `event: drain` and end.
-//! 5. Long requests run until `drain_timeout`; then the rest is cut.
+//! upgraded ones included, and drains them in the order that loses nothing.
+//! That order, phase by phase and connection kind by connection kind, with
+//! the function that does each step and the test that proves it, is the
+//! drain contract in `ARCHITECTURE.md` at the repository's root; the
+//! events it logs are listed there too. In brief: `/readyz` fails at once
+//! ([`Phase::Announcing`]); queued connections are served and the listener
+//! closes; connections are asked to go ([`Phase::Draining`]: keep-alive
+//! off, GOAWAY, WebSocket Close 1001/1012, SSE `event: drain`); at the
+//! deadline what remains is cut ([`Phase::Forcing`]).
 //!
 //! # Quick start
 //!
@@ -33,38 +31,40 @@
 //! }
 //! ```
 //!
-//! # Events
+//! # Modules
 //!
-//! Tracing events with stable names (the event's message):
-//! `server.listening` (`addr`, `pid`), `signal.received`, `shutdown.begin`
-//! (reason, announce, timeout, deadline), `shutdown.draining`,
-//! `shutdown.listener_closed`, `shutdown.progress` (each second: time left,
-//! counts by kind, in-flight requests), `shutdown.second_signal`,
-//! `shutdown.forcing`, `shutdown.unwind_timeout`, `shutdown.complete`
-//! (totals, forced count).
+//! - [`Server`], [`Handle`], [`Drain`]: serving, steering and watching a
+//!   drain; [`Config`] its timings and limits.
+//! - [`ws`] and [`sse`]: WebSocket sessions and SSE streams that end
+//!   cleanly when the server drains.
+//! - [`health`]: liveness and readiness handlers.
+//! - [`handoff`]: inherited sockets and upgrades without a gap.
+//! - [`signal`]: what each process signal does.
 
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
 mod config;
 mod error;
+mod handle;
 pub mod handoff;
 pub mod health;
 mod lifecycle;
 mod report;
 mod server;
+pub mod signal;
 pub mod sse;
 mod stats;
 pub mod ws;
 
 pub use config::Config;
 pub use error::Error;
-pub use lifecycle::{
-    Drain, DrainReason, Handle, JobGuard, MissingDrain, Phase, listen_for_signals,
-};
+pub use handle::Handle;
+pub use lifecycle::{Drain, DrainReason, JobGuard, Phase, PhaseFuture};
 pub use report::{DrainReport, EXIT_DRAINED, EXIT_FORCED};
-pub use server::{Server, TrackedBody};
-pub use stats::{ConnKind, Counts, Totals};
+pub use server::Server;
+pub use signal::Signal;
+pub use stats::{Counts, Totals};
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]

@@ -21,9 +21,10 @@ pub struct DrainReport {
     pub reason: DrainReason,
     /// From the drain request to the last connection closed (or cut).
     pub duration: Duration,
-    /// Connections still open when the drain was forced; 0 when everything
+    /// Connections still open, and so cut, when the drain was forced; 0
+    /// when everything
     /// drained by itself.
-    pub forced: usize,
+    pub cut: usize,
     /// A task the drain depends on (signals, accept loop, timers, upgrades)
     /// that panicked; the drain was then forced. `None` normally.
     pub panicked: Option<&'static str>,
@@ -35,7 +36,7 @@ impl DrainReport {
     /// Whether every connection finished without being cut, and no task
     /// the drain depends on panicked.
     pub fn is_clean(&self) -> bool {
-        self.forced == 0 && self.panicked.is_none()
+        self.cut == 0 && self.panicked.is_none()
     }
 
     /// [`EXIT_DRAINED`] or [`EXIT_FORCED`].

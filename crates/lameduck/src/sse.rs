@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use crate::lifecycle::{Drain, DrainWaiter, Shared};
+use crate::lifecycle::{Drain, DrainWaiter, Lifecycle};
 use axum::response::sse::Event;
 use futures_util::Stream;
 
@@ -62,10 +62,10 @@ impl<S> SseStream<S> {
     pub fn new(events: S, drain: Drain) -> Self {
         Self {
             inner: events,
-            drained: DrainWaiter::new(drain.shared().clone()),
+            drained: DrainWaiter::new(drain.lifecycle().clone()),
             retry: Duration::from_secs(1),
             done: false,
-            guard: OpenStream::new(drain.shared().clone()),
+            guard: OpenStream::new(drain.lifecycle().clone()),
         }
     }
 
@@ -107,17 +107,17 @@ where
 
 /// Counts the stream in the server's live counts while it exists.
 #[derive(Debug)]
-struct OpenStream(Arc<Shared>);
+struct OpenStream(Arc<Lifecycle>);
 
 impl OpenStream {
-    fn new(shared: Arc<Shared>) -> Self {
-        shared.stats.sse_opened();
-        Self(shared)
+    fn new(lifecycle: Arc<Lifecycle>) -> Self {
+        lifecycle.stats().sse_opened();
+        Self(lifecycle)
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.stats.sse_closed();
+        self.0.stats().sse_closed();
     }
 }

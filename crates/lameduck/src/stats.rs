@@ -10,7 +10,7 @@ use serde::Serialize;
 /// What a tracked connection currently carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ConnKind {
+pub(crate) enum ConnKind {
     /// HTTP/1.x, including connections that have not sent a request yet.
     Http1,
     /// HTTP/2 (h2c).
@@ -82,8 +82,9 @@ pub struct Totals {
     pub sse_streams: u64,
     /// Connections closed (upgraded ones when their socket is dropped).
     pub closed: u64,
-    /// Connections cut at the drain deadline (or by a forced drain).
-    pub forced: u64,
+    /// Connections cut when the drain was forced (its deadline passed, or
+    /// it was forced at once).
+    pub cut: u64,
     /// Connections refused with 503 past [`crate::Config::max_connections`].
     pub rejected_connections: u64,
     /// Requests refused with 503 past [`crate::Config::max_in_flight`].
@@ -140,7 +141,7 @@ pub(crate) struct Stats {
     sse_streams: AtomicU64,
     jobs: AtomicUsize,
     closed: AtomicU64,
-    forced: AtomicU64,
+    cut: AtomicU64,
     rejected_connections: AtomicU64,
     rejected_requests: AtomicU64,
     /// In-flight requests as one shared counter, kept only when
@@ -170,7 +171,7 @@ impl Stats {
             upgrades: self.upgrades.load(Relaxed),
             sse_streams: self.sse_streams.load(Relaxed),
             closed: self.closed.load(Relaxed),
-            forced: self.forced.load(Relaxed),
+            cut: self.cut.load(Relaxed),
             rejected_connections: self.rejected_connections.load(Relaxed),
             rejected_requests: self.rejected_requests.load(Relaxed),
         }
@@ -204,8 +205,8 @@ impl Stats {
         self.in_flight_limited.fetch_sub(1, Relaxed);
     }
 
-    pub(crate) fn conns_forced(&self, n: usize) {
-        self.forced.fetch_add(n as u64, Relaxed);
+    pub(crate) fn conns_cut(&self, n: usize) {
+        self.cut.fetch_add(n as u64, Relaxed);
     }
 
     pub(crate) fn conn_closed(&self, kind: ConnKind) {

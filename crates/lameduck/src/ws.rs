@@ -25,9 +25,10 @@ pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 ///
 /// ```
 /// use std::time::Duration;
-/// let mut config = lameduck::ws::WsConfig::default();
-/// config.ping_interval = Duration::from_secs(30);
-/// assert_eq!(config.close_timeout, Duration::from_secs(2));
+/// let config = lameduck::ws::WsConfig::default()
+///     .ping_interval(Duration::from_secs(30))
+///     .close_timeout(Duration::from_secs(5));
+/// assert_eq!(config.pong_timeout, Duration::from_secs(20));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -50,6 +51,27 @@ impl Default for WsConfig {
             pong_timeout: Duration::from_secs(20),
             close_timeout: Duration::from_secs(2),
         }
+    }
+}
+
+/// Setters, one per field, for building a `WsConfig` in one expression.
+impl WsConfig {
+    /// Sets [`WsConfig::ping_interval`].
+    pub fn ping_interval(mut self, value: Duration) -> Self {
+        self.ping_interval = value;
+        self
+    }
+
+    /// Sets [`WsConfig::pong_timeout`].
+    pub fn pong_timeout(mut self, value: Duration) -> Self {
+        self.pong_timeout = value;
+        self
+    }
+
+    /// Sets [`WsConfig::close_timeout`].
+    pub fn close_timeout(mut self, value: Duration) -> Self {
+        self.close_timeout = value;
+        self
     }
 }
 
@@ -203,7 +225,7 @@ impl WsSession {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             socket,
-            drained: DrainWaiter::new(drain.shared().clone()),
+            drained: DrainWaiter::new(drain.lifecycle().clone()),
             drain,
             config,
             ping,

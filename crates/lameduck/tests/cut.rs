@@ -63,7 +63,7 @@ async fn deadline_cuts_an_upgraded_socket_whose_handler_ignores_the_drain() {
         .expect("drain ends")
         .unwrap()
         .unwrap();
-    assert_eq!(report.forced, 1);
+    assert_eq!(report.cut, 1);
     assert_eq!(report.exit_code(), lameduck::EXIT_FORCED);
 
     // The handler saw its socket fail, so it let go of it.

@@ -217,9 +217,9 @@ async fn metrics(State(admin): State<Admin>) -> Response {
     );
     counter(
         &mut registry,
-        "connections_forced",
-        "Connections cut at the drain deadline",
-        totals.forced,
+        "connections_cut",
+        "Connections cut when the drain was forced (deadline or second signal)",
+        totals.cut,
     );
     counter(
         &mut registry,

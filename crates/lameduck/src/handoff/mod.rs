@@ -27,10 +27,11 @@
 mod inherit;
 pub(crate) mod notify;
 mod upgrade;
+mod upgrades;
 
 pub use inherit::{InheritError, Inherited, inherited_listeners};
-pub(crate) use upgrade::start_successor;
 pub use upgrade::{UpgradeConfig, UpgradeError};
+pub(crate) use upgrades::Upgrades;
 
 /// The environment variable naming the datagram socket a successor reports
 /// ready on.

@@ -14,7 +14,6 @@ use std::{
 
 use command_fds::{CommandFdExt, FdMapping};
 use tokio::net::UnixDatagram;
-use tokio_util::sync::CancellationToken;
 
 use super::READY_SOCKET_ENV;
 
@@ -143,12 +142,12 @@ pub enum UpgradeError {
 /// Starts the successor with `listener` (a copy, given to the child and
 /// closed here once it is started) as fd 3, the handed-over sockets after
 /// it, and waits until it reports
-/// ready; returns its pid. On failure, or when `cancel` fires first (a drain
-/// began), the successor is killed and reaped.
-pub(crate) async fn start_successor(
+/// ready; returns its pid. On failure, or when `cancel` resolves first (a
+/// drain began), the successor is killed and reaped.
+pub(super) async fn start_successor(
     listener: OwnedFd,
     config: &UpgradeConfig,
-    cancel: &CancellationToken,
+    cancel: impl Future<Output = ()>,
 ) -> Result<u32, UpgradeError> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let binary = match &config.binary {
@@ -209,7 +208,7 @@ pub(crate) async fn start_successor(
             Err(e) => UpgradeError::Io(e),
         }),
         () = tokio::time::sleep(config.ready_timeout) => Err(UpgradeError::Timeout(config.ready_timeout)),
-        () = cancel.cancelled() => Err(UpgradeError::Draining),
+        () = cancel => Err(UpgradeError::Draining),
     };
     match outcome {
         Ok(()) => Ok(pid),

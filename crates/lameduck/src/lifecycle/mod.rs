@@ -1,61 +1,74 @@
-//! The lifecycle of a server: serving → draining → stopped.
+//! The life of one server: its phase, why and when its drain started, and
+//! its live counts.
 //!
-//! A [`Handle`] requests the drain (or forces it); a [`Drain`] watches it. Both
-//! are cheap to clone and refer to the same state, which the server's
-//! [`drive`] future moves forward: announce, close the listener, let
-//! connections finish, cut what remains at the deadline.
+//! The phase is stored once, as one atomic that only moves forward
+//! (serving → announcing → draining → forcing → stopped); every `is_*`
+//! question is one load of it. The stored value tells a stop after a
+//! forced drain from a clean one, so that [`Drain::forced`] never fires
+//! for a drain that was not forced. Tasks that wait for a phase are woken by
+//! [`Lifecycle::advance`]: connection tasks through their
+//! [`DrainWaiter`], everything else through a [`PhaseFuture`].
+//!
+//! The drain's order (what moves the phase, and when) is in
+//! `ARCHITECTURE.md` at the repository's root; the server's drain driver
+//! runs it.
 
-mod drive;
-mod signal;
+mod drain;
+mod waiter;
 
 use std::{
-    collections::HashMap,
     fmt,
     future::Future,
-    os::fd::OwnedFd,
+    pin::Pin,
     sync::{
-        Arc, Mutex, OnceLock,
-        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+        atomic::{AtomicU8, Ordering},
     },
+    task::{Context, Poll},
+    time::Instant,
 };
-
-use futures_util::task::AtomicWaker;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::{
-    sync::{CancellationToken, WaitForCancellationFutureOwned},
-    task::TaskTracker,
-};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use crate::{
-    Config,
-    handoff::UpgradeError,
-    stats::{Counts, Stats, Totals},
-};
+use crate::{Config, signal::Signal, stats::Stats};
 
-pub(crate) use drive::drive;
-pub use signal::listen_for_signals;
+pub(crate) use drain::DrainExt;
+pub use drain::{Drain, JobGuard};
+pub(crate) use waiter::DrainWaiter;
+use waiter::Waiters;
 
-/// Where a server stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// Where a server stands. Phases only move forward, in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Serving normally; `/readyz` answers 200.
     Serving,
     /// A drain was requested: everything still works, new connections
     /// included, but `/readyz` answers 503 so load balancers move away.
+    /// Ends when the listener has closed.
     Announcing,
-    /// The listener is closed; connections are finishing what they hold.
+    /// The listener is closed and connections are asked to go; they are
+    /// finishing what they hold.
     Draining,
-    /// The deadline passed (or a second signal came): what remains is cut.
+    /// The drain was forced (deadline, second signal, [`crate::Handle::force`]):
+    /// what remains is being cut.
     Forcing,
-    /// Every connection is gone.
+    /// The drain is over: every connection is gone, or was cut.
     Stopped,
 }
 
 impl Phase {
-    /// The phase's name as it appears in logs.
+    const ALL: [Phase; 5] = [
+        Phase::Serving,
+        Phase::Announcing,
+        Phase::Draining,
+        Phase::Forcing,
+        Phase::Stopped,
+    ];
+
+    /// The phase's name as it appears in logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Serving => "serving",
@@ -65,7 +78,21 @@ impl Phase {
             Phase::Stopped => "stopped",
         }
     }
+
+    /// Every phase, in order.
+    pub fn all() -> [Phase; 5] {
+        Self::ALL
+    }
+
+    fn from_raw(raw: u8) -> Self {
+        Self::ALL[usize::from(raw).min(Self::ALL.len() - 1)]
+    }
 }
+
+/// The stored phase: a [`Phase`]'s index, but for the stop after a forced
+/// drain, which is one more than the stop after a clean one.
+const STOPPED_CLEAN: u8 = Phase::Stopped as u8;
+const STOPPED_FORCED: u8 = STOPPED_CLEAN + 1;
 
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -78,8 +105,8 @@ impl fmt::Display for Phase {
 #[serde(rename_all = "lowercase", tag = "kind", content = "detail")]
 #[non_exhaustive]
 pub enum DrainReason {
-    /// A signal, by name (`SIGTERM`, `SIGINT`).
-    Signal(&'static str),
+    /// A process signal (`SIGTERM`, `SIGINT`).
+    Signal(Signal),
     /// The process is being replaced by a new copy of itself: WebSockets
     /// are closed with 1012 (Service Restart) instead of 1001 (Going Away).
     Restart,
@@ -98,227 +125,116 @@ impl DrainReason {
 impl fmt::Display for DrainReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DrainReason::Signal(name) => write!(f, "signal {name}"),
+            DrainReason::Signal(signal) => write!(f, "signal {signal}"),
             DrainReason::Restart => f.write_str("restart"),
             DrainReason::Requested(source) => write!(f, "requested by {source}"),
         }
     }
 }
 
-/// The state shared by a server, its handles and its watchers.
+/// The state of one server's life, shared by the server, its handles and
+/// its watchers.
 #[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) stats: Stats,
-    /// Counts every open connection, upgraded ones included, until its socket
-    /// is dropped; closed once the listener is gone.
-    pub(crate) tracker: TaskTracker,
-    phase: watch::Sender<Phase>,
+pub(crate) struct Lifecycle {
+    config: Config,
+    stats: Stats,
+    /// The phase (see [`STOPPED_FORCED`]); only ever raised.
+    phase: AtomicU8,
+    /// Woken at every change of `phase`, for [`PhaseFuture`]s.
+    changed: Notify,
+    /// Connection tasks parked until the drain or the cut.
+    waiters: Waiters,
     reason: OnceLock<DrainReason>,
-    drain_requested: CancellationToken,
-    force_requested: CancellationToken,
-    /// Cancelled when the announce period ends: the accept loop takes what
-    /// is queued and closes the listener.
-    pub(crate) stop_accepting: CancellationToken,
-    /// Cancelled by the accept loop once the listener is closed.
-    pub(crate) listener_closed: CancellationToken,
-    /// Cancelled once the listener is closed: connections must go. Not
-    /// before, so that clients told to reconnect find the listener closed
-    /// (or, after a handoff, the new process) rather than a queue that is
-    /// about to be reset.
-    pub(crate) draining: CancellationToken,
-    /// Cancelled at the deadline: whatever remains is cut.
-    pub(crate) forcing: CancellationToken,
-    /// The [`DrainWaiter`]s to wake when the drain starts.
-    waiters: Mutex<Waiters>,
-    /// `draining` and `forcing` as plain flags for the hot paths (every
-    /// read, write and response): `CancellationToken::is_cancelled` takes a
-    /// lock shared by every clone of the token.
-    is_draining: AtomicBool,
-    is_forcing: AtomicBool,
-    /// Set while an upgrade runs: one at a time.
-    upgrading: AtomicBool,
-    /// Where [`Handle::upgrade`] sends its requests; set by a server that
-    /// was given an upgrade configuration.
-    pub(crate) upgrades: OnceLock<mpsc::UnboundedSender<UpgradeRequest>>,
-    /// A copy of the listening socket for successors. The accept loop drops
-    /// it with its own listener: a copy left open would keep the socket
-    /// listening with nobody accepting, and connections made during the
-    /// drain would be queued, then reset, instead of refused.
-    pub(crate) upgrade_socket: Mutex<Option<OwnedFd>>,
-    /// When the drain started.
-    pub(crate) drain_started: OnceLock<std::time::Instant>,
+    /// When the drain was requested.
+    started: OnceLock<Instant>,
     /// The first task the drain depends on that panicked.
     panicked: OnceLock<&'static str>,
-    /// Open HTTP connections, for the timer sweep.
-    pub(crate) conns: Mutex<HashMap<usize, std::sync::Weak<crate::server::ConnState>>>,
-    /// A coarse clock, in milliseconds since the server started, advanced by
-    /// the timer sweep: reading it is one atomic load.
-    pub(crate) clock_ms: std::sync::atomic::AtomicU64,
+    /// A request to cut at once, which the drain driver turns into
+    /// [`Phase::Forcing`] at the point of the drain where it can.
+    force: CancellationToken,
 }
 
-/// An upgrade request and where to send its outcome (the successor's pid).
-pub(crate) type UpgradeRequest = oneshot::Sender<Result<u32, UpgradeError>>;
-
-#[derive(Debug, Default)]
-struct Waiters {
-    next: u64,
-    wakers: HashMap<u64, Arc<Wakers>>,
-}
-
-/// The tasks to wake for one waiter: the one that waits for the drain, and
-/// (for a connection's socket) the ones parked in a read or a write, which
-/// the deadline must wake to fail them.
-#[derive(Debug, Default)]
-struct Wakers {
-    drain: AtomicWaker,
-    read: AtomicWaker,
-    write: AtomicWaker,
-}
-
-/// Wakes its task when connections are asked to go, and is cheap to poll
-/// again and again: connection tasks, WebSocket sessions and SSE streams
-/// check it on every wake-up. (Polling a `CancellationToken` future takes a
-/// lock that every connection of the server shares.) Registering and
-/// dropping take that lock once each.
-#[derive(Debug)]
-pub(crate) struct DrainWaiter {
-    shared: Arc<Shared>,
-    wakers: Arc<Wakers>,
-    id: u64,
-}
-
-impl DrainWaiter {
-    /// Wakes the task that waits for the drain, so it looks at its state
-    /// again (the connection timers use it).
-    pub(crate) fn wake(&self) {
-        self.wakers.drain.wake();
-    }
-
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        let wakers = Arc::new(Wakers::default());
-        let id = {
-            let mut waiters = shared.waiters.lock().unwrap_or_else(|e| e.into_inner());
-            waiters.next += 1;
-            let id = waiters.next;
-            waiters.wakers.insert(id, wakers.clone());
-            id
-        };
-        Self { shared, wakers, id }
-    }
-
-    /// Ready once the drain has started. Registers before checking, so a
-    /// drain starting in between still wakes the task.
-    pub(crate) fn poll_drained(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.wakers.drain.register(cx.waker());
-        if self.shared.is_draining() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    }
-
-    /// For a read about to return `Pending`: registers the task to be woken
-    /// at the cut, and tells whether the cut has come.
-    pub(crate) fn read_parked_until_cut(&self, cx: &mut std::task::Context<'_>) -> bool {
-        self.wakers.read.register(cx.waker());
-        self.shared.is_forcing()
-    }
-
-    /// As [`DrainWaiter::read_parked_until_cut`], for a write.
-    pub(crate) fn write_parked_until_cut(&self, cx: &mut std::task::Context<'_>) -> bool {
-        self.wakers.write.register(cx.waker());
-        self.shared.is_forcing()
-    }
-}
-
-impl Drop for DrainWaiter {
-    fn drop(&mut self) {
-        let mut waiters = self
-            .shared
-            .waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        waiters.wakers.remove(&self.id);
-    }
-}
-
-impl Shared {
+impl Lifecycle {
     pub(crate) fn new(config: Config) -> Arc<Self> {
         Arc::new(Self {
             config,
             stats: Stats::default(),
-            tracker: TaskTracker::new(),
-            phase: watch::Sender::new(Phase::Serving),
+            phase: AtomicU8::new(Phase::Serving as u8),
+            changed: Notify::new(),
+            waiters: Waiters::default(),
             reason: OnceLock::new(),
-            drain_requested: CancellationToken::new(),
-            force_requested: CancellationToken::new(),
-            stop_accepting: CancellationToken::new(),
-            listener_closed: CancellationToken::new(),
-            draining: CancellationToken::new(),
-            forcing: CancellationToken::new(),
-            waiters: Mutex::default(),
-            is_draining: AtomicBool::new(false),
-            is_forcing: AtomicBool::new(false),
-            upgrading: AtomicBool::new(false),
-            upgrades: OnceLock::new(),
-            upgrade_socket: Mutex::new(None),
-            drain_started: OnceLock::new(),
+            started: OnceLock::new(),
             panicked: OnceLock::new(),
-            conns: Mutex::default(),
-            clock_ms: std::sync::atomic::AtomicU64::new(1),
+            force: CancellationToken::new(),
         })
     }
 
-    /// Whether connections have been asked to go; one atomic load.
-    pub(crate) fn is_draining(&self) -> bool {
-        self.is_draining.load(Ordering::Acquire)
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
     }
 
-    /// Whether what remains is being cut; one atomic load.
-    pub(crate) fn is_forcing(&self) -> bool {
-        self.is_forcing.load(Ordering::Acquire)
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
     }
 
-    /// Cuts whatever remains: sockets fail (tasks parked in a read or a
-    /// write are woken to see it), connection tasks drop.
-    pub(crate) fn start_forcing(&self) {
-        self.is_forcing.store(true, Ordering::Release);
-        self.forcing.cancel();
-        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        for wakers in waiters.wakers.values() {
-            wakers.read.wake();
-            wakers.write.wake();
-        }
+    fn raw(&self) -> u8 {
+        self.phase.load(Ordering::Acquire)
     }
 
-    /// Starts the drain of every connection: sets the flag that
-    /// [`DrainWaiter`]s check, then wakes them (one registered after the
-    /// wake sees the flag).
-    pub(crate) fn start_draining(&self) {
-        self.is_draining.store(true, Ordering::Release);
-        self.draining.cancel();
-        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        for wakers in waiters.wakers.values() {
-            wakers.drain.wake();
-        }
-    }
-
+    /// The current phase; one atomic load.
     pub(crate) fn phase(&self) -> Phase {
-        *self.phase.borrow()
+        Phase::from_raw(self.raw())
     }
 
-    pub(crate) fn set_phase(&self, phase: Phase) {
-        self.phase.send_replace(phase);
+    /// Whether the drain was forced (it may be over since).
+    fn was_forced(raw: u8) -> bool {
+        raw == Phase::Forcing as u8 || raw == STOPPED_FORCED
+    }
+
+    /// Whether connections have been asked to go.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.phase() >= Phase::Draining
+    }
+
+    /// Whether what remains is being cut (or the drain is over).
+    pub(crate) fn is_forcing(&self) -> bool {
+        self.phase() >= Phase::Forcing
     }
 
     pub(crate) fn reason(&self) -> Option<&DrainReason> {
         self.reason.get()
     }
 
-    /// Cancelled when a drain is requested.
-    pub(crate) fn drain_requested(&self) -> &CancellationToken {
-        &self.drain_requested
+    /// When the drain was requested.
+    pub(crate) fn started(&self) -> Option<Instant> {
+        self.started.get().copied()
+    }
+
+    pub(crate) fn panicked(&self) -> Option<&'static str> {
+        self.panicked.get().copied()
+    }
+
+    /// Requests the drain: the phase moves to [`Phase::Announcing`] at once
+    /// (readiness fails from this instant). Returns `false` when a drain
+    /// was already requested; the first reason is kept.
+    pub(crate) fn request(&self, reason: DrainReason) -> bool {
+        if self.reason.set(reason).is_err() {
+            return false;
+        }
+        let _ = self.started.set(Instant::now());
+        self.advance(Phase::Announcing);
+        true
+    }
+
+    /// Requests the drain (if it was not) and asks to cut what remains now.
+    pub(crate) fn request_force(&self, reason: DrainReason) {
+        self.request(reason);
+        self.force.cancel();
+    }
+
+    /// Resolves once cutting at once was asked for.
+    pub(crate) async fn force_requested(&self) {
+        self.force.cancelled().await;
     }
 
     /// A task the drain depends on panicked: a process left without its
@@ -326,347 +242,166 @@ impl Shared {
     /// never close its listener. The drain is forced, and reported.
     pub(crate) fn task_panicked(&self, task: &'static str) {
         let _ = self.panicked.set(task);
-        let _ = self
-            .reason
-            .set(DrainReason::Requested(format!("{task} task panicked")));
-        self.drain_requested.cancel();
-        self.force_requested.cancel();
+        self.request_force(DrainReason::Requested(format!("{task} task panicked")));
     }
 
-    /// The first task that panicked, if any.
-    pub(crate) fn panicked(&self) -> Option<&'static str> {
-        self.panicked.get().copied()
-    }
-
-    pub(crate) fn upgrade_finished(&self) {
-        self.upgrading.store(false, Ordering::Release);
-    }
-}
-
-// === impl Handle ===
-
-/// Starts or forces the drain of a server, and reads its state.
-///
-/// Unlike a one-shot trigger, a `Handle` is `Clone`: a drain can be asked for
-/// from several places at once (signals, an admin endpoint, a parent
-/// process), and asking twice is harmless, the first reason wins. What is not
-/// shared is the drain itself, which only the server's `serve` future runs.
-///
-/// # Examples
-///
-/// ```
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-/// let server = lameduck::Server::new(listener).without_signals();
-/// let handle = server.handle();
-/// let serving = tokio::spawn(server.serve(axum::Router::new()));
-///
-/// assert!(handle.drain(lameduck::DrainReason::Requested("example".into())));
-/// let report = serving.await??;
-/// assert_eq!(report.exit_code(), 0);
-/// # Ok(()) }
-/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
-/// ```
-#[derive(Clone)]
-pub struct Handle {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl fmt::Debug for Handle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handle")
-            .field("phase", &self.phase())
-            .field("reason", &self.shared.reason())
-            .finish()
-    }
-}
-
-impl Handle {
-    /// Requests a drain. Returns `true` if this call started it, `false` if a
-    /// drain was already under way (its reason is kept).
-    pub fn drain(&self, reason: DrainReason) -> bool {
-        if self.shared.reason.set(reason).is_err() {
-            return false;
-        }
-        self.shared.drain_requested.cancel();
-        true
-    }
-
-    /// Cuts whatever remains now, without waiting for the deadline. Starts the
-    /// drain first if it was not under way (the reason is then
-    /// `Requested("force")`).
-    pub fn force(&self) {
-        self.drain(DrainReason::Requested("force".into()));
-        self.shared.force_requested.cancel();
-    }
-
-    /// Starts a new copy of the program on the same listening socket (see
-    /// [`crate::handoff`]); once it reports ready, this server drains with
-    /// [`DrainReason::Restart`]. Returns the new process's pid. `SIGHUP` does
-    /// the same.
+    /// Moves the phase forward to `to` (never back), and wakes whoever
+    /// waits for it: connection tasks when connections must go (draining)
+    /// and when they are cut (forcing), every [`PhaseFuture`] at any change.
     ///
-    /// # Errors
-    ///
-    /// When upgrades are not enabled ([`crate::Server::with_upgrade`]), one
-    /// is under way already, the server is draining, or the new process
-    /// fails to start or to become ready; in every case this server keeps
-    /// serving.
-    pub async fn upgrade(&self) -> Result<u32, UpgradeError> {
-        if self.shared.reason().is_some() {
-            return Err(UpgradeError::Draining);
-        }
-        let Some(requests) = self.shared.upgrades.get() else {
-            return Err(UpgradeError::NotEnabled);
+    /// Only the drain driver moves the phase past announcing, so reading
+    /// the phase to pick which stop it is cannot race.
+    pub(crate) fn advance(&self, to: Phase) {
+        let raw = match to {
+            Phase::Stopped if Self::was_forced(self.raw()) => STOPPED_FORCED,
+            _ => to as u8,
         };
-        if self.shared.upgrading.swap(true, Ordering::AcqRel) {
-            return Err(UpgradeError::InProgress);
+        let from = Phase::from_raw(self.phase.fetch_max(raw, Ordering::AcqRel));
+        if from >= to {
+            return;
         }
-        let (reply, outcome) = oneshot::channel();
-        if requests.send(reply).is_err() {
-            self.shared.upgrade_finished();
-            return Err(UpgradeError::Draining);
+        if from < Phase::Draining && to >= Phase::Draining {
+            self.waiters.wake_drain();
         }
-        outcome.await.unwrap_or(Err(UpgradeError::Draining))
+        if from < Phase::Forcing && to >= Phase::Forcing {
+            self.waiters.wake_parked();
+        }
+        self.changed.notify_waiters();
     }
 
-    /// A watcher of this server's drain.
-    pub fn watcher(&self) -> Drain {
-        Drain {
-            shared: self.shared.clone(),
+    /// Resolves once the phase is `phase` or later; for
+    /// [`Phase::Forcing`], only if the drain is forced (never after a clean
+    /// stop).
+    pub(crate) fn reached(self: &Arc<Self>, phase: Phase) -> PhaseFuture {
+        let lifecycle = self.clone();
+        PhaseFuture {
+            inner: Box::pin(async move {
+                loop {
+                    let changed = lifecycle.changed.notified();
+                    tokio::pin!(changed);
+                    // Registered before the check, so that a change in
+                    // between still wakes us.
+                    changed.as_mut().enable();
+                    let raw = lifecycle.raw();
+                    if phase == Phase::Forcing && raw == STOPPED_CLEAN {
+                        // Drained without being forced: it never will be.
+                        std::future::pending::<()>().await;
+                    }
+                    if Phase::from_raw(raw) >= phase {
+                        return;
+                    }
+                    changed.await;
+                }
+            }),
         }
     }
 
-    /// The current phase.
-    pub fn phase(&self) -> Phase {
-        self.shared.phase()
-    }
-
-    /// Live counts of connections, streams and requests.
-    pub fn counts(&self) -> Counts {
-        self.shared.stats.counts()
-    }
-
-    /// Totals since the server started.
-    pub fn totals(&self) -> Totals {
-        self.shared.stats.totals()
-    }
-
-    /// Time since the drain started; `None` before it starts.
-    pub fn drain_elapsed(&self) -> Option<std::time::Duration> {
-        self.shared.drain_started.get().map(|t| t.elapsed())
-    }
-
-    /// Waits until the phase changes from `current`, and returns the new one.
-    pub async fn phase_changed(&self, current: Phase) -> Phase {
-        let mut rx = self.shared.phase.subscribe();
-        match rx.wait_for(|p| *p != current).await {
-            Ok(p) => *p,
-            // The sender lives in `Shared`, which `self` keeps alive.
-            Err(_) => self.phase(),
+    /// Resolves at the next change of phase after `current`, with the new
+    /// phase.
+    pub(crate) async fn changed_from(&self, current: Phase) -> Phase {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = self.phase();
+            if now != current {
+                return now;
+            }
+            changed.await;
         }
     }
 }
 
-// === impl Drain ===
-
-/// Watches the drain from inside a handler: it is an axum extractor, and
-/// [`Drain::from_extensions`] finds it in any request served by
-/// [`crate::Server`] (for plain tower services).
-///
-/// `drained()` resolves when the connections are asked to go (after the
-/// announce period), `forced()` at the deadline, when whatever remains is cut.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use lameduck::Drain;
-///
-/// // A long request that stops early, with a partial answer, when the
-/// // server drains.
-/// async fn report(drain: Drain) -> String {
-///     tokio::select! {
-///         _ = tokio::time::sleep(Duration::from_secs(30)) => "complete".into(),
-///         _ = drain.drained() => "partial: server draining".into(),
-///     }
-/// }
-/// let _app: axum::Router = axum::Router::new().route("/report", axum::routing::get(report));
-/// ```
-#[derive(Clone)]
-pub struct Drain {
-    shared: Arc<Shared>,
+/// Resolves once a server's drain reaches a phase: made by
+/// [`Drain::requested`], [`Drain::drained`] and [`Drain::forced`]. It owns
+/// what it needs (it can be stored, or moved into a task), and resolves at
+/// once if the phase was already reached.
+#[must_use = "futures do nothing unless polled"]
+pub struct PhaseFuture {
+    inner: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
 }
 
-impl fmt::Debug for Drain {
+impl fmt::Debug for PhaseFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Drain")
-            .field("phase", &self.phase())
-            .finish()
+        f.debug_struct("PhaseFuture").finish_non_exhaustive()
     }
 }
 
-impl Drain {
-    /// A watcher that is not attached to any server and never drains; for
-    /// calling handlers directly in tests.
-    pub fn detached() -> Self {
-        Self {
-            shared: Shared::new(Config::default()),
-        }
-    }
+impl Future for PhaseFuture {
+    type Output = ();
 
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
-    }
-
-    /// Whether connections have been asked to go.
-    pub fn is_draining(&self) -> bool {
-        self.shared.is_draining()
-    }
-
-    /// Whether the server should be taken out of rotation (any phase but
-    /// [`Phase::Serving`]).
-    pub fn is_ready(&self) -> bool {
-        self.shared.phase() == Phase::Serving
-    }
-
-    /// Resolves once connections are asked to go (at once if they already
-    /// are).
-    pub async fn drained(&self) {
-        self.shared.draining.cancelled().await
-    }
-
-    /// Resolves as soon as a drain is requested, before the announce period
-    /// (for work that no load balancer routes, such as background jobs).
-    pub fn requested(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.shared.drain_requested.clone().cancelled_owned()
-    }
-
-    /// Counts a background job in this server's [`Counts::jobs`] (and so in
-    /// the `shutdown.progress` events) until the guard is dropped. The drain
-    /// does not wait for it: whoever runs the job decides when to stop.
-    pub fn track_job(&self) -> JobGuard {
-        self.shared.stats.job_started();
-        JobGuard {
-            shared: self.shared.clone(),
-        }
-    }
-
-    /// Like [`Drain::drained`], but owns what it needs, so it can be stored.
-    pub fn drained_owned(&self) -> WaitForCancellationFutureOwned {
-        self.shared.draining.clone().cancelled_owned()
-    }
-
-    /// Resolves when the deadline passes (or the drain is forced): whatever
-    /// is still open is being cut.
-    pub fn forced(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.shared.forcing.clone().cancelled_owned()
-    }
-
-    /// The current phase.
-    pub fn phase(&self) -> Phase {
-        self.shared.phase()
-    }
-
-    /// Why the drain started, once it has.
-    pub fn reason(&self) -> Option<DrainReason> {
-        self.shared.reason().cloned()
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-}
-
-/// A running background job, counted in its server's [`Counts::jobs`]
-/// until dropped; made by [`Drain::track_job`].
-#[must_use = "the job is counted only while the guard is held"]
-pub struct JobGuard {
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for JobGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobGuard").finish_non_exhaustive()
-    }
-}
-
-impl Drop for JobGuard {
-    fn drop(&mut self) {
-        self.shared.stats.job_ended();
-    }
-}
-
-/// Rejection of the [`Drain`] extractor when the request was not served by
-/// [`crate::Server`].
-#[derive(Debug, thiserror::Error)]
-#[error("no lameduck::Drain in the request extensions: serve the app with lameduck::Server")]
-pub struct MissingDrain;
-
-impl axum::response::IntoResponse for MissingDrain {
-    fn into_response(self) -> axum::response::Response {
-        (http::StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
-    }
-}
-
-/// What the server puts in each request's extensions: one per connection,
-/// so that cloning it per request touches that connection's reference count,
-/// not the server-wide one that every thread shares.
-#[derive(Clone, Debug)]
-pub(crate) struct DrainExt(pub(crate) Arc<Drain>);
-
-impl Drain {
-    /// The watcher of the server that served this request, if it was served
-    /// by [`crate::Server`] (or carries a `Drain` inserted by hand).
-    pub fn from_extensions(extensions: &http::Extensions) -> Option<Drain> {
-        extensions
-            .get::<DrainExt>()
-            .map(|ext| Drain::clone(&ext.0))
-            .or_else(|| extensions.get::<Drain>().cloned())
-    }
-}
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Drain {
-    type Rejection = MissingDrain;
-
-    async fn from_request_parts(
-        parts: &mut http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Drain::from_extensions(&parts.extensions).ok_or(MissingDrain)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.inner.as_mut().poll(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{future::poll_fn, task::Poll, time::Duration};
+    use std::time::Duration;
 
     use super::*;
 
-    // A waiter parked before the drain is woken by it; one made after is
-    // ready at once; dropped waiters leave the registry.
+    // The phase only moves forward, and every `is_*` follows it.
+    #[test]
+    fn phase_moves_forward_only() {
+        let lc = Lifecycle::new(Config::default());
+        assert_eq!(lc.phase(), Phase::Serving);
+        assert!(lc.request(DrainReason::Restart));
+        assert!(!lc.request(DrainReason::Requested("again".into())));
+        assert_eq!(lc.reason(), Some(&DrainReason::Restart));
+        assert_eq!(lc.phase(), Phase::Announcing);
+        assert!(!lc.is_draining());
+        lc.advance(Phase::Forcing);
+        assert!(lc.is_draining() && lc.is_forcing());
+        lc.advance(Phase::Draining);
+        assert_eq!(lc.phase(), Phase::Forcing, "never moves back");
+    }
+
+    // A clean drain ends stopped, and a wait for the forced drain never
+    // resolves; a forced one ends stopped too, and the wait resolves.
     #[tokio::test]
-    async fn drain_waiter_wakes_and_unregisters() {
-        let shared = Shared::new(Config::default());
-        let waiter = DrainWaiter::new(shared.clone());
-        let parked = tokio::spawn(async move { poll_fn(|cx| waiter.poll_drained(cx)).await });
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        assert!(!parked.is_finished());
-
-        shared.start_draining();
-        tokio::time::timeout(Duration::from_secs(5), parked)
-            .await
-            .expect("woken by the drain")
-            .unwrap();
-
-        let late = DrainWaiter::new(shared.clone());
+    async fn forced_only_after_a_forced_drain() {
+        let clean = Lifecycle::new(Config::default());
+        clean.request(DrainReason::Restart);
+        clean.advance(Phase::Draining);
+        clean.advance(Phase::Stopped);
+        assert_eq!(clean.phase(), Phase::Stopped);
         assert!(
-            poll_fn(|cx| Poll::Ready(late.poll_drained(cx)))
+            tokio::time::timeout(Duration::from_millis(50), clean.reached(Phase::Forcing))
                 .await
-                .is_ready()
+                .is_err(),
+            "a clean drain is never forced"
         );
-        drop(late);
-        assert!(shared.waiters.lock().unwrap().wakers.is_empty());
+        let forced = Lifecycle::new(Config::default());
+        forced.request(DrainReason::Restart);
+        forced.advance(Phase::Draining);
+        forced.advance(Phase::Forcing);
+        forced.advance(Phase::Stopped);
+        assert_eq!(forced.phase(), Phase::Stopped);
+        tokio::time::timeout(Duration::from_secs(1), forced.reached(Phase::Forcing))
+            .await
+            .expect("the drain was forced");
+    }
+
+    // A wait made before the phase resolves when it comes; one made after
+    // resolves at once.
+    #[tokio::test]
+    async fn phase_futures_resolve_at_their_phase() {
+        let lc = Lifecycle::new(Config::default());
+        let drained = tokio::spawn(lc.reached(Phase::Draining));
+        let forced = tokio::spawn(lc.reached(Phase::Forcing));
+        lc.request(DrainReason::Requested("test".into()));
+        tokio::task::yield_now().await;
+        assert!(!drained.is_finished());
+        lc.advance(Phase::Draining);
+        tokio::time::timeout(Duration::from_secs(5), drained)
+            .await
+            .expect("woken at draining")
+            .unwrap();
+        assert!(!forced.is_finished());
+        tokio::time::timeout(Duration::from_secs(1), lc.reached(Phase::Announcing))
+            .await
+            .expect("already reached");
+        forced.abort();
     }
 }

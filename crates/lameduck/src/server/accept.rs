@@ -15,7 +15,15 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::lifecycle::Shared;
+use super::registry::Registry;
+use crate::{handoff::Upgrades, lifecycle::Lifecycle};
+
+/// What the accept loop works with.
+pub(crate) struct Acceptor {
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) upgrades: Arc<Upgrades>,
+}
 
 /// Upper bound on connections taken from the kernel's queue once the drain
 /// starts, so that a flood of new connections cannot keep the loop going.
@@ -27,17 +35,17 @@ const MAX_FROM_QUEUE: usize = 1 << 16;
 /// and closes the connection tracker.
 pub(crate) async fn run(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    ctx: Acceptor,
     mut on_conn: impl FnMut(TcpStream, SocketAddr, bool),
 ) {
     loop {
         tokio::select! {
             biased;
-            () = shared.stop_accepting.cancelled() => break,
+            () = ctx.registry.accepting_stopped() => break,
             res = listener.accept() => match res {
                 Ok((stream, peer)) => {
-                    if over_limit(&shared) {
-                        reject(stream, &shared);
+                    if over_limit(&ctx) {
+                        reject(stream, &ctx);
                     } else {
                         on_conn(stream, peer, false);
                     }
@@ -49,7 +57,7 @@ pub(crate) async fn run(
                     tracing::error!(error = %err, "accept.error");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        () = shared.stop_accepting.cancelled() => break,
+                        () = ctx.registry.accepting_stopped() => break,
                     }
                 }
             },
@@ -58,16 +66,10 @@ pub(crate) async fn run(
 
     let from_queue = match listener.into_std() {
         Ok(listener) => {
-            let taken = drain_queue(&listener, &shared, &mut on_conn);
+            let taken = drain_queue(&listener, &ctx, &mut on_conn);
             // The copy kept for upgrades goes with our listener (the socket
             // stays open only in a successor, if there is one).
-            drop(
-                shared
-                    .upgrade_socket
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take(),
-            );
+            ctx.upgrades.release_socket();
             taken
         }
         Err(err) => {
@@ -75,16 +77,17 @@ pub(crate) async fn run(
             0
         }
     };
-    shared.tracker.close();
-    shared.listener_closed.cancel();
+    // Logged before the drain hears of it: the drain may end at once, and
+    // its `shutdown.complete` must come after this line.
     tracing::info!(accepted_from_queue = from_queue, "shutdown.listener_closed");
+    ctx.registry.listener_is_closed();
 }
 
 /// Accepts, with real non-blocking syscalls (the reactor's readiness could be
 /// stale), until the queue is empty.
 fn drain_queue(
     listener: &std::net::TcpListener,
-    shared: &Shared,
+    ctx: &Acceptor,
     on_conn: &mut impl FnMut(TcpStream, SocketAddr, bool),
 ) -> usize {
     let mut taken = 0;
@@ -95,7 +98,7 @@ fn drain_queue(
                     .set_nonblocking(true)
                     .and_then(|()| TcpStream::from_std(stream));
                 match stream {
-                    Ok(stream) if over_limit(shared) => reject(stream, shared),
+                    Ok(stream) if over_limit(ctx) => reject(stream, ctx),
                     Ok(stream) => {
                         taken += 1;
                         on_conn(stream, peer, true);
@@ -115,11 +118,11 @@ fn drain_queue(
 }
 
 /// Whether the server holds `max_connections` already.
-fn over_limit(shared: &Shared) -> bool {
-    shared
-        .config
+fn over_limit(ctx: &Acceptor) -> bool {
+    ctx.lifecycle
+        .config()
         .max_connections
-        .is_some_and(|max| shared.tracker.len() >= max)
+        .is_some_and(|max| ctx.registry.open() >= max)
 }
 
 /// Rejections being written at once; past this, a connection over the limit
@@ -139,12 +142,12 @@ const REJECTION: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 /// followed by a FIN, and what the client sends is read and dropped until it
 /// closes (2 s at most), so that closing does not turn into a reset that
 /// would destroy the response before the client reads it.
-fn reject(mut stream: TcpStream, shared: &Shared) {
-    let n = shared.stats.conn_rejected();
+fn reject(mut stream: TcpStream, ctx: &Acceptor) {
+    let n = ctx.lifecycle.stats().conn_rejected();
     if n.is_power_of_two() {
         tracing::warn!(
             rejected = n,
-            max_connections = shared.config.max_connections,
+            max_connections = ctx.lifecycle.config().max_connections,
             "conn.limit_reached"
         );
     }

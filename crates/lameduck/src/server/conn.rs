@@ -21,20 +21,28 @@ use tracing::Instrument;
 
 use super::{
     io::{ConnState, TrackedIo},
+    registry::Registry,
     service::{BoxError, ConnService},
 };
 use crate::{
-    lifecycle::{Drain, DrainExt, Shared},
+    lifecycle::{Drain, DrainExt, Lifecycle, Phase},
     stats::ConnKind,
 };
+
+/// What every connection task gets.
+#[derive(Clone, Debug)]
+pub(crate) struct Ctx {
+    pub(crate) builder: Arc<Builder>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) registry: Arc<Registry>,
+}
 
 pub(crate) type Builder = auto::Builder<TokioExecutor>;
 
 /// Spawns the task that serves `stream` until it closes, the drain closes it
 /// or the deadline cuts it.
 pub(crate) fn spawn<S, B>(
-    builder: Arc<Builder>,
-    shared: Arc<Shared>,
+    ctx: Ctx,
     service: S,
     stream: TcpStream,
     peer: SocketAddr,
@@ -48,28 +56,27 @@ pub(crate) fn spawn<S, B>(
 {
     let _ = stream.set_nodelay(true);
     let span = tracing::debug_span!("conn", client.addr = %peer);
-    tokio::spawn(serve(builder, shared, service, stream, peer, during_drain).instrument(span));
+    tokio::spawn(serve(ctx, service, stream, peer, during_drain).instrument(span));
 }
 
-async fn serve<S, B>(
-    builder: Arc<Builder>,
-    shared: Arc<Shared>,
-    service: S,
-    stream: TcpStream,
-    peer: SocketAddr,
-    during_drain: bool,
-) where
+async fn serve<S, B>(ctx: Ctx, service: S, stream: TcpStream, peer: SocketAddr, during_drain: bool)
+where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let state = ConnState::new(shared.clone(), during_drain);
+    let Ctx {
+        builder,
+        lifecycle,
+        registry,
+    } = ctx;
+    let state = ConnState::new(lifecycle.clone(), registry, during_drain);
     let service = ConnService {
         inner: service,
         conn: state.clone(),
-        drain: DrainExt(Arc::new(Drain::new(shared.clone()))),
+        drain: DrainExt(Arc::new(Drain::new(lifecycle.clone()))),
         peer,
     };
     let io = TokioIo::new(TrackedIo::new(stream, state.clone()));
@@ -110,7 +117,7 @@ async fn serve<S, B>(
         // still wakes us.
         started.as_mut().enable();
         if state.kind() == ConnKind::Http1 && !state.is_busy() {
-            let _ = tokio::time::timeout(shared.config.idle_grace, started).await;
+            let _ = tokio::time::timeout(lifecycle.config().idle_grace, started).await;
         }
     };
     tokio::select! {
@@ -121,7 +128,7 @@ async fn serve<S, B>(
 
     tokio::select! {
         res = conn.as_mut() => finished(res),
-        () = shared.forcing.cancelled() => {
+        () = lifecycle.reached(Phase::Forcing) => {
             tracing::debug!(kind = ?state.kind(), busy = state.is_busy(), "conn.cut");
         }
     }

@@ -16,8 +16,9 @@ use tokio::{
 };
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use super::registry::Registry;
 use crate::{
-    lifecycle::{DrainWaiter, Shared},
+    lifecycle::{DrainWaiter, Lifecycle},
     stats::ConnKind,
 };
 
@@ -27,7 +28,8 @@ use crate::{
 /// shutdowns that stop tracking a connection once hyper lets go of it.
 #[derive(Debug)]
 pub(crate) struct ConnState {
-    pub(crate) shared: Arc<Shared>,
+    lifecycle: Arc<Lifecycle>,
+    registry: Arc<Registry>,
     kind: AtomicU8,
     /// Requests on this connection whose response is not fully sent.
     busy: AtomicUsize,
@@ -36,7 +38,7 @@ pub(crate) struct ConnState {
     /// Wakes the connection's task when the drain starts (or a timer
     /// expires).
     pub(crate) drain: DrainWaiter,
-    /// Coarse clock time (see `Shared::clock_ms`) when the current request
+    /// Coarse clock time (see `Registry::now_ms`) when the current request
     /// head started to arrive; 0 when none is under way.
     head_since: AtomicU64,
     /// Coarse clock time of the last read, or of the end of a response.
@@ -46,17 +48,26 @@ pub(crate) struct ConnState {
     had_request: AtomicBool,
     /// Set by the timer sweep: the connection must close.
     pub(crate) expired: AtomicBool,
+    /// Whether the sweep knows this connection.
+    timed: bool,
     _token: TaskTrackerToken,
 }
 
 impl ConnState {
-    pub(crate) fn new(shared: Arc<Shared>, during_drain: bool) -> Arc<Self> {
-        shared.stats.conn_opened(ConnKind::Http1, during_drain);
-        let token = shared.tracker.token();
-        let drain = DrainWaiter::new(shared.clone());
-        let now = shared.clock_ms.load(Ordering::Relaxed);
+    pub(crate) fn new(
+        lifecycle: Arc<Lifecycle>,
+        registry: Arc<Registry>,
+        during_drain: bool,
+    ) -> Arc<Self> {
+        lifecycle.stats().conn_opened(ConnKind::Http1, during_drain);
+        let token = registry.token();
+        let drain = DrainWaiter::new(lifecycle.clone());
+        let now = registry.now_ms();
+        let config = lifecycle.config();
+        let timed = config.header_read_timeout.is_some() || config.keep_alive_timeout.is_some();
         let state = Arc::new(Self {
-            shared,
+            lifecycle,
+            registry,
             kind: AtomicU8::new(ConnKind::Http1.as_u8()),
             busy: AtomicUsize::new(0),
             request_started: Notify::new(),
@@ -65,25 +76,23 @@ impl ConnState {
             last_active: AtomicU64::new(now),
             had_request: AtomicBool::new(false),
             expired: AtomicBool::new(false),
+            timed,
             _token: token,
         });
-        if state.shared.config.header_read_timeout.is_some()
-            || state.shared.config.keep_alive_timeout.is_some()
-        {
-            state
-                .shared
-                .conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(Arc::as_ptr(&state) as usize, Arc::downgrade(&state));
+        if timed {
+            state.registry.time(&state);
         }
         state
+    }
+
+    pub(crate) fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
     }
 
     /// Data came in: the connection is alive, and if no request is in
     /// flight, a request head has started.
     fn on_read(&self) {
-        let now = self.shared.clock_ms.load(Ordering::Relaxed);
+        let now = self.registry.now_ms();
         self.last_active.store(now, Ordering::Relaxed);
         if !self.is_busy() && self.head_since.load(Ordering::Relaxed) == 0 {
             self.head_since.store(now, Ordering::Relaxed);
@@ -116,7 +125,7 @@ impl ConnState {
 
     pub(crate) fn set_kind(&self, kind: ConnKind) {
         let old = ConnKind::from_u8(self.kind.swap(kind.as_u8(), Ordering::Relaxed));
-        self.shared.stats.conn_changed(old, kind);
+        self.lifecycle.stats().conn_changed(old, kind);
     }
 
     pub(crate) fn is_busy(&self) -> bool {
@@ -129,31 +138,23 @@ impl ConnState {
         if !self.had_request.load(Ordering::Relaxed) {
             self.had_request.store(true, Ordering::Relaxed);
         }
-        self.shared.stats.request_started();
+        self.lifecycle.stats().request_started();
         self.request_started.notify_waiters();
     }
 
     pub(crate) fn request_finished(&self) {
-        self.last_active.store(
-            self.shared.clock_ms.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        self.last_active
+            .store(self.registry.now_ms(), Ordering::Relaxed);
         self.busy.fetch_sub(1, Ordering::AcqRel);
-        self.shared.stats.request_finished();
+        self.lifecycle.stats().request_finished();
     }
 }
 
 impl Drop for ConnState {
     fn drop(&mut self) {
-        self.shared.stats.conn_closed(self.kind());
-        if self.shared.config.header_read_timeout.is_some()
-            || self.shared.config.keep_alive_timeout.is_some()
-        {
-            self.shared
-                .conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&(self as *const Self as usize));
+        self.lifecycle.stats().conn_closed(self.kind());
+        if self.timed {
+            self.registry.untime(self);
         }
     }
 }
@@ -193,7 +194,7 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        if this.conn.shared.is_forcing() {
+        if this.conn.lifecycle.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
         let before = buf.filled().len();
@@ -217,7 +218,7 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        if this.conn.shared.is_forcing() {
+        if this.conn.lifecycle.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
         match this.inner.poll_write(cx, buf) {
@@ -232,7 +233,7 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        if this.conn.shared.is_forcing() {
+        if this.conn.lifecycle.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
         match this.inner.poll_write_vectored(cx, bufs) {

@@ -1,13 +1,15 @@
 //! The server: an accept loop and per-connection tasks driving hyper-util's
-//! HTTP/1.1 + HTTP/2 connection builder, with every connection tracked.
+//! HTTP/1.1 + HTTP/2 connection builder, every connection tracked in the
+//! server's [`registry`], and the drain driver that takes them through the
+//! lifecycle's phases.
 
 mod accept;
 mod conn;
+mod drain;
 mod io;
+mod registry;
 mod service;
 mod timers;
-
-pub(crate) use io::ConnState;
 
 use std::{fmt, net::SocketAddr, os::fd::AsFd, sync::Arc};
 
@@ -16,80 +18,26 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::net::TcpListener;
 use tower::Service;
 
 use service::BoxError;
-pub use service::TrackedBody;
 
 use crate::{
-    Config, DrainReason,
+    Config, Handle,
     error::Error,
-    handoff::{self, UpgradeConfig},
-    lifecycle::{self, Handle, Shared, UpgradeRequest},
+    handoff::{self, UpgradeConfig, Upgrades},
+    lifecycle::Lifecycle,
     report::DrainReport,
+    signal,
 };
-
-/// Runs upgrades one at a time, as [`Handle::upgrade`] asks: on success the
-/// server drains with [`DrainReason::Restart`]; on failure it keeps serving.
-async fn upgrades(
-    shared: Arc<Shared>,
-    config: UpgradeConfig,
-    mut requests: mpsc::UnboundedReceiver<UpgradeRequest>,
-) {
-    while let Some(reply) = requests.recv().await {
-        handoff::notify::reloading();
-        tracing::info!(
-            timeout_ms = config.ready_timeout.as_millis() as u64,
-            "upgrade.begin"
-        );
-        let socket = shared
-            .upgrade_socket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|fd| fd.try_clone());
-        let outcome = match socket {
-            None => Err(handoff::UpgradeError::Draining),
-            Some(Err(e)) => Err(handoff::UpgradeError::Io(e)),
-            Some(Ok(socket)) => {
-                handoff::start_successor(socket, &config, shared.drain_requested()).await
-            }
-        };
-        match &outcome {
-            Ok(pid) => {
-                tracing::info!(new_pid = pid, "upgrade.ready");
-                Handle {
-                    shared: shared.clone(),
-                }
-                .drain(DrainReason::Restart);
-            }
-            Err(e) => {
-                let mut why = e.to_string();
-                let mut source = std::error::Error::source(e);
-                while let Some(s) = source {
-                    why.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                tracing::warn!(error = %why, "upgrade.failed");
-                handoff::notify::still_ready();
-                shared.upgrade_finished();
-            }
-        }
-        let done = outcome.is_ok();
-        let _ = reply.send(outcome);
-        if done {
-            return;
-        }
-    }
-}
 
 /// Watches the tasks the drain depends on. One that panics would leave a
 /// process that ignores its signals (the signal task) or never closes its
 /// listener (the accept loop): the drain is forced instead, and the report
 /// (and so the exit code) says so. Never returns.
 async fn supervise(
-    shared: Arc<Shared>,
+    lifecycle: Arc<Lifecycle>,
     tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
 ) -> std::convert::Infallible {
     use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -101,7 +49,7 @@ async fn supervise(
         if let Err(e) = result {
             if e.is_panic() {
                 tracing::error!(task = name, "server.task_panicked");
-                shared.task_panicked(name);
+                lifecycle.task_panicked(name);
             }
         }
     }
@@ -111,19 +59,9 @@ async fn supervise(
 /// Serves a `tower::Service` (an axum `Router`, typically) until a drain
 /// completes, and returns its [`DrainReport`].
 ///
-/// What a drain does, in order:
-/// 1. `/readyz` (see [`crate::health`]) answers 503; for `drain_announce`
-///    everything else keeps working, new connections included.
-/// 2. Connections already in the kernel's accept queue are accepted, then
-///    the listener closes.
-/// 3. HTTP/1.1: keep-alive goes off; busy connections finish their request
-///    and close, answering with `Connection: close`; idle ones are closed
-///    after `idle_grace`, or after serving a request that arrived within it.
-///    HTTP/2: GOAWAY, in-flight streams finish.
-/// 4. Upgraded connections (WebSockets) stay counted until their socket is
-///    dropped; [`crate::ws::WsSession`] closes them with 1001 or 1012.
-/// 5. At `drain_timeout` (or on a second signal) whatever remains is cut,
-///    and counted in [`DrainReport::forced`].
+/// What a drain does to each kind of connection, in which order, is the
+/// drain contract in `ARCHITECTURE.md` at the repository's root (and in
+/// brief in the crate's documentation).
 ///
 /// # Examples
 ///
@@ -143,7 +81,8 @@ async fn supervise(
 /// ```
 pub struct Server {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    lifecycle: Arc<Lifecycle>,
+    upgrades: Arc<Upgrades>,
     signals: bool,
     upgrade: Option<UpgradeConfig>,
 }
@@ -152,7 +91,7 @@ impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("listener", &self.listener)
-            .field("config", &self.shared.config)
+            .field("config", self.lifecycle.config())
             .field("signals", &self.signals)
             .field("upgrade", &self.upgrade)
             .finish()
@@ -169,7 +108,8 @@ impl Server {
     pub fn with_config(listener: TcpListener, config: Config) -> Self {
         Self {
             listener,
-            shared: Shared::new(config),
+            lifecycle: Lifecycle::new(config),
+            upgrades: Arc::default(),
             signals: true,
             upgrade: None,
         }
@@ -177,14 +117,16 @@ impl Server {
 
     /// Enables upgrades: on `SIGHUP` (or [`Handle::upgrade`]) the server
     /// starts its successor on the same listening socket and drains once
-    /// the successor is ready (see [`crate::handoff`]).
+    /// the successor is ready (see [`crate::handoff`]). Without it, `SIGHUP`
+    /// is ignored (an `upgrade.ignored` line is logged).
     pub fn with_upgrade(mut self, config: UpgradeConfig) -> Self {
         self.upgrade = Some(config);
         self
     }
 
-    /// Does not listen for `SIGTERM`/`SIGINT`: the drain starts only through
-    /// a [`Handle`]. For tests, and for programs that own their signals.
+    /// Does not listen for signals: the drain starts only through a
+    /// [`Handle`] (or [`crate::signal::listen`]). For tests, and for
+    /// programs that own their signals.
     pub fn without_signals(mut self) -> Self {
         self.signals = false;
         self
@@ -192,9 +134,7 @@ impl Server {
 
     /// A handle to start, force and observe the drain.
     pub fn handle(&self) -> Handle {
-        Handle {
-            shared: self.shared.clone(),
-        }
+        Handle::new(self.lifecycle.clone(), self.upgrades.clone())
     }
 
     /// The address the listener is bound to.
@@ -226,44 +166,34 @@ impl Server {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let handle = self.handle();
         let Server {
             listener,
-            shared,
+            lifecycle,
+            upgrades,
             signals,
             upgrade,
         } = self;
         let addr = listener.local_addr().map_err(Error::LocalAddr)?;
-        let upgrades = match upgrade {
-            Some(config) => {
-                // A copy of the socket, to give to successors; it is
-                // close-on-exec, so only the child it is mapped into gets it.
-                let fd = listener
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(Error::Upgrade)?;
-                *shared
-                    .upgrade_socket
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(fd);
-                let (tx, rx) = mpsc::unbounded_channel();
-                let _ = shared.upgrades.set(tx);
-                Some(tokio::spawn(upgrades(shared.clone(), config, rx)))
-            }
-            None => None,
-        };
-        let signals = if signals {
-            let handle = Handle {
-                shared: shared.clone(),
-            };
-            Some(lifecycle::listen_for_signals(handle).map_err(Error::Signals)?)
-        } else {
-            None
-        };
+        let registry = Arc::new(registry::Registry::default());
+        let mut tasks = Vec::new();
+        if let Some(config) = upgrade {
+            // A copy of the socket, to give to successors; it is
+            // close-on-exec, so only the child it is mapped into gets it.
+            let fd = listener
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(Error::Upgrade)?;
+            tasks.push(("upgrades", upgrades.enable(fd, config, lifecycle.clone())));
+        }
+        if signals {
+            tasks.push(("signals", signal::listen(handle).map_err(Error::Signals)?));
+        }
 
         let mut builder = conn::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .max_buf_size(shared.config.max_header_bytes.max(8192))
+            .max_buf_size(lifecycle.config().max_header_bytes.max(8192))
             // A client may send its request and then its FIN (`nc -N`,
             // `curl --http1.0` scripts, some proxies); hyper's default drops
             // such a request unanswered.
@@ -271,38 +201,39 @@ impl Server {
         // The header-read timeout is the timer sweep's (see `timers`), not
         // hyper's, whose timer would also bound keep-alive idle time.
         builder.http1().header_read_timeout(None);
-        let builder = Arc::new(builder);
+        let ctx = conn::Ctx {
+            builder: Arc::new(builder),
+            lifecycle: lifecycle.clone(),
+            registry: registry.clone(),
+        };
 
         tracing::info!(addr = %addr, pid = std::process::id(), "server.listening");
 
-        let accept = {
-            let shared = shared.clone();
+        let acceptor = accept::Acceptor {
+            lifecycle: lifecycle.clone(),
+            registry: registry.clone(),
+            upgrades,
+        };
+        tasks.push((
+            "accept",
             tokio::spawn(accept::run(
                 listener,
-                shared.clone(),
+                acceptor,
                 move |stream, peer, during_drain| {
-                    conn::spawn(
-                        builder.clone(),
-                        shared.clone(),
-                        service.clone(),
-                        stream,
-                        peer,
-                        during_drain,
-                    )
+                    conn::spawn(ctx.clone(), service.clone(), stream, peer, during_drain)
                 },
-            ))
-        };
-
-        let sweep = tokio::spawn(timers::sweep(shared.clone()));
+            )),
+        ));
+        tasks.push((
+            "timers",
+            tokio::spawn(timers::sweep(lifecycle.config().clone(), registry.clone())),
+        ));
         handoff::notify::ready();
 
-        let mut tasks = vec![("accept", accept), ("timers", sweep)];
-        tasks.extend(signals.map(|task| ("signals", task)));
-        tasks.extend(upgrades.map(|task| ("upgrades", task)));
         let aborts: Vec<_> = tasks.iter().map(|(_, task)| task.abort_handle()).collect();
         let report = tokio::select! {
-            report = lifecycle::drive(&shared) => report,
-            never = supervise(shared.clone(), tasks) => match never {},
+            report = drain::drive(&lifecycle, &registry) => report,
+            never = supervise(lifecycle.clone(), tasks) => match never {},
         };
         for task in aborts {
             task.abort();

@@ -56,9 +56,10 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let limited = self.conn.shared.config.max_in_flight;
+        let lifecycle = self.conn.lifecycle();
+        let limited = lifecycle.config().max_in_flight;
         if let Some(max) = limited {
-            if !self.conn.shared.stats.try_admit(max) {
+            if !lifecycle.stats().try_admit(max) {
                 return Box::pin(async { Ok(overloaded()) });
             }
         }
@@ -68,7 +69,7 @@ where
             self.conn.set_kind(ConnKind::Http2);
         }
         req.extensions_mut().insert(self.drain.clone());
-        if self.conn.shared.config.connect_info {
+        if lifecycle.config().connect_info {
             req.extensions_mut().insert(ConnectInfo(self.peer));
         }
         let response = self.inner.clone().oneshot(req);
@@ -76,7 +77,7 @@ where
             let mut res = response.await?;
             if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                 in_flight.conn.set_kind(ConnKind::Websocket);
-            } else if http1 && in_flight.conn.shared.is_draining() {
+            } else if http1 && in_flight.conn.lifecycle().is_draining() {
                 // Tells the client, and hyper, that this connection ends with
                 // this response.
                 res.headers_mut()
@@ -107,7 +108,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.conn.request_finished();
         if self.admitted {
-            self.conn.shared.stats.release_admitted();
+            self.conn.lifecycle().stats().release_admitted();
         }
     }
 }
@@ -128,7 +129,7 @@ pin_project_lite::pin_project! {
     /// A response body that ends its request's in-flight count when it ends
     /// (or a short answer of the server's own, such as a 503 past a limit).
     #[derive(Debug)]
-    pub struct TrackedBody<B> {
+    pub(crate) struct TrackedBody<B> {
         #[pin]
         state: BodyState<B>,
     }

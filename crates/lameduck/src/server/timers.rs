@@ -8,24 +8,23 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
-use crate::lifecycle::Shared;
+use super::registry::Registry;
+use crate::Config;
 
 /// How often the sweep runs, and so how late a timeout may be noticed.
 const PERIOD: Duration = Duration::from_millis(500);
 
 /// Advances the coarse clock and closes (through their tasks) the idle
 /// connections whose timer ran out. Runs until aborted.
-pub(crate) async fn sweep(shared: Arc<Shared>) {
+pub(crate) async fn sweep(config: Config, registry: Arc<Registry>) {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     // Timestamps come from the coarse clock, which lags real time by up to
     // one period: adding a period means a timeout never fires early (it may
     // fire up to two periods late).
-    let header = shared
-        .config
+    let header = config
         .header_read_timeout
         .map(|d| ms(d).saturating_add(ms(PERIOD)));
-    let idle = shared
-        .config
+    let idle = config
         .keep_alive_timeout
         .map(|d| ms(d).saturating_add(ms(PERIOD)));
     if header.is_none() && idle.is_none() {
@@ -38,18 +37,8 @@ pub(crate) async fn sweep(shared: Arc<Shared>) {
         ticks.tick().await;
         // Starts at 1: 0 means "no request head under way".
         let now = ms(start.elapsed()) + 1;
-        shared
-            .clock_ms
-            .store(now, std::sync::atomic::Ordering::Relaxed);
-        let expired: Vec<_> = shared
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter_map(std::sync::Weak::upgrade)
-            .filter(|conn| conn.timed_out(now, header, idle))
-            .collect();
-        for conn in expired {
+        registry.set_now_ms(now);
+        for conn in registry.timed_where(|conn| conn.timed_out(now, header, idle)) {
             conn.expired
                 .store(true, std::sync::atomic::Ordering::Release);
             conn.drain.wake();

@@ -1,11 +1,18 @@
-//! The drain state machine, run by the server's `serve` future.
+//! The drain, run by the server's `serve` future: it moves the lifecycle's
+//! phase forward and tells the accept loop and the connections what each
+//! phase asks of them. The order is the drain contract of
+//! `ARCHITECTURE.md`.
 
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use super::{DrainReason, Phase, Shared};
-use crate::report::DrainReport;
+use super::registry::Registry;
+use crate::{
+    handoff::notify,
+    lifecycle::{DrainReason, Lifecycle, Phase},
+    report::DrainReport,
+};
 
 /// After the cut, how long the tasks of cut connections get to drop their
 /// sockets before the report is written. They only have to notice an error
@@ -15,19 +22,17 @@ const UNWIND_GRACE: Duration = Duration::from_secs(1);
 
 /// Waits for a drain request, then takes the server through
 /// announcing → draining → (forcing) → stopped, logging every step.
-pub(crate) async fn drive(shared: &Shared) -> DrainReport {
-    shared.drain_requested.cancelled().await;
+pub(crate) async fn drive(lifecycle: &Lifecycle, registry: &Registry) -> DrainReport {
+    wait_for(lifecycle, Phase::Announcing).await;
     let started = Instant::now();
-    let _ = shared.drain_started.set(started.into_std());
-    let config = &shared.config;
-    let reason = shared
+    let config = lifecycle.config();
+    let reason = lifecycle
         .reason()
         .cloned()
         .unwrap_or_else(|| DrainReason::Requested("unknown".into()));
     let deadline = started + config.drain_announce + config.drain_timeout;
-    shared.set_phase(Phase::Announcing);
     if !reason.is_restart() {
-        crate::handoff::notify::stopping();
+        notify::stopping();
     }
     tracing::info!(
         reason = %reason,
@@ -37,24 +42,25 @@ pub(crate) async fn drive(shared: &Shared) -> DrainReport {
         "shutdown.begin"
     );
 
-    let forced = tokio::select! {
+    let cut = tokio::select! {
         biased;
-        forced = run_phases(shared, deadline) => forced,
-        () = report_progress(shared, deadline) => unreachable!("progress reports until cancelled"),
+        cut = run_phases(lifecycle, registry, deadline) => cut,
+        () = report_progress(lifecycle, registry, deadline) => unreachable!("progress reports until cancelled"),
     };
 
-    shared.set_phase(Phase::Stopped);
     let report = DrainReport {
         reason,
         duration: started.elapsed(),
-        forced,
-        panicked: shared.panicked(),
-        totals: shared.stats.totals(),
+        cut,
+        panicked: lifecycle.panicked(),
+        totals: lifecycle.stats().totals(),
     };
+    lifecycle.advance(Phase::Stopped);
     tracing::info!(
         reason = %report.reason,
         outcome = if report.is_clean() { "drained" } else { "forced" },
-        forced = report.forced,
+        cut = report.cut,
+        panicked = report.panicked,
         duration_ms = report.duration.as_millis() as u64,
         connections = report.totals.connections,
         accepted_during_drain = report.totals.accepted_during_drain,
@@ -66,42 +72,53 @@ pub(crate) async fn drive(shared: &Shared) -> DrainReport {
     report
 }
 
+/// Resolves once the phase is `phase` or later, borrowing the lifecycle.
+async fn wait_for(lifecycle: &Lifecycle, phase: Phase) {
+    let mut current = lifecycle.phase();
+    while current < phase {
+        current = lifecycle.changed_from(current).await;
+    }
+}
+
 /// Returns how many connections had to be cut (0 when all drained).
-async fn run_phases(shared: &Shared, deadline: Instant) -> usize {
-    let announce = shared.config.drain_announce;
+async fn run_phases(lifecycle: &Lifecycle, registry: &Registry, deadline: Instant) -> usize {
+    let announce = lifecycle.config().drain_announce;
     if !announce.is_zero() {
         tokio::select! {
             () = sleep(announce) => {}
-            () = shared.force_requested.cancelled() => {}
+            () = lifecycle.force_requested() => {}
         }
     }
 
-    shared.set_phase(Phase::Draining);
-    shared.stop_accepting.cancel();
+    // Queued connections are taken and the listener closes before anyone
+    // is told to go: clients told to reconnect find the listener closed
+    // (or, after a handoff, the new process) rather than a queue that is
+    // about to be reset.
+    registry.stop_accepting();
     tokio::select! {
-        () = shared.listener_closed.cancelled() => {}
-        () = shared.force_requested.cancelled() => {}
+        () = registry.listener_closed() => {}
+        () = lifecycle.force_requested() => {}
     }
-    shared.start_draining();
+    lifecycle.advance(Phase::Draining);
     tracing::info!("shutdown.draining");
 
     let why = tokio::select! {
-        () = shared.tracker.wait() => return 0,
+        () = registry.all_closed() => return 0,
         () = sleep_until(deadline) => "deadline",
-        () = shared.force_requested.cancelled() => "forced",
+        () = lifecycle.force_requested() => "forced",
     };
 
     // Zero when the last connection closed as the deadline passed (or the
     // drain was forced before the accept loop let go of the listener):
     // nothing to cut, but the same bounded wait for the tracker to close.
-    let remaining = shared.tracker.len();
-    shared.stats.conns_forced(remaining);
+    let remaining = registry.open();
+    lifecycle.stats().conns_cut(remaining);
+    lifecycle.advance(Phase::Forcing);
     if remaining > 0 {
-        shared.set_phase(Phase::Forcing);
-        let counts = shared.stats.counts();
+        let counts = lifecycle.stats().counts();
         tracing::warn!(
             why,
-            forced = remaining,
+            cut = remaining,
             http1 = counts.http1,
             http2 = counts.http2,
             websocket = counts.websocket,
@@ -110,10 +127,9 @@ async fn run_phases(shared: &Shared, deadline: Instant) -> usize {
             "shutdown.forcing"
         );
     }
-    shared.start_forcing();
-    if timeout(UNWIND_GRACE, shared.tracker.wait()).await.is_err() {
+    if timeout(UNWIND_GRACE, registry.all_closed()).await.is_err() {
         tracing::warn!(
-            still_open = shared.tracker.len(),
+            still_open = registry.open(),
             detail = "cut connections still held by handlers that ignore their errors",
             "shutdown.unwind_timeout"
         );
@@ -121,19 +137,19 @@ async fn run_phases(shared: &Shared, deadline: Instant) -> usize {
     remaining
 }
 
-async fn report_progress(shared: &Shared, deadline: Instant) {
-    let period = shared
-        .config
+async fn report_progress(lifecycle: &Lifecycle, registry: &Registry, deadline: Instant) {
+    let period = lifecycle
+        .config()
         .progress_interval
         .max(Duration::from_millis(10));
     let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
     loop {
         ticks.tick().await;
-        let counts = shared.stats.counts();
+        let counts = lifecycle.stats().counts();
         tracing::info!(
-            phase = %shared.phase(),
+            phase = %lifecycle.phase(),
             remaining_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
-            connections = shared.tracker.len(),
+            connections = registry.open(),
             http1 = counts.http1,
             http2 = counts.http2,
             websocket = counts.websocket,
@@ -142,10 +158,10 @@ async fn report_progress(shared: &Shared, deadline: Instant) {
             jobs = counts.jobs,
             "shutdown.progress"
         );
-        crate::handoff::notify::status(&format!(
+        notify::status(&format!(
             "{}: {} connections, {} requests in flight, {} jobs",
-            shared.phase(),
-            shared.tracker.len(),
+            lifecycle.phase(),
+            registry.open(),
             counts.in_flight,
             counts.jobs
         ));
@@ -160,36 +176,45 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use super::*;
-    use crate::{Config, lifecycle::Handle};
+    use crate::{Config, Handle, Signal};
 
-    fn setup(announce: u64, timeout: u64) -> (Arc<Shared>, Handle) {
-        let config = Config {
-            drain_announce: Duration::from_secs(announce),
-            drain_timeout: Duration::from_secs(timeout),
-            ..Config::default()
+    /// A server's state without its sockets.
+    struct Parts {
+        lifecycle: Arc<Lifecycle>,
+        registry: Arc<Registry>,
+    }
+
+    fn setup(announce: u64, timeout: u64) -> (Parts, Handle) {
+        let config = Config::default()
+            .drain_announce(Duration::from_secs(announce))
+            .drain_timeout(Duration::from_secs(timeout));
+        let lifecycle = Lifecycle::new(config);
+        let handle = Handle::new(lifecycle.clone(), Arc::default());
+        let parts = Parts {
+            lifecycle,
+            registry: Arc::default(),
         };
-        let shared = Shared::new(config);
-        let handle = Handle {
-            shared: shared.clone(),
-        };
-        (shared, handle)
+        (parts, handle)
     }
 
     /// Runs the state machine, with a stand-in for the accept loop that
     /// closes the listener when told to.
-    fn spawn_drive(shared: &Arc<Shared>) -> tokio::task::JoinHandle<DrainReport> {
-        fake_listener(shared);
-        let shared = shared.clone();
-        tokio::spawn(async move { drive(&shared).await })
+    fn spawn_drive(p: &Parts) -> tokio::task::JoinHandle<DrainReport> {
+        fake_listener(p);
+        let (lifecycle, registry) = (p.lifecycle.clone(), p.registry.clone());
+        tokio::spawn(async move { drive(&lifecycle, &registry).await })
     }
 
-    fn fake_listener(shared: &Arc<Shared>) {
-        let shared = shared.clone();
+    fn fake_listener(p: &Parts) {
+        let registry = p.registry.clone();
         tokio::spawn(async move {
-            shared.stop_accepting.cancelled().await;
-            shared.tracker.close();
-            shared.listener_closed.cancel();
+            registry.accepting_stopped().await;
+            registry.listener_is_closed();
         });
+    }
+
+    fn listener_closed(p: &Parts) -> bool {
+        p.registry.is_listener_closed()
     }
 
     /// Yields to the scheduler enough for spawned tasks to react.
@@ -202,11 +227,11 @@ mod tests {
     // Nothing happens until a drain is requested, however long we wait.
     #[tokio::test(start_paused = true)]
     async fn waits_for_a_request() {
-        let (shared, handle) = setup(0, 25);
-        let task = spawn_drive(&shared);
+        let (p, handle) = setup(0, 25);
+        let task = spawn_drive(&p);
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert_eq!(handle.phase(), Phase::Serving);
-        assert!(!shared.draining.is_cancelled());
+        assert!(!p.lifecycle.is_draining());
         assert!(!task.is_finished());
         task.abort();
     }
@@ -215,12 +240,12 @@ mod tests {
     // when the announce period ends.
     #[tokio::test(start_paused = true)]
     async fn announce_then_drain() {
-        let (shared, handle) = setup(5, 25);
+        let (p, handle) = setup(5, 25);
         let watcher = handle.watcher();
-        let conn = shared.tracker.token();
-        let task = spawn_drive(&shared);
+        let conn = p.registry.token();
+        let task = spawn_drive(&p);
 
-        assert!(handle.drain(DrainReason::Signal("SIGTERM")));
+        assert!(handle.drain(DrainReason::Signal(Signal::Terminate)));
         settle().await;
         assert_eq!(handle.phase(), Phase::Announcing);
         assert!(!watcher.is_ready());
@@ -228,32 +253,32 @@ mod tests {
 
         tokio::time::sleep(Duration::from_millis(4900)).await;
         assert!(!watcher.is_draining(), "drained before the announce ended");
-        assert!(!shared.stop_accepting.is_cancelled());
+        assert!(!p.registry.is_accepting_stopped());
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(shared.listener_closed.is_cancelled());
+        assert!(listener_closed(&p));
         assert!(watcher.is_draining());
         assert_eq!(handle.phase(), Phase::Draining);
 
         drop(conn);
         let report = task.await.unwrap();
-        assert_eq!(report.forced, 0);
+        assert_eq!(report.cut, 0);
         assert_eq!(report.exit_code(), 0);
-        assert_eq!(report.reason, DrainReason::Signal("SIGTERM"));
+        assert_eq!(report.reason, DrainReason::Signal(Signal::Terminate));
         assert_eq!(handle.phase(), Phase::Stopped);
     }
 
     // A connection that never finishes is cut at announce + timeout.
     #[tokio::test(start_paused = true)]
     async fn deadline_forces() {
-        let (shared, handle) = setup(2, 10);
-        let conn = shared.tracker.token();
-        let task = spawn_drive(&shared);
+        let (p, handle) = setup(2, 10);
+        let conn = p.registry.token();
+        let task = spawn_drive(&p);
         let start = Instant::now();
         handle.drain(DrainReason::Requested("test".into()));
 
-        let forcing = shared.forcing.clone();
+        let forcing = p.lifecycle.reached(Phase::Forcing);
         let cut = tokio::spawn(async move {
-            forcing.cancelled().await;
+            forcing.await;
             let at = Instant::now();
             drop(conn);
             at
@@ -261,49 +286,49 @@ mod tests {
         let cut_at = cut.await.unwrap();
         assert_eq!(cut_at - start, Duration::from_secs(12));
         let report = task.await.unwrap();
-        assert_eq!(report.forced, 1);
+        assert_eq!(report.cut, 1);
         assert_ne!(report.exit_code(), 0);
     }
 
     // A second request to force cuts at once, mid-announce included.
     #[tokio::test(start_paused = true)]
     async fn force_cuts_at_once() {
-        let (shared, handle) = setup(5, 25);
-        let _conn = shared.tracker.token();
-        let task = spawn_drive(&shared);
+        let (p, handle) = setup(5, 25);
+        let _conn = p.registry.token();
+        let task = spawn_drive(&p);
         let start = Instant::now();
-        handle.drain(DrainReason::Signal("SIGTERM"));
+        handle.drain(DrainReason::Signal(Signal::Terminate));
         tokio::time::sleep(Duration::from_secs(1)).await;
         handle.force();
         settle().await;
-        assert!(shared.forcing.is_cancelled());
-        assert!(shared.draining.is_cancelled());
+        assert_eq!(handle.phase(), Phase::Forcing);
+        assert!(p.lifecycle.is_draining());
         // The token is never dropped: the report waits the unwind grace only.
         let report = task.await.unwrap();
-        assert_eq!(report.forced, 1);
+        assert_eq!(report.cut, 1);
         assert!(start.elapsed() <= Duration::from_secs(1) + UNWIND_GRACE);
     }
 
     // The first reason wins; later requests report that they changed nothing.
     #[tokio::test(start_paused = true)]
     async fn first_reason_wins() {
-        let (shared, handle) = setup(0, 25);
-        assert!(handle.drain(DrainReason::Signal("SIGINT")));
+        let (p, handle) = setup(0, 25);
+        assert!(handle.drain(DrainReason::Signal(Signal::Interrupt)));
         assert!(!handle.drain(DrainReason::Restart));
-        fake_listener(&shared);
-        let report = drive(&shared).await;
-        assert_eq!(report.reason, DrainReason::Signal("SIGINT"));
-        assert_eq!(report.forced, 0);
+        fake_listener(&p);
+        let report = drive(&p.lifecycle, &p.registry).await;
+        assert_eq!(report.reason, DrainReason::Signal(Signal::Interrupt));
+        assert_eq!(report.cut, 0);
     }
 
     // Drained exactly when the last connection goes, not at the deadline.
     #[tokio::test(start_paused = true)]
     async fn completes_when_last_connection_closes() {
-        let (shared, handle) = setup(0, 25);
-        let conns: Vec<_> = (0..3).map(|_| shared.tracker.token()).collect();
-        let task = spawn_drive(&shared);
+        let (p, handle) = setup(0, 25);
+        let conns: Vec<_> = (0..3).map(|_| p.registry.token()).collect();
+        let task = spawn_drive(&p);
         let start = Instant::now();
-        handle.drain(DrainReason::Signal("SIGTERM"));
+        handle.drain(DrainReason::Signal(Signal::Terminate));
         for (i, conn) in conns.into_iter().enumerate() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             assert!(
@@ -314,7 +339,7 @@ mod tests {
             drop(conn);
         }
         let report = task.await.unwrap();
-        assert_eq!(report.forced, 0);
+        assert_eq!(report.cut, 0);
         assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 }

@@ -1,0 +1,202 @@
+//! [`Drain`]: the drain as a handler sees it.
+
+use std::{
+    fmt,
+    sync::{Arc, OnceLock},
+};
+
+use super::{DrainReason, Lifecycle, Phase, PhaseFuture};
+use crate::Config;
+
+/// Watches the drain from inside a handler: it is an axum extractor, and
+/// [`Drain::from_extensions`] finds it in any request served by
+/// [`crate::Server`] (for plain tower services).
+///
+/// What each phase means, and when it comes, is the drain contract in
+/// `ARCHITECTURE.md`: [`Drain::requested`] resolves at the drain request,
+/// [`Drain::drained`] when connections are asked to go (after the announce
+/// period), [`Drain::forced`] when whatever remains is being cut.
+///
+/// A request that was not served by [`crate::Server`] (a router called with
+/// `tower::ServiceExt::oneshot` in a unit test, say) gets a detached
+/// `Drain` that never drains, and a warning is logged once
+/// (`drain.detached`).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use lameduck::Drain;
+///
+/// // A long request that stops early, with a partial answer, when the
+/// // server drains.
+/// async fn report(drain: Drain) -> String {
+///     tokio::select! {
+///         _ = tokio::time::sleep(Duration::from_secs(30)) => "complete".into(),
+///         _ = drain.drained() => "partial: server draining".into(),
+///     }
+/// }
+/// let _app: axum::Router = axum::Router::new().route("/report", axum::routing::get(report));
+/// ```
+///
+/// Testing a router that uses it, without a server:
+///
+/// ```
+/// use axum::{Router, body::Body, routing::get};
+/// use tower::ServiceExt;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let app = Router::new().route("/readyz", get(lameduck::health::readyz));
+/// let res = app
+///     .oneshot(http::Request::get("/readyz").body(Body::empty()).unwrap())
+///     .await
+///     .unwrap();
+/// assert_eq!(res.status(), 200);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Drain {
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl fmt::Debug for Drain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drain")
+            .field("phase", &self.phase())
+            .finish()
+    }
+}
+
+impl Drain {
+    /// A watcher that is not attached to any server and never drains; for
+    /// calling handlers directly in tests.
+    pub fn detached() -> Self {
+        Self {
+            lifecycle: Lifecycle::new(Config::default()),
+        }
+    }
+
+    pub(crate) fn new(lifecycle: Arc<Lifecycle>) -> Self {
+        Self { lifecycle }
+    }
+
+    pub(crate) fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.lifecycle.phase()
+    }
+
+    /// Whether the server wants new traffic: only while
+    /// [`Phase::Serving`]. From the drain request on it does not, and
+    /// readiness probes should fail (as [`crate::health::readyz`] does).
+    pub fn is_ready(&self) -> bool {
+        self.phase() == Phase::Serving
+    }
+
+    /// Whether connections have been asked to go ([`Phase::Draining`] or
+    /// later).
+    pub fn is_draining(&self) -> bool {
+        self.lifecycle.is_draining()
+    }
+
+    /// Why the drain started, once it has.
+    pub fn reason(&self) -> Option<DrainReason> {
+        self.lifecycle.reason().cloned()
+    }
+
+    /// Resolves as soon as a drain is requested ([`Phase::Announcing`]),
+    /// before the announce period: for work that no load balancer routes,
+    /// such as background jobs.
+    pub fn requested(&self) -> PhaseFuture {
+        self.lifecycle.reached(Phase::Announcing)
+    }
+
+    /// Resolves once connections are asked to go ([`Phase::Draining`]): a
+    /// long handler should finish early.
+    pub fn drained(&self) -> PhaseFuture {
+        self.lifecycle.reached(Phase::Draining)
+    }
+
+    /// Resolves once the drain is forced ([`Phase::Forcing`]: the deadline
+    /// passed, a second signal came, or [`crate::Handle::force`] was
+    /// called): whatever is still open is being cut. Never resolves for a
+    /// drain that completed without being forced.
+    pub fn forced(&self) -> PhaseFuture {
+        self.lifecycle.reached(Phase::Forcing)
+    }
+
+    /// Counts a background job in this server's [`crate::Counts::jobs`]
+    /// (and so in the `shutdown.progress` events) until the guard is
+    /// dropped. The drain does not wait for it: whoever runs the job
+    /// decides when to stop.
+    pub fn track_job(&self) -> JobGuard {
+        self.lifecycle.stats().job_started();
+        JobGuard {
+            lifecycle: self.lifecycle.clone(),
+        }
+    }
+
+    /// The watcher of the server that served this request, if it was served
+    /// by [`crate::Server`] (or carries a `Drain` inserted by hand).
+    pub fn from_extensions(extensions: &http::Extensions) -> Option<Drain> {
+        extensions
+            .get::<DrainExt>()
+            .map(|ext| Drain::clone(&ext.0))
+            .or_else(|| extensions.get::<Drain>().cloned())
+    }
+
+    /// The drain of requests no server of ours served: detached, logged
+    /// once.
+    fn fallback() -> Drain {
+        static DETACHED: OnceLock<Drain> = OnceLock::new();
+        DETACHED
+            .get_or_init(|| {
+                tracing::warn!(
+                    detail = "a handler took lameduck::Drain in a request not served by \
+                              lameduck::Server; it gets a Drain that never drains",
+                    "drain.detached"
+                );
+                Drain::detached()
+            })
+            .clone()
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Drain {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Drain::from_extensions(&parts.extensions).unwrap_or_else(Drain::fallback))
+    }
+}
+
+/// What the server puts in each request's extensions: one per connection,
+/// so that cloning it per request touches that connection's reference count,
+/// not the server-wide one that every thread shares.
+#[derive(Clone, Debug)]
+pub(crate) struct DrainExt(pub(crate) Arc<Drain>);
+
+/// A running background job, counted in its server's
+/// [`crate::Counts::jobs`] until dropped; made by [`Drain::track_job`].
+#[must_use = "the job is counted only while the guard is held"]
+pub struct JobGuard {
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl fmt::Debug for JobGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        self.lifecycle.stats().job_ended();
+    }
+}

@@ -1,0 +1,173 @@
+//! Waking connection tasks at the drain and at the cut, cheaply.
+//!
+//! Connection tasks, WebSocket sessions and SSE streams check the drain on
+//! every wake-up. Polling a `CancellationToken` (or a `Notify`) future
+//! takes a lock that every connection of the server shares; a
+//! [`DrainWaiter`] is polled with one atomic load and an `AtomicWaker`
+//! registration. Registering and dropping take the registry's lock once
+//! each.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use futures_util::task::AtomicWaker;
+
+use super::Lifecycle;
+
+/// Every registered waiter's wakers, by id.
+#[derive(Debug, Default)]
+pub(super) struct Waiters {
+    inner: Mutex<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next: u64,
+    wakers: HashMap<u64, Arc<Wakers>>,
+}
+
+/// The tasks to wake for one waiter: the one that waits for the drain, and
+/// (for a connection's socket) the ones parked in a read or a write, which
+/// the cut must wake to fail them.
+#[derive(Debug, Default)]
+struct Wakers {
+    drain: AtomicWaker,
+    read: AtomicWaker,
+    write: AtomicWaker,
+}
+
+impl Waiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes every task waiting for the drain.
+    pub(super) fn wake_drain(&self) {
+        for wakers in self.lock().wakers.values() {
+            wakers.drain.wake();
+        }
+    }
+
+    /// Wakes every task parked in a read or a write, to fail it.
+    pub(super) fn wake_parked(&self) {
+        for wakers in self.lock().wakers.values() {
+            wakers.read.wake();
+            wakers.write.wake();
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().wakers.len()
+    }
+}
+
+/// Wakes its task when connections are asked to go, and its parked reads
+/// and writes when they are cut.
+#[derive(Debug)]
+pub(crate) struct DrainWaiter {
+    lifecycle: Arc<Lifecycle>,
+    wakers: Arc<Wakers>,
+    id: u64,
+}
+
+impl DrainWaiter {
+    pub(crate) fn new(lifecycle: Arc<Lifecycle>) -> Self {
+        let wakers = Arc::new(Wakers::default());
+        let id = {
+            let mut registry = lifecycle.waiters.lock();
+            registry.next += 1;
+            let id = registry.next;
+            registry.wakers.insert(id, wakers.clone());
+            id
+        };
+        Self {
+            lifecycle,
+            wakers,
+            id,
+        }
+    }
+
+    /// Wakes the task that waits for the drain, so it looks at its state
+    /// again (the connection timers use it).
+    pub(crate) fn wake(&self) {
+        self.wakers.drain.wake();
+    }
+
+    /// Ready once connections are asked to go. Registers before checking,
+    /// so a drain starting in between still wakes the task.
+    pub(crate) fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.wakers.drain.register(cx.waker());
+        if self.lifecycle.is_draining() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// For a read about to return `Pending`: registers the task to be woken
+    /// at the cut, and tells whether the cut has come.
+    pub(crate) fn read_parked_until_cut(&self, cx: &mut Context<'_>) -> bool {
+        self.wakers.read.register(cx.waker());
+        self.lifecycle.is_forcing()
+    }
+
+    /// As [`DrainWaiter::read_parked_until_cut`], for a write.
+    pub(crate) fn write_parked_until_cut(&self, cx: &mut Context<'_>) -> bool {
+        self.wakers.write.register(cx.waker());
+        self.lifecycle.is_forcing()
+    }
+}
+
+impl Drop for DrainWaiter {
+    fn drop(&mut self) {
+        self.lifecycle.waiters.lock().wakers.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{future::poll_fn, time::Duration};
+
+    use super::*;
+    use crate::{Config, DrainReason, Phase};
+
+    // A waiter parked before the drain is woken by it; one made after is
+    // ready at once; dropped waiters leave the registry.
+    #[tokio::test]
+    async fn drain_waiter_wakes_and_unregisters() {
+        let lifecycle = Lifecycle::new(Config::default());
+        let waiter = DrainWaiter::new(lifecycle.clone());
+        let parked = tokio::spawn(async move { poll_fn(|cx| waiter.poll_drained(cx)).await });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!parked.is_finished());
+
+        lifecycle.request(DrainReason::Requested("test".into()));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !parked.is_finished(),
+            "announcing does not ask connections to go"
+        );
+        lifecycle.advance(Phase::Draining);
+        tokio::time::timeout(Duration::from_secs(5), parked)
+            .await
+            .expect("woken by the drain")
+            .unwrap();
+
+        let late = DrainWaiter::new(lifecycle.clone());
+        assert!(
+            poll_fn(|cx| Poll::Ready(late.poll_drained(cx)))
+                .await
+                .is_ready()
+        );
+        drop(late);
+        assert_eq!(lifecycle.waiters.len(), 0);
+    }
+}

@@ -1,0 +1,127 @@
+//! The connections of one server: each counted until its socket is
+//! dropped, the ones with timers known to the sweep, and the accept loop's
+//! stop.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio_util::{
+    sync::CancellationToken,
+    task::{TaskTracker, task_tracker::TaskTrackerToken},
+};
+
+use super::io::ConnState;
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    /// Counts every open connection, upgraded ones included, until its
+    /// socket is dropped; closed once the listener is gone.
+    tracker: TaskTracker,
+    /// Open connections with timers, for the sweep.
+    timed: Mutex<HashMap<usize, Weak<ConnState>>>,
+    /// A coarse clock, in milliseconds since the server started, advanced by
+    /// the timer sweep: reading it is one atomic load. Starts at 1: 0 means
+    /// "no request head under way".
+    clock_ms: AtomicU64,
+    /// Cancelled when the announce period ends: the accept loop takes what
+    /// is queued and closes the listener.
+    stop_accepting: CancellationToken,
+    /// Cancelled by the accept loop once the listener is closed.
+    listener_closed: CancellationToken,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            tracker: TaskTracker::new(),
+            timed: Mutex::default(),
+            clock_ms: AtomicU64::new(1),
+            stop_accepting: CancellationToken::new(),
+            listener_closed: CancellationToken::new(),
+        }
+    }
+}
+
+impl Registry {
+    fn timed(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Weak<ConnState>>> {
+        self.timed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a connection open until the token drops.
+    pub(crate) fn token(&self) -> TaskTrackerToken {
+        self.tracker.token()
+    }
+
+    /// Open connections.
+    pub(crate) fn open(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Resolves once the listener is closed and every connection is gone.
+    pub(crate) async fn all_closed(&self) {
+        self.tracker.wait().await;
+    }
+
+    /// The coarse clock (see the field).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock_ms.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_now_ms(&self, ms: u64) {
+        self.clock_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Makes `conn` known to the timer sweep until [`Registry::untime`].
+    pub(super) fn time(&self, conn: &Arc<ConnState>) {
+        self.timed()
+            .insert(Arc::as_ptr(conn) as usize, Arc::downgrade(conn));
+    }
+
+    pub(super) fn untime(&self, conn: *const ConnState) {
+        self.timed().remove(&(conn as usize));
+    }
+
+    /// The connections with timers, alive now, that `pick` picks.
+    pub(super) fn timed_where(&self, pick: impl Fn(&ConnState) -> bool) -> Vec<Arc<ConnState>> {
+        self.timed()
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|conn| pick(conn))
+            .collect()
+    }
+
+    /// Tells the accept loop to take what is queued and close the listener.
+    pub(crate) fn stop_accepting(&self) {
+        self.stop_accepting.cancel();
+    }
+
+    pub(super) async fn accepting_stopped(&self) {
+        self.stop_accepting.cancelled().await;
+    }
+
+    /// The listener is closed: no connection comes any more.
+    pub(super) fn listener_is_closed(&self) {
+        self.tracker.close();
+        self.listener_closed.cancel();
+    }
+
+    /// Resolves once the listener is closed.
+    pub(crate) async fn listener_closed(&self) {
+        self.listener_closed.cancelled().await;
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_accepting_stopped(&self) -> bool {
+        self.stop_accepting.is_cancelled()
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_listener_closed(&self) -> bool {
+        self.listener_closed.is_cancelled()
+    }
+}
