@@ -11,46 +11,8 @@
 //!   upgrades are not enabled ([`crate::Server::with_upgrade`]) or one is
 //!   under way; it never stops the process.
 
-use std::fmt;
-
-use serde::{Serialize, Serializer};
-
+pub use crate::lifecycle::Signal;
 use crate::{DrainReason, Handle, handoff::UpgradeError};
-
-/// A process signal a server acts on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Signal {
-    /// `SIGTERM`: drain (a second one forces).
-    Terminate,
-    /// `SIGINT` (Ctrl-C; the only one on non-unix consoles): as `SIGTERM`.
-    Interrupt,
-    /// `SIGHUP`: upgrade, when upgrades are enabled; ignored otherwise.
-    Hangup,
-}
-
-impl Signal {
-    /// The signal's conventional name, as logged (`SIGTERM`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Signal::Terminate => "SIGTERM",
-            Signal::Interrupt => "SIGINT",
-            Signal::Hangup => "SIGHUP",
-        }
-    }
-}
-
-impl fmt::Display for Signal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl Serialize for Signal {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.name())
-    }
-}
 
 /// Listens for `SIGTERM` and `SIGINT`: the first starts a drain through
 /// `handle`, the next one forces it; and for `SIGHUP`, which starts an

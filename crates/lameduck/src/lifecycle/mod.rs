@@ -14,6 +14,7 @@
 //! runs it.
 
 mod drain;
+mod reason;
 mod waiter;
 
 use std::{
@@ -32,10 +33,11 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, signal::Signal, stats::Stats};
+use crate::{Config, stats::Stats};
 
 pub(crate) use drain::DrainExt;
 pub use drain::{Drain, JobGuard};
+pub use reason::{DrainReason, Signal};
 pub(crate) use waiter::DrainWaiter;
 use waiter::Waiters;
 
@@ -97,38 +99,6 @@ const STOPPED_FORCED: u8 = STOPPED_CLEAN + 1;
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Why a drain started.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase", tag = "kind", content = "detail")]
-#[non_exhaustive]
-pub enum DrainReason {
-    /// A process signal (`SIGTERM`, `SIGINT`).
-    Signal(Signal),
-    /// The process is being replaced by a new copy of itself: WebSockets
-    /// are closed with 1012 (Service Restart) instead of 1001 (Going Away).
-    Restart,
-    /// A programmatic request, with a short description of its source.
-    Requested(String),
-}
-
-impl DrainReason {
-    /// Whether the service comes back right away (a restart or an upgrade),
-    /// which clients are told through the WebSocket close code.
-    pub fn is_restart(&self) -> bool {
-        matches!(self, DrainReason::Restart)
-    }
-}
-
-impl fmt::Display for DrainReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DrainReason::Signal(signal) => write!(f, "signal {signal}"),
-            DrainReason::Restart => f.write_str("restart"),
-            DrainReason::Requested(source) => write!(f, "requested by {source}"),
-        }
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::{
 };
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::registry::Registry;
+use super::registry::{Registry, Timed};
 use crate::{
     lifecycle::{DrainWaiter, Lifecycle},
     stats::ConnKind,
@@ -80,7 +80,8 @@ impl ConnState {
             _token: token,
         });
         if timed {
-            state.registry.time(&state);
+            let weak: std::sync::Weak<dyn Timed> = Arc::downgrade(&state) as _;
+            state.registry.time(Arc::as_ptr(&state) as usize, weak);
         }
         state
     }
@@ -96,26 +97,6 @@ impl ConnState {
         self.last_active.store(now, Ordering::Relaxed);
         if !self.is_busy() && self.head_since.load(Ordering::Relaxed) == 0 {
             self.head_since.store(now, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether a timer has run out, at coarse time `now`: the head of a
-    /// request took longer than `header`, or the connection stayed idle
-    /// longer than `idle` (or `header`, before its first request). Only idle
-    /// HTTP/1 connections time out; busy, HTTP/2 and upgraded ones never.
-    pub(crate) fn timed_out(&self, now: u64, header: Option<u64>, idle: Option<u64>) -> bool {
-        if self.kind() != ConnKind::Http1 || self.is_busy() {
-            return false;
-        }
-        let head = self.head_since.load(Ordering::Relaxed);
-        if head != 0 {
-            return header.is_some_and(|h| now.saturating_sub(head) > h);
-        }
-        let quiet = now.saturating_sub(self.last_active.load(Ordering::Relaxed));
-        if self.had_request.load(Ordering::Relaxed) {
-            idle.is_some_and(|i| quiet > i)
-        } else {
-            header.is_some_and(|h| quiet > h)
         }
     }
 
@@ -150,11 +131,39 @@ impl ConnState {
     }
 }
 
+/// Only idle HTTP/1 connections time out; busy, HTTP/2 and upgraded ones
+/// never.
+impl Timed for ConnState {
+    /// The head of a request took longer than `header`, or the connection
+    /// stayed idle longer than `idle` (or `header`, before its first
+    /// request).
+    fn timed_out(&self, now: u64, header: Option<u64>, idle: Option<u64>) -> bool {
+        if self.kind() != ConnKind::Http1 || self.is_busy() {
+            return false;
+        }
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != 0 {
+            return header.is_some_and(|h| now.saturating_sub(head) > h);
+        }
+        let quiet = now.saturating_sub(self.last_active.load(Ordering::Relaxed));
+        if self.had_request.load(Ordering::Relaxed) {
+            idle.is_some_and(|i| quiet > i)
+        } else {
+            header.is_some_and(|h| quiet > h)
+        }
+    }
+
+    fn expire(&self) {
+        self.expired.store(true, Ordering::Release);
+        self.drain.wake();
+    }
+}
+
 impl Drop for ConnState {
     fn drop(&mut self) {
         self.lifecycle.stats().conn_closed(self.kind());
         if self.timed {
-            self.registry.untime(self);
+            self.registry.untime(self as *const Self as usize);
         }
     }
 }

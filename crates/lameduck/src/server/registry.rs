@@ -15,15 +15,22 @@ use tokio_util::{
     task::{TaskTracker, task_tracker::TaskTrackerToken},
 };
 
-use super::io::ConnState;
+/// A connection with timers, as the sweep sees it.
+pub(super) trait Timed: Send + Sync {
+    /// Whether a timer has run out at coarse time `now` (milliseconds),
+    /// given the header-read and keep-alive limits.
+    fn timed_out(&self, now: u64, header: Option<u64>, idle: Option<u64>) -> bool;
+    /// Closes the connection (through its own task).
+    fn expire(&self);
+}
 
 #[derive(Debug)]
 pub(crate) struct Registry {
     /// Counts every open connection, upgraded ones included, until its
     /// socket is dropped; closed once the listener is gone.
     tracker: TaskTracker,
-    /// Open connections with timers, for the sweep.
-    timed: Mutex<HashMap<usize, Weak<ConnState>>>,
+    /// Open connections with timers, for the sweep, by address.
+    timed: Mutex<HashMap<usize, Weak<dyn Timed>>>,
     /// A coarse clock, in milliseconds since the server started, advanced by
     /// the timer sweep: reading it is one atomic load. Starts at 1: 0 means
     /// "no request head under way".
@@ -48,7 +55,7 @@ impl Default for Registry {
 }
 
 impl Registry {
-    fn timed(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Weak<ConnState>>> {
+    fn timed(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Weak<dyn Timed>>> {
         self.timed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -76,22 +83,27 @@ impl Registry {
         self.clock_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Makes `conn` known to the timer sweep until [`Registry::untime`].
-    pub(super) fn time(&self, conn: &Arc<ConnState>) {
-        self.timed()
-            .insert(Arc::as_ptr(conn) as usize, Arc::downgrade(conn));
+    /// Makes `conn` known to the timer sweep, under `key` (its address),
+    /// until [`Registry::untime`].
+    pub(super) fn time(&self, key: usize, conn: Weak<dyn Timed>) {
+        self.timed().insert(key, conn);
     }
 
-    pub(super) fn untime(&self, conn: *const ConnState) {
-        self.timed().remove(&(conn as usize));
+    pub(super) fn untime(&self, key: usize) {
+        self.timed().remove(&key);
     }
 
-    /// The connections with timers, alive now, that `pick` picks.
-    pub(super) fn timed_where(&self, pick: impl Fn(&ConnState) -> bool) -> Vec<Arc<ConnState>> {
+    /// The connections with timers, alive now, whose timer ran out.
+    pub(super) fn timed_out(
+        &self,
+        now: u64,
+        header: Option<u64>,
+        idle: Option<u64>,
+    ) -> Vec<Arc<dyn Timed>> {
         self.timed()
             .values()
             .filter_map(Weak::upgrade)
-            .filter(|conn| pick(conn))
+            .filter(|conn| conn.timed_out(now, header, idle))
             .collect()
     }
 

@@ -38,10 +38,8 @@ pub(crate) async fn sweep(config: Config, registry: Arc<Registry>) {
         // Starts at 1: 0 means "no request head under way".
         let now = ms(start.elapsed()) + 1;
         registry.set_now_ms(now);
-        for conn in registry.timed_where(|conn| conn.timed_out(now, header, idle)) {
-            conn.expired
-                .store(true, std::sync::atomic::Ordering::Release);
-            conn.drain.wake();
+        for conn in registry.timed_out(now, header, idle) {
+            conn.expire();
         }
     }
 }
