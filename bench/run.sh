@@ -7,7 +7,8 @@
 #      Router; prints the ratios.
 #   2. server RSS per idle WebSocket (5,000 sockets).
 #   3. time from SIGTERM to exit with 5,000 idle keep-alive connections and
-#      5,000 idle WebSockets, and how each one ended.
+#      5,000 idle WebSockets, and how each one ended (a `lameduck drill`
+#      run, scenario idle).
 # Usage: bench/run.sh [SECONDS_PER_ROUND=10] [ROUNDS=3] [CONNECTIONS=64]
 # Loopback only. Needs wrk (Debian package `wrk`).
 set -euo pipefail
@@ -102,7 +103,18 @@ pids=()
 echo "== memory per idle WebSocket"
 "$examples/bench_client" ws-rss "$bin" 5000
 echo "== drain time: SIGTERM to exit (target <= idle grace 1 s + 0.5 s)"
-"$examples/bench_client" drain "$bin" 5000 5000
+"$bin" drill --scenario idle --idle-http 5000 --idle-ws 5000 --before 1s --after 0s \
+  --spawn "$bin serve --listen 127.0.0.1:{port} --admin-listen 127.0.0.1:0 --journal sqlite:$out/drain.db" \
+  --json "$out/drain.json" >/dev/null || { echo "bench: the drain drill failed" >&2; exit 1; }
+python3 - "$out/drain.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+c = r["counts"]
+print(f"drain: 5000 idle keep-alive + 5000 idle WebSockets: exit code {r['exit_code']} "
+      f"{r['exit_after_ms'] / 1000:.3f} s after SIGTERM; "
+      f"WebSockets closed {c['ws_closed']} (codes {r['close_codes']}), abrupt {c['ws_abrupt']}; "
+      f"keep-alive closed {c['idle_closed']}, reset {c['idle_reset']}")
+EOF
 
 if command -v valgrind >/dev/null; then
   bench/instructions.sh

@@ -1,15 +1,13 @@
 //! Benchmark client for what a load tool cannot measure. It starts the
-//! server itself (so it can read its memory and wait for its exit), on a
-//! loopback port.
+//! server itself with the test harness's `Child` (so it can read its
+//! memory), on a loopback port. The drain with thousands of idle
+//! connections is measured by `lameduck drill` (see `bench/run.sh`).
 //!
 //! - `bench_client ws-rss BIN N`: opens N idle WebSockets to `BIN serve` and
 //!   prints the server's RSS growth per socket.
 //! - `bench_client ping ADDR N CONNS`: sends N `GET /ping` over CONNS
 //!   keep-alive connections to a running server (for instruction counts
 //!   under callgrind, where a fixed number of requests matters).
-//! - `bench_client drain BIN N_HTTP N_WS`: opens N_HTTP idle keep-alive
-//!   connections and N_WS idle WebSockets, sends SIGTERM, and prints the
-//!   time to exit and how every connection ended.
 //! - `bench_client idle-rss BIN N [OTHER...]`: opens N keep-alive
 //!   connections (one `/ping` each, then idle) and prints the server's RSS
 //!   growth per connection; then the same for each OTHER example server
@@ -31,84 +29,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{StreamExt, future::join_all};
-use lameduck_test_support::{KeepAlive, Outcome, raise_fd_limit, rss_kib};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use futures_util::future::join_all;
+use lameduck_test_support::{Child, KeepAlive, Outcome, raise_fd_limit, rss_kib};
 use tokio::{net::TcpStream, sync::Semaphore, time::timeout};
-use tokio_tungstenite::{WebSocketStream, client_async, tungstenite::Message};
+use tokio_tungstenite::{WebSocketStream, client_async};
 
 type Ws = WebSocketStream<TcpStream>;
-
-struct Server {
-    child: std::process::Child,
-    addr: SocketAddr,
-    complete: std::sync::mpsc::Receiver<serde_json::Value>,
-    journal: std::path::PathBuf,
-}
-
-impl Server {
-    fn start(bin: &str) -> Self {
-        Self::start_with(bin, &[])
-    }
-
-    fn start_with(bin: &str, extra: &[&str]) -> Self {
-        let journal =
-            std::env::temp_dir().join(format!("lameduck-bench-{}.db", std::process::id()));
-        let mut child = Command::new(bin)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--log-level",
-                "warn,lameduck=info",
-            ])
-            .arg("--journal")
-            .arg(format!("sqlite:{}", journal.display()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start server");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("server exited before listening")
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["message"] == "server.listening" {
-                break v["addr"].as_str().unwrap().parse().unwrap();
-            }
-        };
-        // Keep reading so the server never blocks on a full pipe.
-        let (tx, complete) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if v["message"] == "shutdown.complete" {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        Self {
-            child,
-            addr,
-            complete,
-            journal,
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        rss_kib(self.child.id())
-    }
-}
 
 /// A baseline server example (`bare_hyper`, `plain_axum`): prints
 /// `listening ADDR` on stdout; killed on drop.
@@ -141,18 +67,6 @@ impl Drop for Baseline {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.journal.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
     }
 }
 
@@ -193,82 +107,20 @@ async fn open_keepalive(addr: SocketAddr, n: usize) -> Vec<KeepAlive> {
 }
 
 async fn ws_rss(bin: &str, n: usize) {
-    let server = Server::start(bin);
+    let server = Child::serve(bin, &[]);
     // Warm up the allocator and the runtime's worker threads first.
     drop(open_websockets(server.addr, 50).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = server.rss_kib();
+    let before = rss_kib(server.pid());
     let sockets = open_websockets(server.addr, n).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = server.rss_kib();
+    let after = rss_kib(server.pid());
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
     println!(
         "ws-rss: {n} idle WebSockets: server RSS {before} KiB -> {after} KiB, {:.1} KiB per socket",
         per / 1024.0
     );
     drop(sockets);
-}
-
-async fn drain(bin: &str, n_http: usize, n_ws: usize) {
-    let mut server = Server::start(bin);
-    let mut http = open_keepalive(server.addr, n_http).await;
-    let mut sockets = open_websockets(server.addr, n_ws).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let start = Instant::now();
-    kill(Pid::from_raw(server.child.id() as i32), Signal::SIGTERM).unwrap();
-    // One task per connection, so the client's reading is spread over the
-    // runtime's threads and is not what the figure measures.
-    let ws_ends = join_all(sockets.drain(..).map(|mut ws| {
-        tokio::spawn(async move {
-            let end = timeout(Duration::from_secs(30), async {
-                loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Close(frame))) => {
-                            return Ok(frame.map(|f| u16::from(f.code)));
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return Err(e.to_string()),
-                        None => return Err("eof".to_string()),
-                    }
-                }
-            })
-            .await;
-            // Answer the Close so the server's handshake completes.
-            let _ = timeout(Duration::from_secs(5), async {
-                while let Some(Ok(_)) = ws.next().await {}
-            })
-            .await;
-            end
-        })
-    }));
-    let http_ends = join_all(http.drain(..).map(|mut c| {
-        tokio::spawn(async move { c.closed_by_server(Duration::from_secs(30)).await })
-    }));
-    let (ws_ends, http_ends) = tokio::join!(ws_ends, http_ends);
-    let ws_ends: Vec<_> = ws_ends.into_iter().map(Result::unwrap).collect();
-    let http_ends: Vec<bool> = http_ends.into_iter().map(Result::unwrap).collect();
-    let status = tokio::task::block_in_place(|| server.child.wait()).unwrap();
-    let exit = start.elapsed();
-
-    let close_1001 = ws_ends
-        .iter()
-        .filter(|e| matches!(e, Ok(Ok(Some(1001)))))
-        .count();
-    let ws_other = ws_ends.len() - close_1001;
-    let http_closed = http_ends.iter().filter(|c| **c).count();
-    let reported = server
-        .complete
-        .recv_timeout(Duration::from_secs(1))
-        .map(|v| v["duration_ms"].to_string())
-        .unwrap_or_else(|_| "?".into());
-    println!(
-        "drain: {n_http} idle keep-alive + {n_ws} idle WebSockets: exit code {:?} after {:.3} s \
-         (server's own shutdown.complete: {reported} ms); {close_1001} WebSockets got Close 1001, \
-         {ws_other} did not; {http_closed}/{n_http} HTTP connections closed by the server",
-        status.code(),
-        exit.as_secs_f64()
-    );
 }
 
 async fn ping(addr: SocketAddr, n: usize, conns: usize) {
@@ -305,8 +157,8 @@ async fn rss_per_idle(addr: SocketAddr, pid: u32, n: usize) -> (u64, u64, f64) {
 }
 
 async fn idle_rss(bin: &str, n: usize, baselines: &[String]) {
-    let server = Server::start(bin);
-    let (before, after, per) = rss_per_idle(server.addr, server.child.id(), n).await;
+    let server = Child::serve(bin, &[]);
+    let (before, after, per) = rss_per_idle(server.addr, server.pid(), n).await;
     drop(server);
     println!(
         "idle-rss: {n} idle keep-alive connections: lameduck serve RSS {before} KiB -> {after} KiB, {per:.1} KiB per connection"
@@ -389,11 +241,11 @@ async fn burst(addr: SocketAddr, n: usize, status: &'static str) -> (Duration, u
 }
 
 async fn shed(bin: &str, held: usize, n: usize) {
-    let baseline = Server::start(bin);
+    let baseline = Child::serve(bin, &[]);
     let (served_in, served) = burst(baseline.addr, n, "HTTP/1.1 200").await;
     drop(baseline);
     let limit = held.to_string();
-    let server = Server::start_with(bin, &["--max-connections", &limit]);
+    let server = Child::serve(bin, &["--max-connections", &limit]);
     let conns = open_keepalive(server.addr, held).await;
     let (shed_in, shed) = burst(server.addr, n, "HTTP/1.1 503").await;
     println!(
@@ -412,11 +264,10 @@ async fn shed(bin: &str, held: usize, n: usize) {
 async fn main() {
     raise_fd_limit(200_000);
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: bench_client ws-rss BIN N | bench_client drain BIN N_HTTP N_WS | bench_client ping ADDR N CONNS | bench_client idle-rss BIN N [OTHER...] | bench_client slowloris ADDR N SECS | bench_client shed BIN HELD N";
+    let usage = "usage: bench_client ws-rss BIN N | bench_client ping ADDR N CONNS | bench_client idle-rss BIN N [OTHER...] | bench_client slowloris ADDR N SECS | bench_client shed BIN HELD N";
     let num = |i: usize| -> usize { args.get(i).and_then(|s| s.parse().ok()).expect(usage) };
     match args.get(1).map(String::as_str) {
         Some("ws-rss") => ws_rss(&args[2], num(3)).await,
-        Some("drain") => drain(&args[2], num(3), num(4)).await,
         Some("ping") => ping(args[2].parse().expect(usage), num(3), num(4)).await,
         Some("idle-rss") => idle_rss(&args[2], num(3), args.get(4..).unwrap_or_default()).await,
         Some("slowloris") => slowloris(args[2].parse().expect(usage), num(3), num(4) as u64).await,

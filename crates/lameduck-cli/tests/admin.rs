@@ -184,7 +184,7 @@ async fn admin_drain_needs_the_token() {
     .unwrap();
     assert_eq!(res.status, 202);
     assert_eq!(res.json()["started"], true);
-    let status = tokio::task::block_in_place(|| server.wait_exit(20 * SEC)).expect("exits");
+    let status = server.expect_exit(20 * SEC);
     assert_eq!(status.code(), Some(0));
     let begin = server.events("shutdown.begin");
     assert!(

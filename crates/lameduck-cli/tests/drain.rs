@@ -4,7 +4,6 @@
 
 use std::{
     net::SocketAddr,
-    process::ExitStatus,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,30 +12,15 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt, future::join_all};
-use lameduck_test_support::{Child, KeepAlive, Outcome, get, raise_fd_limit};
+use lameduck_test_support::{Child, EXIT_FORCED, KeepAlive, Outcome, get, raise_fd_limit};
 use nix::sys::signal::Signal::SIGTERM;
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpStream, time::timeout};
 use tokio_tungstenite::{WebSocketStream, client_async, tungstenite::Message};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
-const EXIT_FORCED: i32 = 3;
 const SEC: Duration = Duration::from_secs(1);
 
 type Ws = WebSocketStream<TcpStream>;
-
-fn wait_exit(server: &mut Child, limit: Duration) -> ExitStatus {
-    tokio::task::block_in_place(|| server.wait_exit(limit)).unwrap_or_else(|| {
-        panic!(
-            "server did not exit within {limit:?}; logs: {:#?}",
-            server.logs()
-        )
-    })
-}
-
-fn wait_event(server: &Child, name: &str, limit: Duration) -> serde_json::Value {
-    tokio::task::block_in_place(|| server.wait_for_event(name, limit))
-        .unwrap_or_else(|| panic!("no {name} within {limit:?}; logs: {:#?}", server.logs()))
-}
 
 async fn ws_connect(addr: SocketAddr) -> Ws {
     let tcp = TcpStream::connect(addr).await.expect("connect");
@@ -125,9 +109,9 @@ async fn idle_connections_are_closed_cleanly() {
         closed.iter().filter(|c| !**c).count()
     );
 
-    let status = wait_exit(&mut server, 40 * SEC);
+    let status = server.expect_exit(40 * SEC);
     assert_eq!(status.code(), Some(0), "logs: {:#?}", server.logs());
-    let complete = wait_event(&server, "shutdown.complete", SEC);
+    let complete = server.expect_event("shutdown.complete", SEC);
     assert_eq!(complete["cut"], 0);
     assert_eq!(complete["upgrades"], 200);
 }
@@ -156,8 +140,8 @@ async fn in_flight_requests_complete() {
     }
     // Every answer came from the draining process, so it exited after them;
     // exit 0 and `forced: 0` say it cut nothing to get there.
-    assert_eq!(wait_exit(&mut server, 40 * SEC).code(), Some(0));
-    let complete = wait_event(&server, "shutdown.complete", SEC);
+    assert_eq!(server.expect_exit(40 * SEC).code(), Some(0));
+    let complete = server.expect_event("shutdown.complete", SEC);
     assert_eq!(complete["cut"], 0);
     assert_eq!(complete["requests"], 50);
 }
@@ -226,7 +210,7 @@ async fn no_request_lost_under_load() {
         .into_iter()
         .map(|t| t.unwrap())
         .collect();
-    let status = wait_exit(&mut server, 40 * SEC);
+    let status = server.expect_exit(40 * SEC);
 
     let ok: u64 = tallies.iter().map(|t| t.ok).sum();
     let lost: Vec<_> = tallies.iter().flat_map(|t| t.lost.clone()).collect();
@@ -292,7 +276,7 @@ async fn websocket_traffic_ends_with_close_1001() {
         );
         assert!(echoes.len() as u64 <= sent);
     }
-    assert_eq!(wait_exit(&mut server, 40 * SEC).code(), Some(0));
+    assert_eq!(server.expect_exit(40 * SEC).code(), Some(0));
 }
 
 // Test 5: SSE streams end with `event: drain` and a proper end of the
@@ -339,9 +323,9 @@ async fn sse_streams_end_with_drain_event() {
             "stream {i} not terminated as a chunked body"
         );
     }
-    assert_eq!(wait_exit(&mut server, 40 * SEC).code(), Some(0));
+    assert_eq!(server.expect_exit(40 * SEC).code(), Some(0));
     assert_eq!(
-        wait_event(&server, "shutdown.complete", SEC)["sse_streams"],
+        server.expect_event("shutdown.complete", SEC)["sse_streams"],
         50
     );
 }
@@ -359,10 +343,10 @@ async fn deadline_forces_and_reports() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let signalled = Instant::now();
     server.signal(SIGTERM);
-    let status = wait_exit(&mut server, 20 * SEC);
+    let status = server.expect_exit(20 * SEC);
     assert!(signalled.elapsed() >= 2 * SEC, "forced before the deadline");
     assert_eq!(status.code(), Some(EXIT_FORCED));
-    let complete = wait_event(&server, "shutdown.complete", SEC);
+    let complete = server.expect_event("shutdown.complete", SEC);
     assert_eq!(complete["cut"], 1);
     assert_eq!(complete["outcome"], "forced");
     assert!(matches!(slow.await.unwrap(), Outcome::Lost(_)));
@@ -380,13 +364,13 @@ async fn second_signal_forces() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.signal(SIGTERM);
-    wait_event(&server, "shutdown.draining", 10 * SEC);
+    server.expect_event("shutdown.draining", 10 * SEC);
     server.signal(SIGTERM);
-    let status = wait_exit(&mut server, 20 * SEC);
+    let status = server.expect_exit(20 * SEC);
     assert_eq!(status.code(), Some(EXIT_FORCED));
     assert_eq!(server.events("shutdown.second_signal").len(), 1);
     assert_eq!(
-        wait_event(&server, "shutdown.forcing", SEC)["why"],
+        server.expect_event("shutdown.forcing", SEC)["why"],
         "forced"
     );
 }
@@ -400,7 +384,7 @@ async fn announce_keeps_serving_while_not_ready() {
     assert_eq!(get(addr, "/readyz", 5 * SEC).await.unwrap().status, 200);
 
     server.signal(SIGTERM);
-    wait_event(&server, "shutdown.begin", 10 * SEC);
+    server.expect_event("shutdown.begin", 10 * SEC);
     let ready = get(addr, "/readyz", 5 * SEC).await.unwrap();
     assert_eq!(ready.status, 503);
     assert_eq!(get(addr, "/livez", 5 * SEC).await.unwrap().status, 200);
@@ -415,23 +399,23 @@ async fn announce_keeps_serving_while_not_ready() {
                 if res.closes() {
                     // Allowed only for a connection the drain reached (one
                     // taken from the accept queue as the listener closed).
-                    wait_event(&server, "shutdown.draining", 5 * SEC);
+                    server.expect_event("shutdown.draining", 5 * SEC);
                 }
                 pings += 1;
             }
             Err(err) => {
                 assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-                wait_event(&server, "shutdown.listener_closed", 5 * SEC);
+                server.expect_event("shutdown.listener_closed", 5 * SEC);
                 break;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(pings > 0, "no /ping during the announce period");
-    wait_event(&server, "shutdown.listener_closed", 10 * SEC);
+    server.expect_event("shutdown.listener_closed", 10 * SEC);
     let refused = TcpStream::connect(addr).await.unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-    assert_eq!(wait_exit(&mut server, 20 * SEC).code(), Some(0));
+    assert_eq!(server.expect_exit(20 * SEC).code(), Some(0));
 }
 
 // Test 9: HTTP/2 (h2c, prior knowledge): the in-flight stream finishes, and
@@ -450,7 +434,7 @@ async fn http2_goaway_lets_streams_finish() {
     let (in_flight, _) = client.send_request(request, true).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.signal(SIGTERM);
-    wait_event(&server, "shutdown.draining", 10 * SEC);
+    server.expect_event("shutdown.draining", 10 * SEC);
 
     let response = timeout(10 * SEC, in_flight).await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
@@ -475,7 +459,7 @@ async fn http2_goaway_lets_streams_finish() {
         Ok((res, _)) => timeout(5 * SEC, res).await.unwrap().err(),
     };
     assert!(refused.is_some(), "a new stream was accepted after GOAWAY");
-    assert_eq!(wait_exit(&mut server, 30 * SEC).code(), Some(0));
+    assert_eq!(server.expect_exit(30 * SEC).code(), Some(0));
 }
 
 // Heartbeat: a peer that stops reading (so never answers pings) is dropped
@@ -536,7 +520,7 @@ async fn websocket_heartbeat_drops_dead_peers() {
     let (echoes, end) = ws_read_to_close(&mut alive, 10 * SEC).await;
     assert_eq!(echoes, vec!["still here".to_owned()]);
     assert_eq!(end, WsEnd::Close(1001));
-    assert_eq!(wait_exit(&mut server, 20 * SEC).code(), Some(0));
+    assert_eq!(server.expect_exit(20 * SEC).code(), Some(0));
 }
 
 // The reference service's endpoints and its answers to bad input; bad flags
@@ -592,7 +576,7 @@ async fn reference_service_endpoints_and_bad_input() {
     assert!(res.starts_with("HTTP/1.1 400"), "{res}");
 
     server.signal(SIGTERM);
-    assert_eq!(wait_exit(&mut server, 20 * SEC).code(), Some(0));
+    assert_eq!(server.expect_exit(20 * SEC).code(), Some(0));
 
     for args in [
         &["serve", "--bogus"][..],

@@ -427,14 +427,14 @@ async fn running_service_by_triggers() {
     let (mut command, journal_dir) =
         lameduck_test_support::Child::serve_command(BIN, &["--admin-listen", &admin]);
     command.env("LAMEDUCK_ADMIN_TOKEN", "t0ken");
-    let server = Killed(lameduck_test_support::Child::spawn(command, journal_dir));
+    let server = lameduck_test_support::Child::spawn(command, journal_dir);
     let post = |path: &str| {
         format!(
             "python3 -c \"import urllib.request as u; u.urlopen(u.Request('http://{admin}{path}', method='POST', headers={{'Authorization': 'Bearer t0ken'}}), timeout=30)\""
         )
     };
     let (upgrade, drain) = (post("/admin/upgrade"), post("/admin/drain"));
-    let url = format!("http://{}", server.0.addr);
+    let url = format!("http://{}", server.addr);
 
     // A trigger that fails: the drill says how, with the end of its stderr.
     let out = drill(&[
@@ -492,7 +492,7 @@ async fn running_service_by_triggers() {
     );
     assert!(report["trigger"].as_str().unwrap().contains("/admin/drain"));
     // Every process that served (the first and its two successors) is gone.
-    let pids = server.0.listening_pids();
+    let pids = server.listening_pids();
     assert_eq!(pids.len(), 3, "{pids:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while pids.iter().any(|&p| lameduck_test_support::is_alive(p)) {
@@ -509,14 +509,12 @@ async fn running_service_by_triggers() {
 // it cannot go on, rather than call the restart failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_by_pid_stops_when_the_pid_changes() {
-    let server = Killed(lameduck_test_support::Child::serve(
-        BIN,
-        &["--upgrade-binary", BIN],
-    ));
+    // Dropped at the end, it kills the successors too.
+    let server = lameduck_test_support::Child::serve(BIN, &["--upgrade-binary", BIN]);
     // By name: `localhost` may resolve to ::1 first; the drill finds the
     // address that accepts.
-    let url = format!("http://localhost:{}", server.0.addr.port());
-    let pid = server.0.pid().to_string();
+    let url = format!("http://localhost:{}", server.addr.port());
+    let pid = server.pid().to_string();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let json_s = json.display().to_string();
@@ -615,20 +613,6 @@ server.serve_forever()
         "{}",
         text(&out)
     );
-}
-
-/// A served `lameduck` whose successors are killed too when the test ends.
-struct Killed(lameduck_test_support::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        for pid in self.0.listening_pids() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
 }
 
 // A service that ignores SIGTERM (Python's http.server, not lameduck): the

@@ -111,13 +111,6 @@ fn no_panic(server: &Child) {
     );
 }
 
-fn drains_cleanly(mut server: Child) {
-    server.signal(SIGTERM);
-    let status = tokio::task::block_in_place(|| server.wait_exit(30 * SEC)).expect("exits");
-    no_panic(&server);
-    assert_eq!(status.code(), Some(0), "logs: {:#?}", server.logs());
-}
-
 /// A request the server must refuse: a 400-class answer, then the
 /// connection closed; the pipelined request after it is never answered.
 const REFUSED: &[(&str, &[u8], u16)] = &[
@@ -179,7 +172,7 @@ async fn malformed_requests_are_refused_and_closed() {
         );
     }
     connections_return_to_zero(&server).await;
-    drains_cleanly(server);
+    server.drains_cleanly();
 }
 
 // Content-Length and Transfer-Encoding together (the classic smuggling
@@ -254,7 +247,7 @@ async fn framing_conflicts_cannot_smuggle() {
         );
     }
     connections_return_to_zero(&server).await;
-    drains_cleanly(server);
+    server.drains_cleanly();
 }
 
 // Half-closed and reset connections: a request followed by the client's
@@ -299,7 +292,7 @@ async fn half_closed_and_reset_connections() {
     let counts = get(addr, "/jobs/counts", 5 * SEC).await.unwrap().json();
     assert_eq!(counts["pending"], 0, "{counts}");
     connections_return_to_zero(&server).await;
-    drains_cleanly(server);
+    server.drains_cleanly();
 }
 
 // Pipelined requests across a drain: every response that comes back is
@@ -339,7 +332,7 @@ async fn pipelined_requests_across_a_drain() {
         last.to_ascii_lowercase().contains("connection: close"),
         "the last answer announces the close: {last:?}"
     );
-    let status = tokio::task::block_in_place(|| server.wait_exit(30 * SEC)).expect("exits");
+    let status = server.expect_exit(30 * SEC);
     no_panic(&server);
     assert_eq!(status.code(), Some(0), "logs: {:#?}", server.logs());
 }
@@ -400,5 +393,5 @@ async fn dead_websocket_peers_are_dropped() {
     for peer in peers {
         drop(peer.await.unwrap());
     }
-    drains_cleanly(server);
+    server.drains_cleanly();
 }

@@ -6,7 +6,6 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
-    process::ExitStatus,
     time::{Duration, Instant},
 };
 
@@ -17,15 +16,6 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
 const HTTP: Duration = Duration::from_secs(10);
-
-fn wait_exit(server: &mut Child, limit: Duration) -> ExitStatus {
-    tokio::task::block_in_place(|| server.wait_exit(limit)).unwrap_or_else(|| {
-        panic!(
-            "server did not exit within {limit:?}; logs: {:#?}",
-            server.logs()
-        )
-    })
-}
 
 fn sleep_job(steps: u32, step_ms: u64) -> String {
     format!(r#"{{"kind":"sleep","steps":{steps},"step_ms":{step_ms}}}"#)
@@ -131,7 +121,7 @@ async fn drain_releases_jobs_with_checkpoints_and_restart_resumes_them() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     first.signal(SIGTERM);
-    let status = wait_exit(&mut first, Duration::from_secs(30));
+    let status = first.expect_exit(Duration::from_secs(30));
     assert_eq!(
         status.code(),
         Some(0),
@@ -221,7 +211,7 @@ async fn crash_loses_no_job() {
     wait_count(first.addr, "completed", 100, Duration::from_secs(60)).await;
     first.signal(SIGKILL);
     let mut first = first;
-    wait_exit(&mut first, Duration::from_secs(10));
+    first.expect_exit(Duration::from_secs(10));
 
     let at_crash = SqliteJournal::open(&db).unwrap().counts().await.unwrap();
     assert_eq!(at_crash.total(), 1000, "every accepted job is in the file");
@@ -294,7 +284,7 @@ async fn rolling_deploy_on_redis_hands_jobs_over() {
     assert_eq!(ids.len(), 500);
     wait_count(b.addr, "completed", 100, Duration::from_secs(60)).await;
     a.signal(SIGTERM);
-    assert_eq!(wait_exit(&mut a, Duration::from_secs(30)).code(), Some(0));
+    assert_eq!(a.expect_exit(Duration::from_secs(30)).code(), Some(0));
     let released: HashSet<u64> = a.events("job.released").iter().map(event_job).collect();
     assert!(
         !released.is_empty(),

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use lameduck_test_support::{Child, KeepAlive, Outcome, get, raw_ws, send};
-use nix::sys::signal::Signal::SIGTERM;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -16,12 +15,6 @@ use tokio::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
 const SEC: Duration = Duration::from_secs(1);
-
-fn drains_cleanly(mut server: Child) {
-    server.signal(SIGTERM);
-    let status = tokio::task::block_in_place(|| server.wait_exit(30 * SEC)).expect("exits");
-    assert_eq!(status.code(), Some(0), "logs: {:#?}", server.logs());
-}
 
 /// Reads a whole HTTP/1.1 response from a connection the server closes.
 async fn read_to_close(tcp: &mut TcpStream) -> String {
@@ -76,7 +69,7 @@ async fn connections_past_the_limit_get_503() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(held);
-    drains_cleanly(server);
+    server.drains_cleanly();
 }
 
 // Past --max-in-flight a request gets 503 with Retry-After (JSON), without
@@ -99,7 +92,7 @@ async fn requests_past_the_in_flight_limit_get_503() {
         assert_eq!(s.await.unwrap(), 200);
     }
     assert_eq!(get(addr, "/ping", 5 * SEC).await.unwrap().status, 200);
-    drains_cleanly(server);
+    server.drains_cleanly();
 }
 
 // A request head over --max-header-bytes gets 431; a body over the route's
@@ -134,7 +127,7 @@ async fn oversized_heads_and_bodies_are_refused() {
     .await
     .unwrap();
     assert_eq!(res.status, 413);
-    drains_cleanly(server);
+    server.drains_cleanly();
 }
 
 // WebSocket abuse gets the close code RFC 6455 names for it; a foreign
@@ -207,7 +200,7 @@ async fn websocket_abuse_gets_the_right_close_code() {
 
     // Every refused socket was released: only the echo one and the two
     // accepted handshakes may still be open, and the drain ends cleanly.
-    drains_cleanly(server);
+    server.drains_cleanly();
 }
 
 // Slowloris: 500 connections trickling a request head byte by byte are all
@@ -269,7 +262,7 @@ async fn slowloris_connections_are_closed_at_the_header_timeout() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drains_cleanly(server);
+    server.drains_cleanly();
 }
 
 // --request-timeout: a handler that takes longer gets 504 (JSON); streams
@@ -295,7 +288,7 @@ async fn request_timeout_answers_504() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     drop(tcp);
-    drains_cleanly(server);
+    server.drains_cleanly();
 }
 
 // The header-read and keep-alive timeouts are separate: a keep-alive
@@ -333,5 +326,5 @@ async fn keep_alive_idle_is_not_the_header_timeout() {
         "idle connection never closed"
     );
     assert!(idle_since.elapsed() >= 4 * SEC);
-    drains_cleanly(server);
+    server.drains_cleanly();
 }

@@ -106,7 +106,7 @@ async fn requests_carry_their_id_on_every_log_line() {
     assert!(listening[0].get("span").is_none(), "{listening:?}");
 
     server.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = tokio::task::block_in_place(|| server.wait_exit(30 * SEC)).expect("exits");
+    let status = server.expect_exit(30 * SEC);
     assert_eq!(status.code(), Some(0), "{:#?}", server.logs());
 }
 
@@ -192,7 +192,6 @@ async fn a_closed_log_pipe_stops_neither_serving_nor_the_drain() {
     assert!(dropped >= 20, "20 access lines were dropped: {dropped}");
 
     server.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = tokio::task::block_in_place(|| server.wait_exit(30 * SEC))
-        .expect("SIGTERM drains the service although its log pipe is closed");
+    let status = server.expect_exit(30 * SEC);
     assert_eq!(status.code(), Some(0));
 }

@@ -553,7 +553,7 @@ async fn sd_notify_reports_ready_and_stopping() {
         let n = socket.recv(&mut buf).expect("a STOPPING message");
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    let status = tokio::task::block_in_place(|| server.wait_exit(10 * SEC)).expect("exits");
+    let status = server.expect_exit(10 * SEC);
     assert_eq!(status.code(), Some(0));
 }
 

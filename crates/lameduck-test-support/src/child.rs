@@ -209,6 +209,39 @@ impl Child {
         }
     }
 
+    /// Waits up to `limit` for the process to exit, and panics (with its
+    /// logs) if it does not. Safe inside a multi-threaded tokio runtime.
+    pub fn expect_exit(&mut self, limit: Duration) -> ExitStatus {
+        let status = blocking(|| self.wait_exit(limit));
+        status.unwrap_or_else(|| {
+            panic!(
+                "the server did not exit within {limit:?}; logs: {:#?}",
+                self.logs()
+            )
+        })
+    }
+
+    /// Waits up to `limit` for the event named `name`, and panics (with the
+    /// logs) if it does not come. Safe inside a multi-threaded tokio
+    /// runtime.
+    pub fn expect_event(&self, name: &str, limit: Duration) -> Value {
+        blocking(|| self.wait_for_event(name, limit))
+            .unwrap_or_else(|| panic!("no {name} within {limit:?}; logs: {:#?}", self.logs()))
+    }
+
+    /// Sends SIGTERM and checks the drain is clean: exit code 0 within
+    /// 30 s, and no panic logged.
+    pub fn drains_cleanly(mut self) {
+        self.signal(Signal::SIGTERM);
+        let status = self.expect_exit(Duration::from_secs(30));
+        let logs = self.logs();
+        assert!(
+            !logs.iter().any(|l| l.to_string().contains("panicked")),
+            "a panic was logged: {logs:#?}"
+        );
+        assert_eq!(status.code(), Some(0), "logs: {logs:#?}");
+    }
+
     /// Every log line so far (JSON objects; other lines as `{"raw": ...}`).
     pub fn logs(&self) -> Vec<Value> {
         self.logs.lines.lock().unwrap().0.clone()
@@ -255,6 +288,17 @@ impl Drop for Child {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
+    }
+}
+
+/// Runs `f`, which blocks, without stalling a multi-threaded tokio runtime
+/// it is called from.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

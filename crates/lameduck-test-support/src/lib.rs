@@ -11,3 +11,7 @@ mod redis;
 pub use child::{Child, is_alive, raise_fd_limit, rss_kib};
 pub use lameduck_drill::wire::http::{KeepAlive, Outcome, Response, get, post_json, send};
 pub use redis::{RedisServer, redis_url};
+
+/// The exit code of a drain that had to cut connections (the library's
+/// `lameduck::EXIT_FORCED`, as `std::process::ExitStatus::code` gives it).
+pub const EXIT_FORCED: i32 = 3;
