@@ -1,4 +1,4 @@
-//! The drain contract of DESIGN.md, checked on the real binary: real
+//! The drain contract of ARCHITECTURE.md, checked on the real binary: real
 //! sockets on 127.0.0.1, real signals, every wait bounded, the child killed
 //! whatever happens (`Child` kills on drop).
 
@@ -73,7 +73,7 @@ async fn ws_read_to_close(
     (seen, end)
 }
 
-// Test 1: idle keep-alive connections and idle WebSockets are all closed by
+// Idle keep-alive connections and idle WebSockets are all closed by
 // the server (WebSockets with Close 1001), and the drain completes without
 // forcing anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +116,7 @@ async fn idle_connections_are_closed_cleanly() {
     assert_eq!(complete["upgrades"], 200);
 }
 
-// Test 2: requests in flight when SIGTERM arrives all complete with 200, and
+// Requests in flight when SIGTERM arrives all complete with 200, and
 // the process exits after them, with code 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_complete() {
@@ -146,7 +146,7 @@ async fn in_flight_requests_complete() {
     assert_eq!(complete["requests"], 50);
 }
 
-// Test 3: keep-alive clients looping /ping lose nothing across SIGTERM; once
+// Keep-alive clients looping /ping lose nothing across SIGTERM; once
 // the listener is closed, the only error is a refused connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_lost_under_load() {
@@ -223,7 +223,7 @@ async fn no_request_lost_under_load() {
     assert_eq!(status.code(), Some(0));
 }
 
-// Test 4: WebSocket clients sending a numbered message every 50 ms get, on
+// WebSocket clients sending a numbered message every 50 ms get, on
 // SIGTERM, the echoes of what the server read (in order, no gap), then
 // Close 1001; none is cut without a Close frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +279,7 @@ async fn websocket_traffic_ends_with_close_1001() {
     assert_eq!(server.expect_exit(40 * SEC).code(), Some(0));
 }
 
-// Test 5: SSE streams end with `event: drain` and a proper end of the
+// SSE streams end with `event: drain` and a proper end of the
 // chunked response, and the drain completes by itself (exit 0, not forced).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_streams_end_with_drain_event() {
@@ -330,7 +330,7 @@ async fn sse_streams_end_with_drain_event() {
     );
 }
 
-// Test 6: a request longer than the drain timeout is cut at the deadline;
+// A request longer than the drain timeout is cut at the deadline;
 // the exit code says so, and shutdown.complete counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_forces_and_reports() {
@@ -352,7 +352,7 @@ async fn deadline_forces_and_reports() {
     assert!(matches!(slow.await.unwrap(), Outcome::Lost(_)));
 }
 
-// Test 7: a second SIGTERM during the drain forces at once, long before the
+// A second SIGTERM during the drain forces at once, long before the
 // 60 s deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_forces() {
@@ -375,7 +375,7 @@ async fn second_signal_forces() {
     );
 }
 
-// Test 8: during the announce period /readyz answers 503 at once while /ping
+// During the announce period /readyz answers 503 at once while /ping
 // keeps answering, new connections included; then the listener closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announce_keeps_serving_while_not_ready() {
@@ -418,7 +418,7 @@ async fn announce_keeps_serving_while_not_ready() {
     assert_eq!(server.expect_exit(20 * SEC).code(), Some(0));
 }
 
-// Test 9: HTTP/2 (h2c, prior knowledge): the in-flight stream finishes, and
+// HTTP/2 (h2c, prior knowledge): the in-flight stream finishes, and
 // the client is told GOAWAY: no new stream is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_goaway_lets_streams_finish() {

@@ -209,7 +209,7 @@ fn assert_balanced(page: &str) {
     assert!(open.is_empty(), "unclosed: {open:?}");
 }
 
-// Test 2: a server that exits at once on SIGTERM: the drill reports lost
+// A server that exits at once on SIGTERM: the drill reports lost
 // requests and abrupt WebSocket and SSE ends, and exits 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn careless_server_fails_the_drill() {
@@ -784,7 +784,7 @@ fn running(marker: &str) -> bool {
     !processes("", marker).is_empty()
 }
 
-// Test 4: bad arguments get a clear error and a non-zero exit, and leave no
+// Bad arguments get a clear error and a non-zero exit, and leave no
 // process behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_are_clear_errors() {

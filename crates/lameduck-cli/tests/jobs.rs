@@ -1,4 +1,4 @@
-//! The job durability contract of DESIGN.md, checked on the real binary with
+//! The job durability contract (docs/jobs.md), checked on the real binary with
 //! a real SQLite file and the real Redis server: jobs survive a drain, a
 //! `kill -9` and a rolling deploy; bad input and a dead journal never get a
 //! 202. Every wait is bounded and every child is killed on drop.

@@ -69,7 +69,7 @@ pub fn listen(handle: Handle) -> std::io::Result<tokio::task::JoinHandle<()>> {
                     if !handle.drain(DrainReason::Signal(signal)) {
                         // Already draining for another reason: the signal is
                         // the operator's first word; the next one forces.
-                        tracing::info!(signal = signal.name(), "drain already under way");
+                        tracing::info!(signal = signal.name(), "signal.already_draining");
                     }
                 }
             }

@@ -237,6 +237,46 @@ impl WsSession {
     /// The next Text or Binary message, or `None` once the session is over
     /// (see [`WsSession::end`] for why). Pings, pongs and the close
     /// handshake are handled here.
+    ///
+    /// # Cancel safety
+    ///
+    /// `recv` is cancel-safe: used as a branch of `tokio::select!` that
+    /// loses to another branch, it is dropped without losing a message (a
+    /// message is taken from the socket only in the poll that returns it).
+    /// The session is one owner's: to send from other tasks, give them a
+    /// channel and select over it and `recv` in the session's task.
+    ///
+    /// # Examples
+    ///
+    /// A chat handler: messages from the room (other tasks) and from the
+    /// peer, in one loop.
+    ///
+    /// ```
+    /// use axum::extract::ws::{Message, WebSocket};
+    /// use lameduck::{Drain, ws::WsSession};
+    /// use tokio::sync::broadcast;
+    ///
+    /// async fn chat(socket: WebSocket, drain: Drain, room: broadcast::Sender<String>) {
+    ///     let mut ws = WsSession::new(socket, drain);
+    ///     let mut heard = room.subscribe();
+    ///     loop {
+    ///         tokio::select! {
+    ///             // Returns None after the drain's Close handshake.
+    ///             msg = ws.recv() => match msg {
+    ///                 Some(Message::Text(text)) => { let _ = room.send(text.to_string()); }
+    ///                 Some(_) => {}
+    ///                 None => break,
+    ///             },
+    ///             Ok(line) = heard.recv() => {
+    ///                 if ws.send(Message::text(line)).await.is_err() {
+    ///                     break;
+    ///                 }
+    ///             }
+    ///         }
+    ///     }
+    /// }
+    /// # let _ = chat;
+    /// ```
     pub async fn recv(&mut self) -> Option<Message> {
         if self.end.is_some() {
             return None;
