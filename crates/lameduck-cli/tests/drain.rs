@@ -22,6 +22,37 @@ const SEC: Duration = Duration::from_secs(1);
 
 type Ws = WebSocketStream<TcpStream>;
 
+/// The drain's events came in the contract's order (ARCHITECTURE.md):
+/// begin, listener closed, draining, complete. (`shutdown.complete` was
+/// once logged before `shutdown.listener_closed`.)
+fn assert_contract_order(server: &Child) {
+    let names: Vec<String> = server
+        .logs()
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .filter(|m| m.starts_with("shutdown."))
+        .map(str::to_owned)
+        .collect();
+    let pos = |name: &str| {
+        names
+            .iter()
+            .position(|m| m == name)
+            .unwrap_or_else(|| panic!("no {name} in {names:?}"))
+    };
+    let order = [
+        "shutdown.begin",
+        "shutdown.listener_closed",
+        "shutdown.draining",
+        "shutdown.complete",
+    ];
+    for pair in order.windows(2) {
+        assert!(
+            pos(pair[0]) < pos(pair[1]),
+            "{pair:?} out of order: {names:?}"
+        );
+    }
+}
+
 async fn ws_connect(addr: SocketAddr) -> Ws {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (ws, res) = timeout(10 * SEC, client_async(format!("ws://{addr}/ws"), tcp))
@@ -114,6 +145,7 @@ async fn idle_connections_are_closed_cleanly() {
     let complete = server.expect_event("shutdown.complete", SEC);
     assert_eq!(complete["cut"], 0);
     assert_eq!(complete["upgrades"], 200);
+    assert_contract_order(&server);
 }
 
 // Requests in flight when SIGTERM arrives all complete with 200, and
@@ -139,11 +171,12 @@ async fn in_flight_requests_complete() {
         );
     }
     // Every answer came from the draining process, so it exited after them;
-    // exit 0 and `forced: 0` say it cut nothing to get there.
+    // exit 0 and `cut: 0` say it cut nothing to get there.
     assert_eq!(server.expect_exit(40 * SEC).code(), Some(0));
     let complete = server.expect_event("shutdown.complete", SEC);
     assert_eq!(complete["cut"], 0);
     assert_eq!(complete["requests"], 50);
+    assert_contract_order(&server);
 }
 
 // Keep-alive clients looping /ping lose nothing across SIGTERM; once
@@ -211,6 +244,7 @@ async fn no_request_lost_under_load() {
         .map(|t| t.unwrap())
         .collect();
     let status = server.expect_exit(40 * SEC);
+    assert_contract_order(&server);
 
     let ok: u64 = tallies.iter().map(|t| t.ok).sum();
     let lost: Vec<_> = tallies.iter().flat_map(|t| t.lost.clone()).collect();

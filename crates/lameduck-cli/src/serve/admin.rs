@@ -253,13 +253,7 @@ async fn metrics(State(admin): State<Admin>) -> Response {
     );
 
     let phases = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
-    for p in [
-        Phase::Serving,
-        Phase::Announcing,
-        Phase::Draining,
-        Phase::Forcing,
-        Phase::Stopped,
-    ] {
+    for p in Phase::all() {
         phases
             .get_or_create(&vec![("phase", p.as_str())])
             .set(i64::from(p == phase));
