@@ -71,7 +71,7 @@ async fn recv_in_select_loses_no_message() {
         }),
     );
     let (addr, handle) = serve(app).await;
-    let mut client = connect(addr, "/chat").await;
+    let client = connect(addr, "/chat").await;
 
     const N: u32 = 2_000;
     let (mut tx, mut rx) = client.split();
