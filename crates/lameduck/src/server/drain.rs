@@ -342,4 +342,18 @@ mod tests {
         assert_eq!(report.cut, 0);
         assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
+
+    // A drain forced because a task panicked ends with exit code 3, even
+    // with nothing to cut.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicked_task_makes_the_drain_unclean() {
+        let (p, _handle) = setup(5, 25);
+        let task = spawn_drive(&p);
+        p.lifecycle.task_panicked("signals");
+        let report = task.await.unwrap();
+        assert_eq!(report.cut, 0);
+        assert_eq!(report.panicked, Some("signals"));
+        assert!(!report.is_clean());
+        assert_eq!(report.exit_code(), crate::EXIT_FORCED);
+    }
 }

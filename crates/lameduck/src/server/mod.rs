@@ -241,3 +241,35 @@ impl Server {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{Config, Phase};
+
+    // A task the drain depends on that panics (the signal task, here)
+    // forces the drain instead of leaving a process that ignores its
+    // signals; one that ends normally changes nothing.
+    #[tokio::test]
+    async fn a_panicked_task_forces_the_drain() {
+        let lifecycle = Lifecycle::new(Config::default());
+        let done = tokio::spawn(async {});
+        let panics = tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            panic!("a task the drain depends on panicked (as this test wants)");
+        });
+        let watching = tokio::spawn(supervise(
+            lifecycle.clone(),
+            vec![("accept", done), ("signals", panics)],
+        ));
+        tokio::time::timeout(Duration::from_secs(5), lifecycle.force_requested())
+            .await
+            .expect("the panic forces the drain");
+        assert_eq!(lifecycle.panicked(), Some("signals"));
+        assert_eq!(lifecycle.phase(), Phase::Announcing);
+        assert!(!watching.is_finished(), "supervise never returns");
+        watching.abort();
+    }
+}
