@@ -59,9 +59,11 @@ pub(crate) struct DrillArgs {
     #[arg(long = "scenario", value_delimiter = ',', default_value = "all", value_parser = parse_scenario)]
     scenarios: Vec<Vec<Scenario>>,
 
-    /// Failure classes to tolerate (e.g. `refused` for a single instance
-    /// without a handoff): refused, lost, cut, http_5xx, idle_reset,
-    /// ws_abrupt, ws_unechoed, sse_abrupt, sse_gap, restart_failed, no_exit.
+    /// Failure classes to tolerate (e.g. `refused` for a service whose
+    /// restarts close its listener for a moment): refused, lost, cut,
+    /// http_5xx, idle_reset, ws_abrupt, ws_unechoed, sse_abrupt, sse_gap,
+    /// restart_failed, no_exit. Refusals after the final stop are counted
+    /// apart (`refused_after_stop`) and never fail.
     #[arg(long, value_delimiter = ',', value_parser = parse_class)]
     allow: Vec<Class>,
 

@@ -9,7 +9,8 @@ use crate::{lifecycle::DrainReason, stats::Totals};
 /// Exit code of a process whose drain completed: every connection finished.
 pub const EXIT_DRAINED: u8 = 0;
 /// Exit code of a process whose drain had to cut connections (deadline
-/// passed or second signal). Distinct from 1 (a failure to start or serve)
+/// passed or second signal), or was forced because a task it depends on
+/// panicked. Distinct from 1 (a failure to start or serve)
 /// and 64 (bad usage), so that an orchestrator's logs tell them apart.
 pub const EXIT_FORCED: u8 = 3;
 
@@ -22,8 +23,7 @@ pub struct DrainReport {
     /// From the drain request to the last connection closed (or cut).
     pub duration: Duration,
     /// Connections still open, and so cut, when the drain was forced; 0
-    /// when everything
-    /// drained by itself.
+    /// when everything drained by itself.
     pub cut: usize,
     /// A task the drain depends on (signals, accept loop, timers, upgrades)
     /// that panicked; the drain was then forced. `None` normally.

@@ -6,8 +6,9 @@
 //! 1. The running process starts a new copy of its binary with the
 //!    listening socket as fd 3 (`LISTEN_FDS=1`, `LISTEN_FDNAMES=service`;
 //!    sockets given to [`UpgradeConfig::hand_over`] follow it, by name),
-//!    and a private datagram socket to report on. Both processes now accept from the same socket:
-//!    the kernel queue is shared, nothing is refused.
+//!    and a private datagram socket to report on. Both processes now
+//!    accept from the same socket: the kernel queue is shared, nothing is
+//!    refused.
 //! 2. The new process serves, then reports ready (and tells systemd its pid).
 //! 3. Only then does the old process drain, with [`DrainReason::Restart`]
 //!    (WebSockets get 1012): it takes what is queued, closes its copy of the

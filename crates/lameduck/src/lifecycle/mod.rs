@@ -161,14 +161,15 @@ impl Lifecycle {
         raw == Phase::Forcing as u8 || raw == STOPPED_FORCED
     }
 
-    /// Whether connections have been asked to go.
+    /// Whether connections have been asked to go. (The stored value orders
+    /// as the phases do, so one load and one compare.)
     pub(crate) fn is_draining(&self) -> bool {
-        self.phase() >= Phase::Draining
+        self.raw() >= Phase::Draining as u8
     }
 
     /// Whether what remains is being cut (or the drain is over).
     pub(crate) fn is_forcing(&self) -> bool {
-        self.phase() >= Phase::Forcing
+        self.raw() >= Phase::Forcing as u8
     }
 
     pub(crate) fn reason(&self) -> Option<&DrainReason> {
