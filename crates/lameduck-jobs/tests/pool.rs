@@ -226,3 +226,81 @@ async fn leases_are_renewed_while_a_job_runs() {
     assert_eq!(runs.load(Ordering::SeqCst), 1, "run once");
     assert_eq!((done.fence, done.attempts), (1, 1), "claimed once");
 }
+
+/// A server with no connections on a loopback port, its handle, and its
+/// serve task.
+async fn idle_server() -> (
+    lameduck::Handle,
+    tokio::task::JoinHandle<Result<lameduck::DrainReport, lameduck::Error>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = lameduck::Server::new(listener).without_signals();
+    let handle = server.handle();
+    (handle, tokio::spawn(server.serve(axum::Router::new())))
+}
+
+// Driven by a server's drain: a clean drain (nothing to cut, so the
+// server stops at once) leaves running jobs their own drain timeout, and a
+// job that finishes on cancellation completes; a forced drain releases a
+// job that ignores its cancellation at once, long before that timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_forced_server_drain_cuts_jobs_short() {
+    // Clean: the server is stopped before the job is done.
+    let (_dir, j) = journal();
+    let id = j
+        .enqueue(NewJob::new("finisher", json!(null)))
+        .await
+        .unwrap()
+        .id;
+    let mut config = fast_config();
+    config.drain_timeout = Duration::from_secs(30);
+    let pool =
+        WorkerPool::with_config(j.clone(), config.clone()).handler("finisher", |ctx| async move {
+            ctx.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(json!("finished after the server stopped"))
+        });
+    let (handle, serving) = idle_server().await;
+    let running = tokio::spawn(pool.run_until_drained(handle.watcher()));
+    wait_state(&j, id, JobState::Running).await;
+    handle.drain(lameduck::DrainReason::Requested("test".into()));
+    let server = tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(server.is_clean());
+    let report = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.completed, report.forced), (1, 0), "{report:?}");
+    assert_eq!(j.get(id).await.unwrap().unwrap().state, JobState::Completed);
+
+    // Forced: the job is released at once with its checkpoint.
+    let (_dir, j) = journal();
+    let id = j
+        .enqueue(NewJob::new("stubborn", json!(null)))
+        .await
+        .unwrap()
+        .id;
+    let pool = WorkerPool::with_config(j.clone(), config).handler("stubborn", |ctx| async move {
+        ctx.checkpoint(&json!({"step": 3})).await?;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(json!("never"))
+    });
+    let (handle, serving) = idle_server().await;
+    let running = tokio::spawn(pool.run_until_drained(handle.watcher()));
+    wait_state(&j, id, JobState::Running).await;
+    let started = Instant::now();
+    handle.force();
+    let report = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("released long before the pool's 30 s drain timeout")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(report.forced, 1, "{report:?}");
+    let job = j.get(id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Pending, 0));
+    let _ = serving.await;
+}
