@@ -36,6 +36,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "LAMEDUCK_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,
 
+    /// Over how long WebSockets, SSE streams, idle keep-alive and HTTP/2
+    /// connections are told to go, one at a time in random order, so the
+    /// rest of the fleet is not hit by every reconnect at once: a duration,
+    /// or `auto` (1 ms per connection, at most half the drain timeout).
+    /// `0s` tells them all at once. Must fit in the drain timeout less the
+    /// WebSocket close timeout.
+    #[arg(long, env = "LAMEDUCK_DRAIN_SPREAD", default_value = "auto", value_parser = parse_spread)]
+    pub(crate) drain_spread: lameduck::DrainSpread,
+
     /// Time between the drain request and closing the listener, with /readyz
     /// failing (5s advised on Kubernetes).
     #[arg(long, env = "LAMEDUCK_DRAIN_ANNOUNCE", default_value = "0s", value_parser = parse_duration)]
@@ -187,6 +196,34 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+impl ServeArgs {
+    /// What clap cannot check flag by flag: a spread that leaves no room
+    /// for the close handshakes would turn into forced cuts.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if let lameduck::DrainSpread::Over(window) = self.drain_spread {
+            let room = self.drain_timeout.saturating_sub(self.ws_close_timeout);
+            if window > room {
+                return Err(format!(
+                    "--drain-spread {window:?} does not fit: it must leave the WebSocket close \
+                     timeout ({:?}) inside the drain timeout ({:?}), so at most {room:?}",
+                    self.ws_close_timeout, self.drain_timeout
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `auto` or a duration.
+fn parse_spread(s: &str) -> Result<lameduck::DrainSpread, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(lameduck::DrainSpread::Auto);
+    }
+    parse_duration(s)
+        .map(lameduck::DrainSpread::Over)
+        .map_err(|e| format!("{e}, or auto"))
+}
+
 /// Checked here so that a bad filter is a usage error, like any bad flag.
 fn parse_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
@@ -254,6 +291,33 @@ mod tests {
         assert!(Cli::try_parse_from(["lameduck", "serve", "--log-format", "xml"]).is_err());
         assert!(Cli::try_parse_from(["lameduck", "serve", "--jobs-lease", "10ms"]).is_err());
         assert!(Cli::try_parse_from(["lameduck", "serve", "--jobs-concurrency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["lameduck", "serve", "--drain-spread", "soon"]).is_err());
+        let spread = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["lameduck", "serve"], args].concat()).unwrap();
+            let Command::Serve(args) = cli.command else {
+                panic!("serve");
+            };
+            args.check().map(|()| args.drain_spread)
+        };
+        assert_eq!(spread(&[]), Ok(lameduck::DrainSpread::Auto));
+        assert_eq!(
+            spread(&["--drain-spread", "3s"]),
+            Ok(lameduck::DrainSpread::Over(Duration::from_secs(3)))
+        );
+        // 25 s of drain less 2 s of close handshake: 23 s fit, 24 s do not.
+        assert!(spread(&["--drain-spread", "23s"]).is_ok());
+        assert!(spread(&["--drain-spread", "24s"]).is_err());
+        assert!(
+            spread(&[
+                "--drain-spread",
+                "5s",
+                "--drain-timeout",
+                "6s",
+                "--ws-close-timeout",
+                "2s"
+            ])
+            .is_err()
+        );
     }
 
     proptest::proptest! {
@@ -264,7 +328,7 @@ mod tests {
         #[test]
         fn any_flag_value_parses_or_is_refused(
             flag in proptest::sample::select(&[
-                "--listen", "--admin-listen", "--drain-timeout", "--drain-announce",
+                "--listen", "--admin-listen", "--drain-timeout", "--drain-announce", "--drain-spread",
                 "--max-connections", "--max-in-flight", "--header-read-timeout",
                 "--keep-alive-timeout", "--request-timeout", "--max-header-bytes",
                 "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",

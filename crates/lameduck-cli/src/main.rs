@@ -41,6 +41,10 @@ fn main() -> ExitCode {
 fn run(cli: cli::Cli) -> anyhow::Result<u8> {
     match cli.command {
         cli::Command::Serve(args) => {
+            if let Err(why) = args.check() {
+                logging::error_line(format_args!("lameduck: error: {why}"));
+                return Ok(EXIT_USAGE);
+            }
             // Held to the end: it flushes the lines still queued.
             let _log = logging::init(&args.log)?;
             // Before any thread starts: this edits the environment.

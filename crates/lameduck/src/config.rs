@@ -36,6 +36,13 @@ pub struct Config {
     /// Time, after the announce period, that connections are given to finish
     /// before whatever remains is cut (`drain.timeout`, default 25 s).
     pub drain_timeout: Duration,
+    /// Over how long the long-lived connections (WebSockets, SSE streams,
+    /// idle HTTP/1 keep-alive connections, HTTP/2 connections) are told to
+    /// go, one at a time in random order, so that the rest of the fleet
+    /// takes their reconnects as a trickle rather than a wall
+    /// (`drain.spread`, default [`DrainSpread::Auto`]). The window starts
+    /// when the listener has closed and lies inside `drain_timeout`.
+    pub drain_spread: DrainSpread,
     /// How long an idle HTTP/1.1 keep-alive connection is kept open once the
     /// drain starts, so that a request its client is already sending is still
     /// served (with `Connection: close`) instead of lost (`drain.idle_grace`,
@@ -71,11 +78,60 @@ pub struct Config {
     pub max_header_bytes: usize,
 }
 
+/// How the drain spreads the moments it tells long-lived connections to go
+/// (see [`Config::drain_spread`]).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use lameduck::DrainSpread;
+///
+/// let timeout = Duration::from_secs(25);
+/// // Auto: a millisecond per connection, at most half the drain timeout.
+/// assert_eq!(DrainSpread::Auto.window(3_000, timeout), Duration::from_secs(3));
+/// assert_eq!(DrainSpread::Auto.window(100_000, timeout), Duration::from_millis(12_500));
+/// // A fixed window; zero tells every connection at once.
+/// assert_eq!(DrainSpread::Over(Duration::ZERO).window(3_000, timeout), Duration::ZERO);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DrainSpread {
+    /// Sized from the number of long-lived connections when the drain
+    /// starts: one millisecond each (1,000 reconnects a second, what the
+    /// rest of a fleet absorbs without noticing when each costs a
+    /// handshake and a state reload of about a millisecond of CPU), at
+    /// most half of `drain_timeout`, so that the last connections told
+    /// have the other half for their close handshakes and whatever they
+    /// still send: the spread never causes a forced cut.
+    Auto,
+    /// Over this window (zero: all at once). It must leave room, inside
+    /// `drain_timeout`, for the close handshakes of the last connections
+    /// told (`lameduck serve` refuses one longer than the drain timeout
+    /// minus the WebSocket close timeout).
+    Over(Duration),
+}
+
+impl DrainSpread {
+    /// The window for `connections` long-lived connections.
+    pub fn window(self, connections: usize, drain_timeout: Duration) -> Duration {
+        match self {
+            DrainSpread::Over(window) => window,
+            DrainSpread::Auto => {
+                let per = Duration::from_millis(1);
+                per.saturating_mul(u32::try_from(connections).unwrap_or(u32::MAX))
+                    .min(drain_timeout / 2)
+            }
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             drain_announce: Duration::ZERO,
             drain_timeout: Duration::from_secs(25),
+            drain_spread: DrainSpread::Auto,
             idle_grace: Duration::from_secs(1),
             header_read_timeout: Some(Duration::from_secs(10)),
             keep_alive_timeout: Some(Duration::from_secs(60)),
@@ -99,6 +155,12 @@ impl Config {
     /// Sets [`Config::drain_timeout`].
     pub fn drain_timeout(mut self, value: Duration) -> Self {
         self.drain_timeout = value;
+        self
+    }
+
+    /// Sets [`Config::drain_spread`].
+    pub fn drain_spread(mut self, value: DrainSpread) -> Self {
+        self.drain_spread = value;
         self
     }
 

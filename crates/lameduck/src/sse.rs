@@ -69,7 +69,9 @@ impl<S> SseStream<S> {
         }
     }
 
-    /// Sets the reconnection delay sent to the client with the drain event.
+    /// Sets the reconnection delay sent to the client with the drain event
+    /// (each stream sends between half and one and a half times it, so
+    /// that the clients of one drain spread their reconnects).
     pub fn retry(mut self, retry: Duration) -> Self {
         self.retry = retry;
         self
@@ -89,9 +91,12 @@ where
         }
         if this.drained.poll_drained(cx).is_ready() {
             *this.done = true;
+            // Jittered per stream (0.5 to 1.5 times the hint), so that the
+            // clients of one drain do not all come back at the same instant.
+            let retry = this.retry.mul_f64(0.5 + fastrand::f64());
             let last = Event::default()
                 .event(DRAIN_EVENT)
-                .retry(*this.retry)
+                .retry(retry)
                 .data("server draining, reconnect");
             return Poll::Ready(Some(Ok(last)));
         }

@@ -38,8 +38,8 @@ use crate::{Config, stats::Stats};
 pub(crate) use drain::DrainExt;
 pub use drain::{Drain, JobGuard};
 pub use reason::{DrainReason, Signal};
-pub(crate) use waiter::DrainWaiter;
 use waiter::Waiters;
+pub(crate) use waiter::{DrainWaiter, Told};
 
 /// Where a server stands. Phases only move forward, in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -238,6 +238,19 @@ impl Lifecycle {
             self.waiters.wake_parked();
         }
         self.changed.notify_waiters();
+    }
+
+    /// Moves to [`Phase::Draining`]. With `spread`, the connection tasks
+    /// waiting now are not woken by it: each is returned, to be told at its
+    /// own instant (tasks that start waiting later go at once).
+    pub(crate) fn start_draining(&self, spread: bool) -> Vec<Told> {
+        let told = if spread {
+            self.waiters.begin_spread()
+        } else {
+            Vec::new()
+        };
+        self.advance(Phase::Draining);
+        told
     }
 
     /// Resolves once the phase is `phase` or later; for

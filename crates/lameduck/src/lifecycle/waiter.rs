@@ -1,7 +1,9 @@
 //! Waking connection tasks at the drain and at the cut, cheaply.
 //!
 //! Connection tasks, WebSocket sessions and SSE streams check the drain on
-//! every wake-up. Polling a `CancellationToken` (or a `Notify`) future
+//! every wake-up. When the drain is spread, each waiter registered when it
+//! starts is told on its own, at its own instant ([`Told`]); one
+//! registered later is told at once. Polling a `CancellationToken` (or a `Notify`) future
 //! takes a lock that every connection of the server shares; a
 //! [`DrainWaiter`] is polled with one atomic load and an `AtomicWaker`
 //! registration. Registering and dropping take the registry's lock once
@@ -9,7 +11,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -37,6 +42,37 @@ struct Wakers {
     drain: AtomicWaker,
     read: AtomicWaker,
     write: AtomicWaker,
+    /// Part of a spread drain: waits to be told, not for the phase alone.
+    spread: AtomicBool,
+    /// Told to go by the spread.
+    told: AtomicBool,
+    /// Set when no task waits for the drain through this waiter any more
+    /// (a connection task that handed its socket to a WebSocket handler):
+    /// a spread leaves it out, as there is nobody to tell.
+    done_waiting: AtomicBool,
+}
+
+impl Wakers {
+    /// Whether the drain asks this waiter's task to go: at the cut always;
+    /// once draining, at once or, in a spread, when told.
+    fn must_go(&self, lifecycle: &Lifecycle) -> bool {
+        lifecycle.is_draining()
+            && (!self.spread.load(Ordering::Acquire)
+                || self.told.load(Ordering::Acquire)
+                || lifecycle.is_forcing())
+    }
+}
+
+/// One waiter of a spread drain, to be told to go at its instant.
+#[derive(Debug)]
+pub(crate) struct Told(Arc<Wakers>);
+
+impl Told {
+    /// Asks the waiter's task to go now.
+    pub(crate) fn tell(&self) {
+        self.0.told.store(true, Ordering::Release);
+        self.0.drain.wake();
+    }
 }
 
 impl Waiters {
@@ -51,11 +87,28 @@ impl Waiters {
         }
     }
 
-    /// Wakes every task parked in a read or a write, to fail it.
+    /// Marks every waiter registered now as part of a spread, and returns
+    /// them: each waits until told (or the cut), while one registered later
+    /// goes at once. Called before the phase moves to draining.
+    pub(super) fn begin_spread(&self) -> Vec<Told> {
+        self.lock()
+            .wakers
+            .values()
+            .filter(|wakers| !wakers.done_waiting.load(Ordering::Acquire))
+            .map(|wakers| {
+                wakers.spread.store(true, Ordering::Release);
+                Told(wakers.clone())
+            })
+            .collect()
+    }
+
+    /// Wakes every task parked in a read or a write, to fail it, and every
+    /// task waiting for the drain (a spread's waiters go at the cut).
     pub(super) fn wake_parked(&self) {
         for wakers in self.lock().wakers.values() {
             wakers.read.wake();
             wakers.write.wake();
+            wakers.drain.wake();
         }
     }
 
@@ -91,17 +144,24 @@ impl DrainWaiter {
         }
     }
 
+    /// No task waits for the drain through this waiter any more; it still
+    /// wakes parked reads and writes at the cut.
+    pub(crate) fn done_waiting(&self) {
+        self.wakers.done_waiting.store(true, Ordering::Release);
+    }
+
     /// Wakes the task that waits for the drain, so it looks at its state
     /// again (the connection timers use it).
     pub(crate) fn wake(&self) {
         self.wakers.drain.wake();
     }
 
-    /// Ready once connections are asked to go. Registers before checking,
-    /// so a drain starting in between still wakes the task.
+    /// Ready once this waiter's task is asked to go (see the module's
+    /// docs). Registers before checking, so a drain starting (or a tell)
+    /// in between still wakes the task.
     pub(crate) fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.wakers.drain.register(cx.waker());
-        if self.lifecycle.is_draining() {
+        if self.wakers.must_go(&self.lifecycle) {
             Poll::Ready(())
         } else {
             Poll::Pending

@@ -97,6 +97,10 @@ where
     })
     .await;
     if let Some(res) = served {
+        // Closed, timed out, or upgraded: in the last case the socket lives
+        // on in the handler (which watches the drain itself), and a spread
+        // drain must not count this task as one to tell.
+        state.drain.done_waiting();
         if state.expired.load(Ordering::Acquire) {
             // Idle, or sending its request head too slowly: nothing in
             // flight is lost by closing.

@@ -3,14 +3,17 @@
 //! phase asks of them. The order is the drain contract of
 //! `ARCHITECTURE.md`.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use super::registry::Registry;
 use crate::{
     handoff::notify,
-    lifecycle::{DrainReason, Lifecycle, Phase},
+    lifecycle::{DrainReason, Lifecycle, Phase, Told},
     report::DrainReport,
 };
 
@@ -42,10 +45,12 @@ pub(crate) async fn drive(lifecycle: &Lifecycle, registry: &Registry) -> DrainRe
         "shutdown.begin"
     );
 
+    // Connections of a spread drain not yet told to go.
+    let to_tell = AtomicUsize::new(0);
     let cut = tokio::select! {
         biased;
-        cut = run_phases(lifecycle, registry, deadline) => cut,
-        () = report_progress(lifecycle, registry, deadline) => unreachable!("progress reports until cancelled"),
+        cut = run_phases(lifecycle, registry, deadline, &to_tell) => cut,
+        () = report_progress(lifecycle, registry, deadline, &to_tell) => unreachable!("progress reports until cancelled"),
     };
 
     let report = DrainReport {
@@ -81,7 +86,12 @@ async fn wait_for(lifecycle: &Lifecycle, phase: Phase) {
 }
 
 /// Returns how many connections had to be cut (0 when all drained).
-async fn run_phases(lifecycle: &Lifecycle, registry: &Registry, deadline: Instant) -> usize {
+async fn run_phases(
+    lifecycle: &Lifecycle,
+    registry: &Registry,
+    deadline: Instant,
+    to_tell: &AtomicUsize,
+) -> usize {
     let announce = lifecycle.config().drain_announce;
     if !announce.is_zero() {
         tokio::select! {
@@ -99,13 +109,30 @@ async fn run_phases(lifecycle: &Lifecycle, registry: &Registry, deadline: Instan
         () = registry.listener_closed() => {}
         () = lifecycle.force_requested() => {}
     }
-    lifecycle.advance(Phase::Draining);
+    let config = lifecycle.config();
+    let window = config
+        .drain_spread
+        .window(long_lived(lifecycle), config.drain_timeout);
+    let told = lifecycle.start_draining(!window.is_zero());
+    to_tell.store(told.len(), Ordering::Relaxed);
     tracing::info!("shutdown.draining");
+    if !told.is_empty() {
+        tracing::info!(
+            window_ms = window.as_millis() as u64,
+            count = told.len(),
+            "shutdown.spread"
+        );
+    }
+    let telling = async {
+        tell_spread(told, window, to_tell).await;
+        std::future::pending::<()>().await
+    };
 
     let why = tokio::select! {
         () = registry.all_closed() => return 0,
         () = sleep_until(deadline) => "deadline",
         () = lifecycle.force_requested() => "forced",
+        () = telling => unreachable!("telling pends once done"),
     };
 
     // Zero when the last connection closed as the deadline passed (or the
@@ -137,7 +164,33 @@ async fn run_phases(lifecycle: &Lifecycle, registry: &Registry, deadline: Instan
     remaining
 }
 
-async fn report_progress(lifecycle: &Lifecycle, registry: &Registry, deadline: Instant) {
+/// Connections a spread is sized for: WebSockets, SSE streams, HTTP/2
+/// connections and idle HTTP/1 ones (roughly: HTTP/1 connections less the
+/// requests in flight, SSE streams among them).
+fn long_lived(lifecycle: &Lifecycle) -> usize {
+    let c = lifecycle.stats().counts();
+    c.websocket + c.sse + c.http2 + c.http1.saturating_sub(c.in_flight)
+}
+
+/// Tells the waiters of a spread drain to go, in random order, at instants
+/// spread evenly over `window`.
+async fn tell_spread(mut told: Vec<Told>, window: Duration, to_tell: &AtomicUsize) {
+    fastrand::shuffle(&mut told);
+    let start = Instant::now();
+    let n = told.len().max(1) as f64;
+    for (i, waiter) in told.into_iter().enumerate() {
+        sleep_until(start + window.mul_f64(i as f64 / n)).await;
+        waiter.tell();
+        to_tell.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn report_progress(
+    lifecycle: &Lifecycle,
+    registry: &Registry,
+    deadline: Instant,
+    to_tell: &AtomicUsize,
+) {
     let period = lifecycle
         .config()
         .progress_interval
@@ -156,6 +209,7 @@ async fn report_progress(lifecycle: &Lifecycle, registry: &Registry, deadline: I
             sse = counts.sse,
             in_flight = counts.in_flight,
             jobs = counts.jobs,
+            to_tell = to_tell.load(Ordering::Relaxed),
             "shutdown.progress"
         );
         notify::status(&format!(
@@ -355,5 +409,57 @@ mod tests {
         assert_eq!(report.panicked, Some("signals"));
         assert!(!report.is_clean());
         assert_eq!(report.exit_code(), crate::EXIT_FORCED);
+    }
+
+    /// Drains with `spread` while 10 connection tasks wait: returns, for
+    /// each, when it was told to go, from the drain request.
+    async fn told_at(spread: crate::DrainSpread) -> Vec<Duration> {
+        let config = Config::default().drain_spread(spread);
+        let lifecycle = Lifecycle::new(config);
+        let handle = Handle::new(lifecycle.clone(), Arc::default());
+        let p = Parts {
+            lifecycle,
+            registry: Arc::default(),
+        };
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let waiter = crate::lifecycle::DrainWaiter::new(p.lifecycle.clone());
+                let token = p.registry.token();
+                tokio::spawn(async move {
+                    std::future::poll_fn(|cx| waiter.poll_drained(cx)).await;
+                    drop(token);
+                    start.elapsed()
+                })
+            })
+            .collect();
+        settle().await;
+        let task = spawn_drive(&p);
+        handle.drain(DrainReason::Requested("test".into()));
+        let mut at = Vec::new();
+        for t in tasks {
+            at.push(t.await.unwrap());
+        }
+        let report = task.await.unwrap();
+        assert_eq!(report.cut, 0);
+        at.sort();
+        at
+    }
+
+    // A spread drain tells each waiting connection on its own, at instants
+    // spread evenly over the window (here 10 over 1 s: 100 ms apart); a
+    // zero spread tells them all at once.
+    #[tokio::test(start_paused = true)]
+    async fn spread_tells_connections_one_at_a_time() {
+        let at = told_at(crate::DrainSpread::Over(Duration::from_secs(1))).await;
+        for (i, t) in at.iter().enumerate() {
+            let want = Duration::from_millis(100 * i as u64);
+            assert!(
+                t.abs_diff(want) <= Duration::from_millis(5),
+                "connection {i} told at {t:?}, not near {want:?}: {at:?}"
+            );
+        }
+        let at = told_at(crate::DrainSpread::Over(Duration::ZERO)).await;
+        assert!(at.iter().all(|t| *t == at[0]), "{at:?}");
     }
 }
