@@ -150,10 +150,16 @@ async fn lameduck_serve_loses_nothing() {
         ("gaps", "sse_gap"),
         ("restart_failed", "restart_failed"),
         ("no_exit", "no_exit"),
+        ("WS+SSE", "reconnect"),
     ] {
         let shown = format!("{label} {:>7}", count(name));
         assert!(table.contains(&shown), "table shows {shown:?}: {table}");
     }
+    let peak = format!(
+        "peak/100ms {:>7}",
+        report["reconnect_peak_per_100ms"].as_u64().unwrap()
+    );
+    assert!(table.contains(&peak), "table shows {peak:?}: {table}");
     for phase in ["before", "during", "after"] {
         assert!(
             report["latency"][phase]["count"].is_u64(),
@@ -309,6 +315,12 @@ async fn restarts_of_lameduck_serve_lose_nothing() {
     assert_eq!(count("sse_clean"), 15, "{}", text(&out));
     assert!(count("sse_event") > 15, "{}", text(&out));
     assert!(count("ws_echoed") > 30, "{}", text(&out));
+    // Each of the 15 clients reconnected once per restart, and the storm
+    // metric saw it.
+    assert_eq!(count("reconnect"), 45, "{}", text(&out));
+    let peak = report["reconnect_peak_per_100ms"].as_u64().unwrap();
+    assert!((1..=45).contains(&peak), "{report}");
+    assert!(report["reconnect_peak_at_ms"].is_u64(), "{report}");
 
     let restarts = report["restarts"].as_array().unwrap();
     assert_eq!(restarts.len(), 3, "{report}");
@@ -372,6 +384,50 @@ async fn all_scenarios_pass_lameduck_serve_with_nothing_allowed() {
     assert_eq!(report["passed"], true);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("refused after stop"), "{table}");
+}
+
+// The drill sees a reconnect storm, and the spread drain removes it: one
+// upgrade of `lameduck serve` under 40 WebSocket and 10 SSE clients that
+// reconnect at once; with `--drain-spread 0s` the busiest 100 ms holds at
+// least 3 times the reconnects it holds with `--drain-spread 2s`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_sees_the_storm_that_the_spread_removes() {
+    let mut peaks = Vec::new();
+    for spread in ["0s", "2s"] {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("report.json");
+        let (serve, journal) = serve_command(dir.path());
+        let serve = format!("{serve} --drain-spread {spread}");
+        let json_s = json.display().to_string();
+        let args = [
+            "--spawn",
+            &serve,
+            "--scenario",
+            "restart",
+            "--restarts",
+            "1",
+            "--restart-every",
+            "4s",
+            "--restart-load",
+            "2",
+            "--restart-ws",
+            "40",
+            "--restart-sse",
+            "10",
+            "--before",
+            "1s",
+            "--json",
+            &json_s,
+        ];
+        let out = drill(&args).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(!running(&journal), "a lameduck process was left running");
+        let report = read_report(&json);
+        assert_eq!(report["counts"]["reconnect"], 50, "{}", text(&out));
+        peaks.push(report["reconnect_peak_per_100ms"].as_u64().unwrap());
+    }
+    assert!(peaks[0] >= 3 * peaks[1].max(1), "peaks (0s, 2s): {peaks:?}");
+    eprintln!("reconnect peaks per 100 ms, spread 0s and 2s: {peaks:?}");
 }
 
 // A careless server dies of SIGHUP: the restart fails, and what it cut is

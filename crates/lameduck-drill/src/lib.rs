@@ -320,10 +320,13 @@ impl Drill {
                 after,
             },
             timeline: rec.timeline(),
+            reconnect_peak_per_100ms: 0,
+            reconnect_peak_at_ms: None,
             allowed: self.allow.iter().map(|c| c.name().to_owned()).collect(),
             failures: Vec::new(),
             passed: false,
         };
+        report.find_reconnect_peak();
         report.judge();
         Ok(report)
     }

@@ -65,6 +65,10 @@ pub enum Class {
     /// An SSE event id that skipped one or more ids (on one stream, or
     /// across a reconnect with `Last-Event-ID`).
     SseGap,
+    /// A WebSocket or SSE client that had a session opened a new one (its
+    /// last one ended): what a drain sends to the rest of a fleet. Not a
+    /// failure; its peak per 100 ms shows a reconnect storm.
+    Reconnect,
     /// A restart that did not go through: no process of a spawned service
     /// was left; a service that speaks sd_notify said nothing before the
     /// next restart was due, or no `READY=1` within the restart timeout; or
@@ -77,7 +81,7 @@ pub enum Class {
 
 impl Class {
     /// Every class, in report order.
-    pub const ALL: [Class; 20] = [
+    pub const ALL: [Class; 21] = [
         Class::Ok,
         Class::Http5xx,
         Class::Refused,
@@ -96,6 +100,7 @@ impl Class {
         Class::SseAbrupt,
         Class::SseEvent,
         Class::SseGap,
+        Class::Reconnect,
         Class::RestartFailed,
         Class::NoExit,
     ];
@@ -121,6 +126,7 @@ impl Class {
             Class::SseAbrupt => "sse_abrupt",
             Class::SseEvent => "sse_event",
             Class::SseGap => "sse_gap",
+            Class::Reconnect => "reconnect",
             Class::RestartFailed => "restart_failed",
             Class::NoExit => "no_exit",
         }

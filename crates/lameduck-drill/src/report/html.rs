@@ -46,6 +46,10 @@ pub fn html(r: &Report) -> String {
             ],
         ),
         (
+            "reconnects per second (WebSocket and SSE)",
+            vec![("reconnects", "#e65100", Box::new(count("reconnect")))],
+        ),
+        (
             "open connections",
             vec![
                 ("http", "#1565c0", Box::new(|b: &Bucket| b.open_http as f64)),

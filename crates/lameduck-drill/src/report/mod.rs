@@ -50,6 +50,12 @@ pub struct Report {
     pub latency: Phases,
     /// 100 ms slices.
     pub timeline: Vec<Bucket>,
+    /// The most WebSocket and SSE reconnects in one 100 ms slice (the
+    /// series is `reconnect` in the timeline's counts): a drain that
+    /// closes everything at once shows here as a storm.
+    pub reconnect_peak_per_100ms: u64,
+    /// When that slice started, in ms since the drill started.
+    pub reconnect_peak_at_ms: Option<u64>,
     /// Classes tolerated by `--allow`.
     pub allowed: Vec<String>,
     /// Failure classes with a count above zero, not allowed.
@@ -105,6 +111,19 @@ pub struct Phases {
 }
 
 impl Report {
+    /// Sets the reconnect peak from the timeline.
+    pub(crate) fn find_reconnect_peak(&mut self) {
+        let name = Class::Reconnect.name();
+        let peak = self
+            .timeline
+            .iter()
+            .map(|b| (b.counts.get(name).copied().unwrap_or(0), b.t_ms))
+            .max_by_key(|&(n, t)| (n, std::cmp::Reverse(t)))
+            .filter(|&(n, _)| n > 0);
+        self.reconnect_peak_per_100ms = peak.map_or(0, |(n, _)| n);
+        self.reconnect_peak_at_ms = peak.map(|(_, t)| t);
+    }
+
     /// Sets `failures` and `passed` from the counts and `allowed`.
     pub(crate) fn judge(&mut self) {
         self.failures = Class::ALL

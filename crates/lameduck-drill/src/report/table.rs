@@ -53,7 +53,7 @@ pub fn table(r: &Report) -> String {
     }
     let _ = writeln!(out, "drill ended at {}", ms(r.end_ms));
     let _ = writeln!(out);
-    let rows: [(&str, Vec<(&str, u64)>); 5] = [
+    let rows: [(&str, Vec<(&str, u64)>); 6] = [
         (
             "HTTP requests",
             vec![
@@ -89,6 +89,13 @@ pub fn table(r: &Report) -> String {
                 ("open", r.still_open.sse as u64),
                 ("events", c("sse_event")),
                 ("gaps", c("sse_gap")),
+            ],
+        ),
+        (
+            "reconnects",
+            vec![
+                ("WS+SSE", c("reconnect")),
+                ("peak/100ms", r.reconnect_peak_per_100ms),
             ],
         ),
         (

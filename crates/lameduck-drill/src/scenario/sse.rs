@@ -88,12 +88,19 @@ pub(super) async fn streams(ctx: &Ctx, clients: usize, tasks: &mut JoinSet<()>) 
         let ctx = ctx.clone();
         tasks.spawn(async move {
             let mut last = None;
+            let mut had_stream = first.is_some();
             let mut tcp = first;
             while !ctx.stop.is_cancelled() {
                 let mut conn = match tcp.take() {
                     Some(conn) => conn,
                     None => match connect(&ctx, last).await {
-                        Some(conn) => conn,
+                        Some(conn) => {
+                            if had_stream {
+                                ctx.rec.count(Class::Reconnect);
+                            }
+                            had_stream = true;
+                            conn
+                        }
                         None if ctx.pause().await => continue,
                         None => break,
                     },

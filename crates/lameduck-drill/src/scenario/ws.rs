@@ -99,12 +99,19 @@ pub(super) async fn chat(ctx: &Ctx, clients: usize, reconnect: bool, tasks: &mut
         let ctx = ctx.clone();
         tasks.spawn(async move {
             let mut next: u64 = 1;
+            let mut had_session = first.is_some();
             let mut ws = first;
             while !ctx.stop.is_cancelled() {
                 let mut sock = match ws.take() {
                     Some(sock) => sock,
                     None => match open(&ctx).await {
-                        Some(sock) => sock,
+                        Some(sock) => {
+                            if had_session {
+                                ctx.rec.count(Class::Reconnect);
+                            }
+                            had_session = true;
+                            sock
+                        }
                         None if ctx.pause().await => continue,
                         None => break,
                     },
