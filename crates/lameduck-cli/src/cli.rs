@@ -46,9 +46,22 @@ pub(crate) struct ServeArgs {
     pub(crate) drain_spread: lameduck::DrainSpread,
 
     /// Time between the drain request and closing the listener, with /readyz
-    /// failing (5s advised on Kubernetes).
-    #[arg(long, env = "LAMEDUCK_DRAIN_ANNOUNCE", default_value = "0s", value_parser = parse_duration)]
-    pub(crate) drain_announce: Duration,
+    /// failing: a duration (5s advised on Kubernetes), or `auto` / `auto:MAX`
+    /// (until no request but health probes came for --drain-announce-quiet,
+    /// at least --drain-announce-min, at most MAX, default 10s). An upgrade
+    /// has none.
+    #[arg(long, env = "LAMEDUCK_DRAIN_ANNOUNCE", default_value = "0s", value_parser = parse_announce)]
+    pub(crate) drain_announce: Announce,
+
+    /// With `--drain-announce auto`: the shortest announce period; at least
+    /// the load balancer's check interval times its fall count.
+    #[arg(long, env = "LAMEDUCK_DRAIN_ANNOUNCE_MIN", default_value = "2s", value_parser = parse_duration)]
+    pub(crate) drain_announce_min: Duration,
+
+    /// With `--drain-announce auto`: how long without a request (health
+    /// probes aside) ends the announce period.
+    #[arg(long, env = "LAMEDUCK_DRAIN_ANNOUNCE_QUIET", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) drain_announce_quiet: Duration,
 
     /// How long an idle keep-alive connection is kept open once draining.
     #[arg(long, env = "LAMEDUCK_DRAIN_IDLE_GRACE", default_value = "1s", value_parser = parse_duration)]
@@ -196,10 +209,53 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// `--drain-announce`: a fixed period, or until quiet with a maximum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Announce {
+    Fixed(Duration),
+    Auto { max: Duration },
+}
+
+/// `2s`, `auto` or `auto:15s`.
+fn parse_announce(s: &str) -> Result<Announce, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(Announce::Auto {
+            max: Duration::from_secs(10),
+        });
+    }
+    if let Some(max) = s.strip_prefix("auto:") {
+        return parse_duration(max).map(|max| Announce::Auto { max });
+    }
+    parse_duration(s)
+        .map(Announce::Fixed)
+        .map_err(|e| format!("{e}, or auto, or auto:MAX"))
+}
+
 impl ServeArgs {
+    /// The library's announce period.
+    pub(crate) fn announce(&self) -> lameduck::DrainAnnounce {
+        match self.drain_announce {
+            Announce::Fixed(period) => lameduck::DrainAnnounce::For(period),
+            Announce::Auto { max } => lameduck::DrainAnnounce::UntilQuiet {
+                min: self.drain_announce_min,
+                quiet: self.drain_announce_quiet,
+                max,
+            },
+        }
+    }
+
     /// What clap cannot check flag by flag: a spread that leaves no room
     /// for the close handshakes would turn into forced cuts.
     pub(crate) fn check(&self) -> Result<(), String> {
+        if let Announce::Auto { max } = self.drain_announce {
+            if self.drain_announce_min > max {
+                return Err(format!(
+                    "--drain-announce-min {:?} is longer than the announce maximum {max:?}",
+                    self.drain_announce_min
+                ));
+            }
+        }
         if let lameduck::DrainSpread::Over(window) = self.drain_spread {
             let room = self.drain_timeout.saturating_sub(self.ws_close_timeout);
             if window > room {
@@ -292,6 +348,32 @@ mod tests {
         assert!(Cli::try_parse_from(["lameduck", "serve", "--jobs-lease", "10ms"]).is_err());
         assert!(Cli::try_parse_from(["lameduck", "serve", "--jobs-concurrency", "0"]).is_err());
         assert!(Cli::try_parse_from(["lameduck", "serve", "--drain-spread", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["lameduck", "serve", "--drain-announce", "auto:x"]).is_err());
+        let announce = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["lameduck", "serve"], args].concat()).unwrap();
+            let Command::Serve(args) = cli.command else {
+                panic!("serve");
+            };
+            args.check().map(|()| args.announce())
+        };
+        assert_eq!(
+            announce(&["--drain-announce", "5s"]),
+            Ok(lameduck::DrainAnnounce::For(Duration::from_secs(5)))
+        );
+        assert_eq!(
+            announce(&[
+                "--drain-announce",
+                "auto:15s",
+                "--drain-announce-quiet",
+                "500ms"
+            ]),
+            Ok(lameduck::DrainAnnounce::UntilQuiet {
+                min: Duration::from_secs(2),
+                quiet: Duration::from_millis(500),
+                max: Duration::from_secs(15),
+            })
+        );
+        assert!(announce(&["--drain-announce", "auto:1s"]).is_err());
         let spread = |args: &[&str]| {
             let cli = Cli::try_parse_from([&["lameduck", "serve"], args].concat()).unwrap();
             let Command::Serve(args) = cli.command else {
@@ -328,7 +410,7 @@ mod tests {
         #[test]
         fn any_flag_value_parses_or_is_refused(
             flag in proptest::sample::select(&[
-                "--listen", "--admin-listen", "--drain-timeout", "--drain-announce", "--drain-spread",
+                "--listen", "--admin-listen", "--drain-timeout", "--drain-announce", "--drain-spread", "--drain-announce-min", "--drain-announce-quiet",
                 "--max-connections", "--max-in-flight", "--header-read-timeout",
                 "--keep-alive-timeout", "--request-timeout", "--max-header-bytes",
                 "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",

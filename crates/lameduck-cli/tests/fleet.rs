@@ -373,7 +373,7 @@ fn assert_nothing_failed(label: &str, d: &Deploy) {
 // and the spread is what keeps the reconnects down: with 0 s the busiest
 // 100 ms holds at least 5 times as many as with 3 s, and with 3 s no more
 // than twice the even rate (the instance's connections over 30 slices,
-// floor 10).
+// floor 10). Then the same with `--drain-announce auto` and `5s`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_deploy_behind_haproxy_loses_nothing_and_spreads_reconnects() {
     let spread = rolling_deploy(&["--drain-spread", "3s"]).await;
@@ -394,4 +394,24 @@ async fn rolling_deploy_behind_haproxy_loses_nothing_and_spreads_reconnects() {
         "no storm without the spread: 0s {p0}, 3s {p3}"
     );
     assert!(p3 <= 2 * even, "spread 3s peaked at {p3} per 100 ms");
+
+    // The announce period ends by itself once HAProxy has stopped sending
+    // (its health checks take the instance out within a second): nothing
+    // fails, and each old instance is gone sooner than with a fixed 5 s.
+    let auto = rolling_deploy(&["--drain-spread", "0s", "--drain-announce", "auto"]).await;
+    assert_nothing_failed("announce auto", &auto);
+    let fixed = rolling_deploy(&["--drain-spread", "0s", "--drain-announce", "5s"]).await;
+    assert_nothing_failed("announce 5s", &fixed);
+    eprintln!(
+        "drains (s): announce auto {:?}, announce 5s {:?}",
+        auto.drains, fixed.drains
+    );
+    for (a, f) in auto.drains.iter().zip(&fixed.drains) {
+        assert!(
+            a < f,
+            "auto {:?} not sooner than 5s {:?}",
+            auto.drains,
+            fixed.drains
+        );
+    }
 }

@@ -24,15 +24,21 @@ use std::time::Duration;
 ///     .drain_timeout(Duration::from_secs(20))
 ///     .max_in_flight(Some(1_000));
 /// assert_eq!(config.idle_grace, Duration::from_secs(1));
-/// assert_eq!(config.drain_announce, Duration::from_secs(5));
+/// assert_eq!(config.drain_announce.max(), Duration::from_secs(5));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
     /// Time between the drain request and closing the listener, during which
     /// everything keeps working but `/readyz` answers 503 (`drain.announce`,
-    /// default 0 s).
-    pub drain_announce: Duration,
+    /// default 0 s): a fixed period, or until the load balancer has stopped
+    /// sending ([`DrainAnnounce::UntilQuiet`]). A restart (an upgrade, whose
+    /// successor shares the listening socket) has none.
+    pub drain_announce: DrainAnnounce,
+    /// Paths of the health probes (default `/readyz` and `/livez`):
+    /// requests to them do not count as traffic when
+    /// [`DrainAnnounce::UntilQuiet`] waits for quiet.
+    pub health_paths: Vec<String>,
     /// Time, after the announce period, that connections are given to finish
     /// before whatever remains is cut (`drain.timeout`, default 25 s).
     pub drain_timeout: Duration,
@@ -76,6 +82,81 @@ pub struct Config {
     /// get `431 Request Header Fields Too Large` (default 64 KiB, at least
     /// 8 KiB).
     pub max_header_bytes: usize,
+}
+
+/// How long the announce period lasts (see [`Config::drain_announce`]).
+///
+/// A fixed period is a guess at how long the load balancer takes to stop
+/// sending: too short and connections it still sends are refused, too long
+/// and every deploy is slower. `UntilQuiet` watches for that instead: the
+/// period ends once no request but a health probe arrived for `quiet`
+/// (requests, not connections: health checks open connections all the
+/// time, and pooled load-balancer connections send without opening any),
+/// never before `min` (set it to at least the load balancer's check
+/// interval times its fall count) and never after `max`.
+///
+/// A fixed period is still the right choice behind a load balancer that
+/// does not retry refused connections elsewhere, or for a service with so
+/// little traffic that a second of silence proves nothing.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use lameduck::{Config, DrainAnnounce};
+///
+/// let config = Config::default().drain_announce(DrainAnnounce::auto());
+/// assert_eq!(config.drain_announce.max(), Duration::from_secs(10));
+/// let fixed = Config::default().drain_announce(Duration::from_secs(5));
+/// assert_eq!(fixed.drain_announce, DrainAnnounce::For(Duration::from_secs(5)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DrainAnnounce {
+    /// A fixed period.
+    For(Duration),
+    /// Until no request but health probes arrived for `quiet`, never
+    /// before `min`, never after `max`.
+    UntilQuiet {
+        /// The shortest period.
+        min: Duration,
+        /// How long without traffic ends it.
+        quiet: Duration,
+        /// The longest period.
+        max: Duration,
+    },
+}
+
+impl DrainAnnounce {
+    /// `UntilQuiet` with a 2 s minimum, 1 s of quiet and a 10 s maximum.
+    pub fn auto() -> Self {
+        Self::auto_max(Duration::from_secs(10))
+    }
+
+    /// `UntilQuiet` with a 2 s minimum, 1 s of quiet and `max` (at least
+    /// the minimum).
+    pub fn auto_max(max: Duration) -> Self {
+        let min = Duration::from_secs(2).min(max);
+        DrainAnnounce::UntilQuiet {
+            min,
+            quiet: Duration::from_secs(1),
+            max,
+        }
+    }
+
+    /// The longest the period can last.
+    pub fn max(self) -> Duration {
+        match self {
+            DrainAnnounce::For(period) => period,
+            DrainAnnounce::UntilQuiet { max, .. } => max,
+        }
+    }
+}
+
+impl From<Duration> for DrainAnnounce {
+    fn from(period: Duration) -> Self {
+        DrainAnnounce::For(period)
+    }
 }
 
 /// How the drain spreads the moments it tells long-lived connections to go
@@ -129,7 +210,8 @@ impl DrainSpread {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            drain_announce: Duration::ZERO,
+            drain_announce: DrainAnnounce::For(Duration::ZERO),
+            health_paths: vec!["/readyz".into(), "/livez".into()],
             drain_timeout: Duration::from_secs(25),
             drain_spread: DrainSpread::Auto,
             idle_grace: Duration::from_secs(1),
@@ -146,9 +228,15 @@ impl Default for Config {
 
 /// Setters, one per field, for building a `Config` in one expression.
 impl Config {
-    /// Sets [`Config::drain_announce`].
-    pub fn drain_announce(mut self, value: Duration) -> Self {
-        self.drain_announce = value;
+    /// Sets [`Config::drain_announce`] (a `Duration` is a fixed period).
+    pub fn drain_announce(mut self, value: impl Into<DrainAnnounce>) -> Self {
+        self.drain_announce = value.into();
+        self
+    }
+
+    /// Sets [`Config::health_paths`].
+    pub fn health_paths(mut self, value: Vec<String>) -> Self {
+        self.health_paths = value;
         self
     }
 

@@ -57,7 +57,7 @@ pub mod sse;
 mod stats;
 pub mod ws;
 
-pub use config::{Config, DrainSpread};
+pub use config::{Config, DrainAnnounce, DrainSpread};
 pub use error::Error;
 pub use handle::Handle;
 pub use lifecycle::{Drain, DrainReason, JobGuard, Phase, PhaseFuture};

@@ -144,6 +144,9 @@ pub(crate) struct Stats {
     cut: AtomicU64,
     rejected_connections: AtomicU64,
     rejected_requests: AtomicU64,
+    /// Requests other than health probes received while announcing (only
+    /// counted then).
+    announce_traffic: AtomicU64,
     /// In-flight requests as one shared counter, kept only when
     /// `max_in_flight` is set (the limit needs an exact, current value).
     in_flight_limited: AtomicUsize,
@@ -183,6 +186,17 @@ impl Stats {
             self.accepted_during_drain.fetch_add(1, Relaxed);
         }
         self.by_kind[kind.as_u8() as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A request other than a health probe arrived during the announce
+    /// period.
+    pub(crate) fn announce_traffic(&self) {
+        self.announce_traffic.fetch_add(1, Relaxed);
+    }
+
+    /// Requests counted by [`Stats::announce_traffic`].
+    pub(crate) fn announce_traffic_seen(&self) -> u64 {
+        self.announce_traffic.load(Relaxed)
     }
 
     /// Counts a refused connection; returns how many there have been.

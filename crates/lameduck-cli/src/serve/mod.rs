@@ -61,7 +61,7 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
 
     let mut config = Config::default();
     config.drain_timeout = args.drain_timeout;
-    config.drain_announce = args.drain_announce;
+    config.drain_announce = args.announce();
     config.drain_spread = args.drain_spread;
     config.idle_grace = args.drain_idle_grace;
     let limit = |n: u32| (n > 0).then_some(n as usize);

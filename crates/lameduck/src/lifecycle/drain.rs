@@ -89,11 +89,13 @@ impl Drain {
         self.lifecycle.phase()
     }
 
-    /// Whether the server wants new traffic: only while
-    /// [`Phase::Serving`]. From the drain request on it does not, and
-    /// readiness probes should fail (as [`crate::health::readyz`] does).
+    /// Whether the server wants new traffic: while [`Phase::Serving`].
+    /// From a drain request on it does not, and readiness probes should
+    /// fail (as [`crate::health::readyz`] does); but a restart's drain (an
+    /// upgrade, whose successor serves on the same socket) stays ready
+    /// until it is forced.
     pub fn is_ready(&self) -> bool {
-        self.phase() == Phase::Serving
+        self.lifecycle.is_ready()
     }
 
     /// Whether connections have been asked to go ([`Phase::Draining`] or

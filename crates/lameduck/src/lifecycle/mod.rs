@@ -161,6 +161,21 @@ impl Lifecycle {
         raw == Phase::Forcing as u8 || raw == STOPPED_FORCED
     }
 
+    /// Whether the drain is in its announce period.
+    pub(crate) fn is_announcing(&self) -> bool {
+        self.raw() == Phase::Announcing as u8
+    }
+
+    /// Whether the service wants traffic: while serving, and through a
+    /// restart's drain (its successor shares the listening socket and
+    /// serves; a probe answered 503 here would take the socket out of
+    /// rotation) until it is forced.
+    pub(crate) fn is_ready(&self) -> bool {
+        let raw = self.raw();
+        raw == Phase::Serving as u8
+            || (raw < Phase::Forcing as u8 && self.reason().is_some_and(DrainReason::is_restart))
+    }
+
     /// Whether connections have been asked to go. (The stored value orders
     /// as the phases do, so one load and one compare.)
     pub(crate) fn is_draining(&self) -> bool {

@@ -4,7 +4,7 @@
 //! `ARCHITECTURE.md`.
 
 use std::{
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
     time::Duration,
 };
 
@@ -12,6 +12,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use super::registry::Registry;
 use crate::{
+    DrainAnnounce,
     handoff::notify,
     lifecycle::{DrainReason, Lifecycle, Phase, Told},
     report::DrainReport,
@@ -33,24 +34,39 @@ pub(crate) async fn drive(lifecycle: &Lifecycle, registry: &Registry) -> DrainRe
         .reason()
         .cloned()
         .unwrap_or_else(|| DrainReason::Requested("unknown".into()));
-    let deadline = started + config.drain_announce + config.drain_timeout;
+    // A restart's successor already serves on the same socket: there is
+    // no load balancer to wait for.
+    let announce = if reason.is_restart() {
+        DrainAnnounce::For(Duration::ZERO)
+    } else {
+        config.drain_announce
+    };
     if !reason.is_restart() {
         notify::stopping();
     }
+    let latest = announce.max() + config.drain_timeout;
     tracing::info!(
         reason = %reason,
-        announce_ms = config.drain_announce.as_millis() as u64,
+        announce = match announce {
+            DrainAnnounce::UntilQuiet { .. } => "until quiet",
+            _ => "fixed",
+        },
+        announce_ms = announce.max().as_millis() as u64,
         timeout_ms = config.drain_timeout.as_millis() as u64,
-        deadline_ms = (config.drain_announce + config.drain_timeout).as_millis() as u64,
+        deadline_ms = latest.as_millis() as u64,
         "shutdown.begin"
     );
 
-    // Connections of a spread drain not yet told to go.
-    let to_tell = AtomicUsize::new(0);
+    let state = State {
+        started,
+        // Moved earlier once the announce period ends.
+        deadline_ms: AtomicU64::new(ms(latest)),
+        to_tell: AtomicUsize::new(0),
+    };
     let cut = tokio::select! {
         biased;
-        cut = run_phases(lifecycle, registry, deadline, &to_tell) => cut,
-        () = report_progress(lifecycle, registry, deadline, &to_tell) => unreachable!("progress reports until cancelled"),
+        cut = run_phases(lifecycle, registry, announce, &state) => cut,
+        () = report_progress(lifecycle, registry, &state) => unreachable!("progress reports until cancelled"),
     };
 
     let report = DrainReport {
@@ -77,6 +93,64 @@ pub(crate) async fn drive(lifecycle: &Lifecycle, registry: &Registry) -> DrainRe
     report
 }
 
+/// What the phases and the progress reports share.
+struct State {
+    started: Instant,
+    /// The deadline, in ms after `started`.
+    deadline_ms: AtomicU64,
+    /// Connections of a spread drain not yet told to go.
+    to_tell: AtomicUsize,
+}
+
+impl State {
+    fn deadline(&self) -> Instant {
+        self.started + Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed))
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How often the announce period looks for traffic.
+const QUIET_CHECK: Duration = Duration::from_millis(50);
+
+/// Runs the announce period; returns why it ended.
+async fn announce(lifecycle: &Lifecycle, announce: DrainAnnounce) -> &'static str {
+    match announce {
+        DrainAnnounce::For(period) if period.is_zero() => "none",
+        DrainAnnounce::UntilQuiet { min, quiet, max } => {
+            let start = Instant::now();
+            let stats = lifecycle.stats();
+            let mut seen = stats.announce_traffic_seen();
+            let mut last_traffic = start;
+            let mut ticks = tokio::time::interval(QUIET_CHECK);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = lifecycle.force_requested() => return "forced",
+                }
+                let now = Instant::now();
+                let count = stats.announce_traffic_seen();
+                if count != seen {
+                    seen = count;
+                    last_traffic = now;
+                }
+                if now - start >= max {
+                    return "max";
+                }
+                if now - start >= min && now - last_traffic >= quiet {
+                    return "quiet";
+                }
+            }
+        }
+        DrainAnnounce::For(period) => tokio::select! {
+            () = sleep(period) => "elapsed",
+            () = lifecycle.force_requested() => "forced",
+        },
+    }
+}
+
 /// Resolves once the phase is `phase` or later, borrowing the lifecycle.
 async fn wait_for(lifecycle: &Lifecycle, phase: Phase) {
     let mut current = lifecycle.phase();
@@ -89,16 +163,20 @@ async fn wait_for(lifecycle: &Lifecycle, phase: Phase) {
 async fn run_phases(
     lifecycle: &Lifecycle,
     registry: &Registry,
-    deadline: Instant,
-    to_tell: &AtomicUsize,
+    period: DrainAnnounce,
+    state: &State,
 ) -> usize {
-    let announce = lifecycle.config().drain_announce;
-    if !announce.is_zero() {
-        tokio::select! {
-            () = sleep(announce) => {}
-            () = lifecycle.force_requested() => {}
-        }
+    let why = announce(lifecycle, period).await;
+    let announced = state.started.elapsed();
+    state.deadline_ms.store(
+        ms(announced + lifecycle.config().drain_timeout),
+        Ordering::Relaxed,
+    );
+    if why != "none" {
+        tracing::info!(after_ms = ms(announced), why, "shutdown.announced");
     }
+    let deadline = state.deadline();
+    let to_tell = &state.to_tell;
 
     // Queued connections are taken and the listener closes before anyone
     // is told to go: clients told to reconnect find the listener closed
@@ -185,12 +263,7 @@ async fn tell_spread(mut told: Vec<Told>, window: Duration, to_tell: &AtomicUsiz
     }
 }
 
-async fn report_progress(
-    lifecycle: &Lifecycle,
-    registry: &Registry,
-    deadline: Instant,
-    to_tell: &AtomicUsize,
-) {
+async fn report_progress(lifecycle: &Lifecycle, registry: &Registry, state: &State) {
     let period = lifecycle
         .config()
         .progress_interval
@@ -201,7 +274,7 @@ async fn report_progress(
         let counts = lifecycle.stats().counts();
         tracing::info!(
             phase = %lifecycle.phase(),
-            remaining_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
+            remaining_ms = state.deadline().saturating_duration_since(Instant::now()).as_millis() as u64,
             connections = registry.open(),
             http1 = counts.http1,
             http2 = counts.http2,
@@ -209,7 +282,7 @@ async fn report_progress(
             sse = counts.sse,
             in_flight = counts.in_flight,
             jobs = counts.jobs,
-            to_tell = to_tell.load(Ordering::Relaxed),
+            to_tell = state.to_tell.load(Ordering::Relaxed),
             "shutdown.progress"
         );
         notify::status(&format!(
@@ -461,5 +534,78 @@ mod tests {
         }
         let at = told_at(crate::DrainSpread::Over(Duration::ZERO)).await;
         assert!(at.iter().all(|t| *t == at[0]), "{at:?}");
+    }
+
+    /// When the listener is told to close, with `traffic` requests (other
+    /// than probes) arriving every 200 ms until that instant.
+    async fn announce_ends_at(announce: crate::DrainAnnounce, traffic: Duration) -> Duration {
+        let config = Config::default().drain_announce(announce);
+        let lifecycle = Lifecycle::new(config);
+        let handle = Handle::new(lifecycle.clone(), Arc::default());
+        let p = Parts {
+            lifecycle,
+            registry: Arc::default(),
+        };
+        let task = spawn_drive(&p);
+        let start = Instant::now();
+        handle.drain(DrainReason::Signal(Signal::Terminate));
+        let stats = p.lifecycle.clone();
+        let sender = tokio::spawn(async move {
+            let mut t = Duration::ZERO;
+            while t < traffic {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                t += Duration::from_millis(200);
+                stats.stats().announce_traffic();
+            }
+        });
+        p.registry.accepting_stopped().await;
+        let at = start.elapsed();
+        sender.abort();
+        task.await.unwrap();
+        at
+    }
+
+    // Announcing until quiet: with no traffic it ends at its minimum; with
+    // traffic until 5 s, a second of quiet later; with traffic throughout,
+    // at its maximum.
+    #[tokio::test(start_paused = true)]
+    async fn announce_ends_when_the_traffic_stops() {
+        let auto = crate::DrainAnnounce::auto();
+        let quiet = announce_ends_at(auto, Duration::ZERO).await;
+        assert!(
+            quiet.abs_diff(Duration::from_secs(2)) <= Duration::from_millis(60),
+            "{quiet:?}"
+        );
+        let after = announce_ends_at(auto, Duration::from_secs(5)).await;
+        assert!(
+            after >= Duration::from_secs(6) && after <= Duration::from_millis(6_100),
+            "{after:?}"
+        );
+        let busy = announce_ends_at(auto, Duration::from_secs(60)).await;
+        assert!(
+            busy.abs_diff(Duration::from_secs(10)) <= Duration::from_millis(60),
+            "{busy:?}"
+        );
+    }
+
+    // A restart's drain has no announce period (its successor already
+    // serves on the socket) and stays ready until it is forced.
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_neither_announces_nor_turns_unready() {
+        let (p, handle) = setup(5, 25);
+        let conn = p.registry.token();
+        let task = spawn_drive(&p);
+        let start = Instant::now();
+        handle.drain(DrainReason::Restart);
+        p.registry.accepting_stopped().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert!(p.lifecycle.is_ready());
+        assert!(handle.watcher().is_ready());
+        drop(conn);
+        task.await.unwrap();
+
+        let (p, handle) = setup(5, 25);
+        handle.drain(DrainReason::Signal(Signal::Terminate));
+        assert!(!p.lifecycle.is_ready(), "a stop turns unready at once");
     }
 }

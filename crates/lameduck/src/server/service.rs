@@ -68,6 +68,12 @@ where
         if !http1 && self.conn.kind() != ConnKind::Http2 {
             self.conn.set_kind(ConnKind::Http2);
         }
+        if lifecycle.is_announcing() {
+            let path = req.uri().path();
+            if !lifecycle.config().health_paths.iter().any(|p| p == path) {
+                lifecycle.stats().announce_traffic();
+            }
+        }
         req.extensions_mut().insert(self.drain.clone());
         if lifecycle.config().connect_info {
             req.extensions_mut().insert(ConnectInfo(self.peer));
