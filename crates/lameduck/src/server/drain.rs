@@ -206,10 +206,13 @@ async fn run_phases(
         std::future::pending::<()>().await
     };
 
+    // Biased: a drain that was forced is forced even when nothing is left
+    // to cut (its jobs are released at once), whichever came first.
     let why = tokio::select! {
-        () = registry.all_closed() => return 0,
-        () = sleep_until(deadline) => "deadline",
+        biased;
         () = lifecycle.force_requested() => "forced",
+        () = sleep_until(deadline) => "deadline",
+        () = registry.all_closed() => return 0,
         () = telling => unreachable!("telling pends once done"),
     };
 
