@@ -96,6 +96,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "LAMEDUCK_UPGRADE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub(crate) upgrade_timeout: Duration,
 
+    /// After the new process is ready, how long this one keeps serving
+    /// beside it before draining; if the new one exits meanwhile, the
+    /// upgrade is rolled back and this one serves on.
+    #[arg(long, env = "LAMEDUCK_UPGRADE_PROBATION", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) upgrade_probation: Duration,
+
     /// Largest WebSocket message; a larger one closes the socket with 1009.
     #[arg(long, env = "LAMEDUCK_WS_MAX_MESSAGE", default_value_t = 1 << 20,
           value_parser = clap::value_parser!(u32).range(1024..=(16 << 20)))]
@@ -416,7 +422,7 @@ mod tests {
                 "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",
                 "--journal", "--jobs-concurrency", "--jobs-lease",
                 "--jobs-drain-timeout", "--log-level", "--log-format",
-                "--upgrade-timeout",
+                "--upgrade-timeout", "--upgrade-probation",
             ][..]),
             value in "\\PC{0,24}",
         ) {

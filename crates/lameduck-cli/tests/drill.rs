@@ -42,8 +42,11 @@ async fn drill(args: &[&str]) -> Output {
 /// which finds its processes.
 fn serve_command(dir: &Path) -> (String, String) {
     let journal = dir.join("jobs.db").display().to_string();
+    // No probation: the restart tests SIGHUP every second, and each wants
+    // the replaced process gone (and its exit code) before the drill ends.
     let serve = format!(
-        "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 --journal sqlite:{journal}"
+        "{BIN} serve --listen 127.0.0.1:{{port}} --admin-listen 127.0.0.1:0 \
+         --upgrade-probation 0s --journal sqlite:{journal}"
     );
     (serve, journal)
 }
@@ -566,7 +569,10 @@ async fn running_service_by_triggers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_by_pid_stops_when_the_pid_changes() {
     // Dropped at the end, it kills the successors too.
-    let server = lameduck_test_support::Child::serve(BIN, &["--upgrade-binary", BIN]);
+    let server = lameduck_test_support::Child::serve(
+        BIN,
+        &["--upgrade-binary", BIN, "--upgrade-probation", "0s"],
+    );
     // By name: `localhost` may resolve to ::1 first; the drill finds the
     // address that accepts.
     let url = format!("http://localhost:{}", server.addr.port());

@@ -264,7 +264,11 @@ async fn sse_client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_upgrades_under_load_lose_nothing() {
     raise_fd_limit(8192);
-    let server = Child::serve(BIN, &["--upgrade-timeout", "30s"]);
+    // A short probation keeps five upgrades in a row quick.
+    let server = Child::serve(
+        BIN,
+        &["--upgrade-timeout", "30s", "--upgrade-probation", "1s"],
+    );
     let addr = server.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -348,7 +352,7 @@ async fn five_upgrades_under_load_lose_nothing() {
     for &old in &pids[..5] {
         assert!(!is_alive(old), "old process {old} still running");
     }
-    let upgraded = server.events("upgrade.ready").len();
+    let upgraded = server.events("upgrade.complete").len();
     assert_eq!(upgraded, 5);
     let restarts = server
         .events("shutdown.begin")
@@ -562,7 +566,7 @@ async fn sd_notify_reports_ready_and_stopping() {
 /// once each old process is gone the successor answers on the same address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_socket_is_handed_over_on_upgrades() {
-    let server = Child::serve(BIN, &["--drain-timeout", "5s"]);
+    let server = Child::serve(BIN, &["--drain-timeout", "5s", "--upgrade-probation", "1s"]);
     let admin = server.admin_addr.expect("admin address");
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -657,4 +661,156 @@ async fn socket_activation_passes_the_admin_socket_by_name() {
     let res = get(admin_addr, "/metrics", 5 * SEC).await.unwrap();
     assert_eq!(res.status, 200);
     assert!(String::from_utf8_lossy(&res.body).contains("lameduck_phase"));
+}
+
+/// A successor that reports ready and exits a second later without serving
+/// (a Python stand-in for a binary that crashes just after its start).
+fn crashing_successor(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("crashes-after-ready.py");
+    std::fs::write(
+        &path,
+        "#!/usr/bin/env python3\n\
+         import os, socket, sys, time\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.sendto(f'READY=1\\nMAINPID={os.getpid()}\\n'.encode(), os.environ['LAMEDUCK_UPGRADE_READY'])\n\
+         time.sleep(1)\n\
+         sys.exit(1)\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+/// Requests on new connections (each one accepted from the listening
+/// socket's queue), looping until `stop`; counts answers and failures.
+async fn connector(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    while !stop.load(Ordering::Relaxed) {
+        match get(addr, "/ping", 5 * SEC).await {
+            Ok(res) if res.status == 200 => {
+                tally.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(res) => tally.problem(format!("/ping answered {}", res.status)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tally.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tally.lost.fetch_add(1, Ordering::Relaxed);
+                tally.problem(format!("/ping: {e}"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// SIGHUP to a server whose successor crashes a second after its READY,
+/// under new-connection load for `secs`; returns what the clients saw.
+async fn upgrade_to_a_crash(server: &Child, secs: u64) -> Arc<Tally> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(connector(server.addr, stop.clone(), tally.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(server.pid(), SIGHUP);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        timeout(20 * SEC, c).await.unwrap().unwrap();
+    }
+    tally
+}
+
+/// Upgrade probation: a successor that reports ready and exits a second
+/// later costs nothing: the old process kept serving beside it, rolls the
+/// upgrade back (`upgrade.rolled_back`), never drains, and is ready and
+/// serving after it (0 refused, 0 lost over 6 s of new connections). With
+/// no probation the same crash takes the service down: connections are
+/// refused once both processes are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_crashes_after_ready_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let successor = crashing_successor(dir.path());
+
+    let mut server = Child::serve(BIN, &["--upgrade-binary", &successor]);
+    let tally = upgrade_to_a_crash(&server, 6).await;
+    let problems = tally.problems.lock().unwrap().clone();
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(tally.refused.load(Ordering::Relaxed), 0);
+    assert_eq!(tally.lost.load(Ordering::Relaxed), 0);
+    assert!(tally.ok.load(Ordering::Relaxed) > 100);
+    let rolled = server.expect_event("upgrade.rolled_back", SEC);
+    assert!(
+        rolled["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exit status: 1")),
+        "{rolled}"
+    );
+    assert_eq!(
+        server.events("upgrade.ready").len(),
+        1,
+        "the successor was ready"
+    );
+    assert!(
+        server.events("shutdown.begin").is_empty(),
+        "the old process never drained"
+    );
+    let ready = get(server.addr, "/readyz", 5 * SEC).await.unwrap();
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["pid"].as_u64(), Some(u64::from(server.pid())));
+    server.signal(SIGTERM);
+    assert_eq!(server.expect_exit(30 * SEC).code(), Some(0));
+
+    let server = Child::serve(
+        BIN,
+        &["--upgrade-binary", &successor, "--upgrade-probation", "0s"],
+    );
+    let tally = upgrade_to_a_crash(&server, 3).await;
+    assert!(
+        tally.refused.load(Ordering::Relaxed) > 0,
+        "without probation the crash should leave nothing listening"
+    );
+}
+
+/// Upgrades that come faster than drains end do not pile processes up:
+/// with two older generations still draining (each held by a slow
+/// request), a third SIGHUP is refused (`upgrade.ignored`, saying why),
+/// and the newest process keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_do_not_pile_up_generations() {
+    let server = Child::serve(
+        BIN,
+        &["--upgrade-probation", "0s", "--drain-timeout", "30s"],
+    );
+    let addr = server.addr;
+    let mut pids = vec![server.pid()];
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        // Held by the generation serving now, which then drains for 20 s.
+        slow.push(tokio::spawn(async move {
+            get(addr, "/slow?ms=20000", 40 * SEC).await
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signal(*pids.last().unwrap(), SIGHUP);
+        let new = tokio::task::block_in_place(|| wait_new_pid(&server, &pids, 30 * SEC));
+        pids.push(new);
+    }
+    assert!(is_alive(pids[0]) && is_alive(pids[1]), "{pids:?}");
+
+    signal(pids[2], SIGHUP);
+    let ignored = server.expect_event("upgrade.ignored", 10 * SEC);
+    assert!(
+        ignored["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("2 older generations are still draining")),
+        "{ignored}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.listening_pids().len(), 3, "no fourth process");
+    let ready = get(addr, "/readyz", 5 * SEC).await.unwrap();
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["pid"].as_u64(), Some(u64::from(pids[2])));
+    for s in slow {
+        s.abort();
+    }
 }

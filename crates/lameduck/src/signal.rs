@@ -52,7 +52,8 @@ pub fn listen(handle: Handle) -> std::io::Result<tokio::task::JoinHandle<()>> {
                         if let Err(
                             e @ (UpgradeError::InProgress
                             | UpgradeError::NotEnabled
-                            | UpgradeError::Draining),
+                            | UpgradeError::Draining
+                            | UpgradeError::TooManyGenerations(_)),
                         ) = handle.upgrade().await
                         {
                             tracing::warn!(reason = %e, "upgrade.ignored");

@@ -149,9 +149,11 @@ async fn upgrade(State(admin): State<Admin>, headers: HeaderMap) -> Response {
     }
     match admin.handle.upgrade().await {
         Ok(pid) => axum::Json(json!({ "new_pid": pid })).into_response(),
-        Err(e @ (UpgradeError::InProgress | UpgradeError::Draining)) => {
-            error(StatusCode::CONFLICT, e.to_string())
-        }
+        Err(
+            e @ (UpgradeError::InProgress
+            | UpgradeError::Draining
+            | UpgradeError::TooManyGenerations(_)),
+        ) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e) => error(StatusCode::BAD_GATEWAY, format!("upgrade failed: {e}")),
     }
 }

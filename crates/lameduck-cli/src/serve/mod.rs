@@ -99,6 +99,7 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     let mut upgrade = UpgradeConfig::default();
     upgrade.binary = args.upgrade_binary;
     upgrade.ready_timeout = args.upgrade_timeout;
+    upgrade.probation = args.upgrade_probation;
     // The successor inherits the admin socket as it inherits the service's:
     // the socket is never closed nor shared with an unrelated process.
     upgrade

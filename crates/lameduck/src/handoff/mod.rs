@@ -10,7 +10,9 @@
 //!    accept from the same socket: the kernel queue is shared, nothing is
 //!    refused.
 //! 2. The new process serves, then reports ready (and tells systemd its pid).
-//! 3. Only then does the old process drain, with [`DrainReason::Restart`]
+//! 3. Both serve for [`UpgradeConfig::probation`]; if the new process exits
+//!    meanwhile, the upgrade is rolled back and the old one serves on.
+//! 4. Only then does the old process drain, with [`DrainReason::Restart`]
 //!    (WebSockets get 1012): it takes what is queued, closes its copy of the
 //!    socket, and finishes what it holds. The socket stays open in the new
 //!    process.

@@ -48,6 +48,16 @@ pub(crate) fn still_ready() {
     ]);
 }
 
+/// An upgrade rolled back: this process is the main one again (its
+/// successor told systemd otherwise when it was ready).
+pub(crate) fn main_again() {
+    send(&[
+        NotifyState::Ready,
+        NotifyState::MainPid(std::process::id()),
+        NotifyState::Status("serving (upgrade rolled back)"),
+    ]);
+}
+
 /// A drain that ends the service (not a handoff).
 pub(crate) fn stopping() {
     send(&[NotifyState::Stopping]);

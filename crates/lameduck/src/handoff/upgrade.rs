@@ -45,6 +45,12 @@ pub struct UpgradeConfig {
     /// How long the successor gets to report ready before it is killed and
     /// this process keeps serving.
     pub ready_timeout: Duration,
+    /// After the successor reported ready, how long this process keeps
+    /// serving beside it before it drains (default 5 s). If the successor
+    /// exits within it (a binary that crashes a second after it starts),
+    /// the upgrade is rolled back: this process never stopped accepting,
+    /// so no connection is refused, and it serves on as before.
+    pub probation: Duration,
     /// Other sockets the successor inherits after the service's, by name.
     sockets: Vec<(String, Arc<OwnedFd>)>,
 }
@@ -101,6 +107,7 @@ impl Default for UpgradeConfig {
             binary: None,
             args: None,
             ready_timeout: Duration::from_secs(30),
+            probation: Duration::from_secs(5),
             sockets: Vec::new(),
         }
     }
@@ -137,18 +144,27 @@ pub enum UpgradeError {
     /// Setting up the handoff failed (socket, fd duplication).
     #[error("cannot set up the handoff")]
     Io(#[source] std::io::Error),
+    /// Older generations of this program are still draining (this many,
+    /// the limit): another upgrade would add one more. Upgrades that come
+    /// faster than drains end would pile processes up.
+    #[error("{0} older generations are still draining; wait for them to exit")]
+    TooManyGenerations(usize),
+    /// The successor reported ready, then exited within the probation
+    /// window: this process serves on, as before the upgrade.
+    #[error("the new process exited {0} within its probation; rolled back")]
+    RolledBack(String),
 }
 
 /// Starts the successor with `listener` (a copy, given to the child and
 /// closed here once it is started) as fd 3, the handed-over sockets after
 /// it, and waits until it reports
-/// ready; returns its pid. On failure, or when `cancel` resolves first (a
-/// drain began), the successor is killed and reaped.
+/// ready; returns it. On failure, or when `cancel` resolves first (a drain
+/// began), the successor is killed and reaped.
 pub(super) async fn start_successor(
     listener: OwnedFd,
     config: &UpgradeConfig,
     cancel: impl Future<Output = ()>,
-) -> Result<u32, UpgradeError> {
+) -> Result<tokio::process::Child, UpgradeError> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let binary = match &config.binary {
         Some(b) => b.clone(),
@@ -211,7 +227,7 @@ pub(super) async fn start_successor(
         () = cancel => Err(UpgradeError::Draining),
     };
     match outcome {
-        Ok(()) => Ok(pid),
+        Ok(()) => Ok(child),
         Err(e) => {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
