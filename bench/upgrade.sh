@@ -18,7 +18,8 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for r in $(seq 1 "$rounds"); do
   rm -f "$out"/jobs.db*
-  cmd=("$bin" drill --spawn "$bin serve --listen 127.0.0.1:{port} --admin-listen 127.0.0.1:0 --journal sqlite:$out/jobs.db --upgrade-binary $bin"
+  # No probation: upgrades one second apart measure the handoff itself.
+  cmd=("$bin" drill --spawn "$bin serve --listen 127.0.0.1:{port} --admin-listen 127.0.0.1:0 --journal sqlite:$out/jobs.db --upgrade-binary $bin --upgrade-probation 0s"
     --scenario restart --restarts "$upgrades" --restart-every 1s --restart-load "$conns"
     --restart-ws 0 --restart-sse 0 --before 3s --after 0s --json "$out/report.json")
   echo "== round $r: lameduck drill --scenario restart --restarts $upgrades --restart-every 1s --restart-load $conns --restart-ws 0 --restart-sse 0 --before 3s"
