@@ -29,9 +29,24 @@ use tokio_tungstenite::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
 const SEC: Duration = Duration::from_secs(1);
-const HTTP_CLIENTS: usize = 24;
-const WS_CLIENTS: usize = 300;
-const SSE_CLIENTS: usize = 60;
+/// Client counts: 24 keep-alive HTTP, 300 WebSocket and 60 SSE clients,
+/// or as `LAMEDUCK_FLEET_CLIENTS=HTTP,WS,SSE` says (for measuring with
+/// more than a test needs: `BENCHMARKS.md`).
+fn clients() -> (usize, usize, usize) {
+    let Ok(spec) = std::env::var("LAMEDUCK_FLEET_CLIENTS") else {
+        return (24, 300, 60);
+    };
+    let n: Vec<usize> = spec
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("LAMEDUCK_FLEET_CLIENTS=HTTP,WS,SSE")
+        })
+        .collect();
+    assert_eq!(n.len(), 3, "LAMEDUCK_FLEET_CLIENTS=HTTP,WS,SSE");
+    (n[0], n[1], n[2])
+}
 
 /// What the clients saw.
 #[derive(Default)]
@@ -67,9 +82,16 @@ impl Seen {
 
     /// The most reconnects in one 100 ms slice.
     fn reconnect_peak(&self) -> usize {
+        self.reconnect_peak_within(Duration::ZERO, Duration::MAX)
+    }
+
+    /// The most reconnects in one 100 ms slice from `from` to `to`.
+    fn reconnect_peak_within(&self, from: Duration, to: Duration) -> usize {
         let mut slices = std::collections::HashMap::<u128, usize>::new();
         for t in self.reconnects.lock().unwrap().iter() {
-            *slices.entry(t.as_millis() / 100).or_default() += 1;
+            if *t >= from && *t < to {
+                *slices.entry(t.as_millis() / 100).or_default() += 1;
+            }
         }
         slices.values().copied().max().unwrap_or(0)
     }
@@ -274,6 +296,21 @@ struct Deploy {
     seen: Arc<Seen>,
     /// Seconds from SIGTERM to exit, per replaced instance.
     drains: Vec<f64>,
+    /// When each SIGTERM was sent, since the clients started.
+    steps: Vec<Duration>,
+}
+
+impl Deploy {
+    /// The reconnect peak per 100 ms of each step (from its SIGTERM to the
+    /// next one).
+    fn peaks_per_step(&self) -> Vec<usize> {
+        let ends = self.steps.iter().skip(1).copied().chain([Duration::MAX]);
+        self.steps
+            .iter()
+            .zip(ends)
+            .map(|(from, to)| self.seen.reconnect_peak_within(*from, to))
+            .collect()
+    }
 }
 
 /// Three instances behind HAProxy, replaced one by one while the clients
@@ -300,10 +337,11 @@ async fn rolling_deploy(extra: &[&str]) -> Deploy {
     });
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
-    for _ in 0..HTTP_CLIENTS {
+    let (http, ws, sse) = self::clients();
+    for _ in 0..http {
         clients.push(tokio::spawn(http_client(front, stop.clone(), seen.clone())));
     }
-    for id in 0..WS_CLIENTS {
+    for id in 0..ws {
         clients.push(tokio::spawn(ws_client(
             front,
             id,
@@ -311,7 +349,7 @@ async fn rolling_deploy(extra: &[&str]) -> Deploy {
             seen.clone(),
         )));
     }
-    for id in 0..SSE_CLIENTS {
+    for id in 0..sse {
         clients.push(tokio::spawn(sse_client(
             front,
             id,
@@ -323,12 +361,14 @@ async fn rolling_deploy(extra: &[&str]) -> Deploy {
 
     let mut new = Vec::new();
     let mut drains = Vec::new();
+    let mut steps = Vec::new();
     for (i, mut gone) in old.drain(..).enumerate() {
         let slot = 3 + i;
         new.push(instance(ports[slot], dir.path(), extra));
         haproxy.command(&format!("enable server be/s{slot}"));
         tokio::task::block_in_place(|| haproxy.wait_up(slot, 10 * SEC));
         let signalled = Instant::now();
+        steps.push(seen.start.expect("start").elapsed());
         gone.signal(SIGTERM);
         tokio::time::sleep(SEC).await;
         haproxy.command(&format!("disable server be/s{i}"));
@@ -348,7 +388,11 @@ async fn rolling_deploy(extra: &[&str]) -> Deploy {
         let _ = timeout(20 * SEC, client).await;
     }
     drop(new);
-    Deploy { seen, drains }
+    Deploy {
+        seen,
+        drains,
+        steps,
+    }
 }
 
 fn assert_nothing_failed(label: &str, d: &Deploy) {
@@ -362,8 +406,16 @@ fn assert_nothing_failed(label: &str, d: &Deploy) {
     assert_eq!(get(&s.sse_abrupt), 0, "{label}");
     assert_eq!(get(&s.sse_gaps), 0, "{label}");
     assert!(get(&s.ok) > 100, "{label}: {} requests", get(&s.ok));
-    assert!(get(&s.ws_closed) >= WS_CLIENTS as u64, "{label}");
-    assert!(get(&s.sse_clean) >= SSE_CLIENTS as u64, "{label}");
+    let (_, ws, sse) = clients();
+    assert!(get(&s.ws_closed) >= ws as u64, "{label}");
+    assert!(get(&s.sse_clean) >= sse as u64, "{label}");
+    eprintln!(
+        "{label}: {} requests, {} echoes, {} SSE events; 0 errors; reconnect peaks per 100 ms by step {:?}",
+        get(&s.ok),
+        get(&s.ws_echoed),
+        get(&s.sse_events),
+        d.peaks_per_step()
+    );
 }
 
 // A rolling replacement of three instances behind HAProxy loses nothing a
@@ -382,7 +434,8 @@ async fn rolling_deploy_behind_haproxy_loses_nothing_and_spreads_reconnects() {
     assert_nothing_failed("spread 0s", &burst);
 
     let (p3, p0) = (spread.seen.reconnect_peak(), burst.seen.reconnect_peak());
-    let per_instance = (WS_CLIENTS + SSE_CLIENTS) / 3;
+    let (_, ws, sse) = clients();
+    let per_instance = (ws + sse) / 3;
     let even = (per_instance / 30).max(10);
     eprintln!(
         "reconnect peak per 100 ms: spread 3s {p3}, spread 0s {p0} (even rate {even}); \
