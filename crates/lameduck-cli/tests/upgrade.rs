@@ -739,7 +739,7 @@ async fn a_successor_that_crashes_after_ready_is_rolled_back() {
     assert_eq!(tally.refused.load(Ordering::Relaxed), 0);
     assert_eq!(tally.lost.load(Ordering::Relaxed), 0);
     assert!(tally.ok.load(Ordering::Relaxed) > 100);
-    let rolled = server.expect_event("upgrade.rolled_back", SEC);
+    let rolled = server.expect_event("upgrade.rolled_back", 20 * SEC);
     assert!(
         rolled["error"]
             .as_str()
@@ -765,7 +765,7 @@ async fn a_successor_that_crashes_after_ready_is_rolled_back() {
         BIN,
         &["--upgrade-binary", &successor, "--upgrade-probation", "0s"],
     );
-    let tally = upgrade_to_a_crash(&server, 3).await;
+    let tally = upgrade_to_a_crash(&server, 6).await;
     assert!(
         tally.refused.load(Ordering::Relaxed) > 0,
         "without probation the crash should leave nothing listening"
@@ -786,12 +786,19 @@ async fn upgrades_do_not_pile_up_generations() {
     let mut pids = vec![server.pid()];
     let mut slow = Vec::new();
     for _ in 0..2 {
-        // Held by the generation serving now, which then drains for 20 s.
+        // A connection of the generation serving now (the only one that
+        // accepts), which a slow request then keeps draining for 20 s.
+        let current = *pids.last().unwrap();
+        let mut conn = KeepAlive::connect(addr).await.unwrap();
+        match conn.get("/livez", 10 * SEC).await {
+            Outcome::Ok(res) => assert_eq!(res.json()["pid"].as_u64(), Some(u64::from(current))),
+            other => panic!("/livez: {other:?}"),
+        }
         slow.push(tokio::spawn(async move {
-            get(addr, "/slow?ms=20000", 40 * SEC).await
+            conn.get("/slow?ms=20000", 40 * SEC).await
         }));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        signal(*pids.last().unwrap(), SIGHUP);
+        signal(current, SIGHUP);
         let new = tokio::task::block_in_place(|| wait_new_pid(&server, &pids, 30 * SEC));
         pids.push(new);
     }

@@ -198,13 +198,15 @@ async fn leases_are_renewed_while_a_job_runs() {
         .unwrap()
         .id;
     let mut config = fast_config();
-    config.lease = Duration::from_millis(300);
+    // Several lease periods long, with a lease that a loaded machine (the
+    // other tests of this binary run at the same time) renews in time.
+    config.lease = Duration::from_secs(1);
     let runs = Arc::new(AtomicU32::new(0));
     let make_pool = |runs: Arc<AtomicU32>| {
         WorkerPool::with_config(j.clone(), config.clone()).handler("long", move |_| {
             runs.fetch_add(1, Ordering::SeqCst);
             async {
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                tokio::time::sleep(Duration::from_millis(3500)).await;
                 Ok(json!("ok"))
             }
         })
@@ -212,8 +214,8 @@ async fn leases_are_renewed_while_a_job_runs() {
     let stop = CancellationToken::new();
     let first = tokio::spawn(make_pool(runs.clone()).run(stop.clone()));
     wait_state(&j, id, JobState::Running).await;
-    // A second pool sweeps every 150 ms and would take the job the moment
-    // its lease expired.
+    // A second pool sweeps every half lease and would take the job the
+    // moment its lease expired.
     let second = tokio::spawn(make_pool(runs.clone()).run(stop.clone()));
     let done = wait_state(&j, id, JobState::Completed).await;
     stop.cancel();

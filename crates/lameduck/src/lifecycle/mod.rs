@@ -213,9 +213,11 @@ impl Lifecycle {
     }
 
     /// Requests the drain (if it was not) and asks to cut what remains now.
+    /// The force comes first: a drain that this call starts must never be
+    /// seen without it (it would end clean, and never be forced).
     pub(crate) fn request_force(&self, reason: DrainReason) {
-        self.request(reason);
         self.force.cancel();
+        self.request(reason);
     }
 
     /// Resolves once cutting at once was asked for.
