@@ -71,15 +71,17 @@ impl Handle {
     }
 
     /// Starts a new copy of the program on the same listening socket (see
-    /// [`crate::handoff`]); once it reports ready, this server drains with
-    /// [`DrainReason::Restart`]. Returns the new process's pid. `SIGHUP` does
-    /// the same.
+    /// [`crate::handoff`]); once it has reported ready and lived through
+    /// its probation ([`crate::handoff::UpgradeConfig::probation`]), this
+    /// server drains with [`DrainReason::Restart`]. Returns the new
+    /// process's pid. `SIGHUP` does the same.
     ///
     /// # Errors
     ///
     /// When upgrades are not enabled ([`crate::Server::with_upgrade`]), one
-    /// is under way already, the server is draining, or the new process
-    /// fails to start or to become ready; in every case this server keeps
+    /// is under way already, the server is draining, two older generations
+    /// still drain, or the new process fails to start, to become ready or
+    /// to live through its probation; in every case this server keeps
     /// serving.
     pub async fn upgrade(&self) -> Result<u32, UpgradeError> {
         self.upgrades.request(&self.lifecycle).await
