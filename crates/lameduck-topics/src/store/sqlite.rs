@@ -1,0 +1,328 @@
+//! Topics in a SQLite file (WAL): the embedded default. History survives
+//! restarts and upgrades (the successor opens the same file and continues
+//! the same epoch), and two processes sharing the file during an upgrade
+//! append to one log, serialized by SQLite's write lock.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    Changes, Head, MAX_MESSAGE, Message, NewMessage, Published, Retention, Store, digest, now_ms,
+};
+use crate::{Epoch, Position, TopicError, TopicName};
+
+/// Each entry takes the schema from version `i` to `i + 1`. Append only,
+/// and expand before contract: a process of the previous build may share
+/// the file during an upgrade.
+const MIGRATIONS: &[&str] = &[
+    // 1: topics (epoch and last offset together, so a file restored from
+    // an older copy carries its own epoch), messages, idempotency keys.
+    "CREATE TABLE topics (
+        name  TEXT    PRIMARY KEY,
+        epoch INTEGER NOT NULL,
+        last  INTEGER NOT NULL
+    );
+    CREATE TABLE messages (
+        topic        TEXT    NOT NULL,
+        offset       INTEGER NOT NULL,
+        payload      BLOB    NOT NULL,
+        content_type TEXT,
+        published_at INTEGER NOT NULL,
+        PRIMARY KEY (topic, offset)
+    ) WITHOUT ROWID;
+    CREATE TABLE idempotency (
+        topic      TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        offset     INTEGER NOT NULL,
+        digest     INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (topic, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_age ON idempotency (created_at);",
+];
+
+/// The schema version this build writes.
+pub(super) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Topics in a SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    retention: Retention,
+    key_window: Duration,
+    conn: Arc<Mutex<Connection>>,
+    changes: Changes,
+}
+
+fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> TopicError {
+    move |e| TopicError::unavailable(context, e)
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the file at `path`, keeping
+    /// `retention` of each topic and idempotency keys for 24 hours.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be opened or migrated, or carries a schema
+    /// from a newer build ([`TopicError::Corrupt`]).
+    pub fn open(path: impl AsRef<Path>, retention: Retention) -> Result<Self, TopicError> {
+        Self::open_with(path, retention, Duration::from_secs(24 * 3600))
+    }
+
+    /// As [`SqliteStore::open`], remembering idempotency keys for
+    /// `key_window` (independently of how long messages are kept).
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteStore::open`].
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        retention: Retention,
+        key_window: Duration,
+    ) -> Result<Self, TopicError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Connection::open(&path).map_err(sql("opening the topics file"))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(sql("setting the busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql("turning WAL on"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql("setting synchronous"))?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            path,
+            retention,
+            key_window,
+            conn: Arc::new(Mutex::new(conn)),
+            changes: Changes::default(),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection, off the async threads.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, TopicError> + Send + 'static,
+    ) -> Result<T, TopicError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| TopicError::unavailable("running a SQLite operation", e))?
+    }
+}
+
+/// Brings the file to [`SCHEMA_VERSION`]; refuses one from a newer build.
+fn migrate(conn: &mut Connection) -> Result<(), TopicError> {
+    let current: u32 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sql("reading the schema version"))?;
+    if current > SCHEMA_VERSION {
+        return Err(TopicError::Corrupt(format!(
+            "the topics file has schema version {current}; this build reads up to {SCHEMA_VERSION}"
+        )));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction().map_err(sql("migrating"))?;
+        tx.execute_batch(step).map_err(sql("migrating"))?;
+        tx.pragma_update(None, "user_version", i as u32 + 1)
+            .map_err(sql("migrating"))?;
+        tx.commit().map_err(sql("migrating"))?;
+    }
+    Ok(())
+}
+
+/// The topic's epoch and last offset, creating the topic (a new epoch) if
+/// it has none.
+fn topic_row(conn: &Connection, topic: &str) -> Result<(Epoch, u64), TopicError> {
+    conn.execute(
+        "INSERT OR IGNORE INTO topics (name, epoch, last) VALUES (?1, ?2, 0)",
+        params![topic, Epoch::random().as_u64() as i64],
+    )
+    .map_err(sql("creating a topic"))?;
+    conn.query_row(
+        "SELECT epoch, last FROM topics WHERE name = ?1",
+        params![topic],
+        |row| {
+            Ok((
+                Epoch::from_u64(row.get::<_, i64>(0)? as u64),
+                row.get::<_, i64>(1)? as u64,
+            ))
+        },
+    )
+    .map_err(sql("reading a topic"))
+}
+
+fn head_of(conn: &Connection, topic: &str) -> Result<Head, TopicError> {
+    let (epoch, last) = topic_row(conn, topic)?;
+    let first: Option<i64> = conn
+        .query_row(
+            "SELECT MIN(offset) FROM messages WHERE topic = ?1",
+            params![topic],
+            |row| row.get(0),
+        )
+        .map_err(sql("reading a topic's oldest message"))?;
+    Ok(Head {
+        epoch,
+        first: first.map_or(last + 1, |f| f as u64),
+        last,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        message: NewMessage,
+    ) -> Result<Published, TopicError> {
+        if message.payload.len() > MAX_MESSAGE {
+            return Err(TopicError::TooLarge {
+                size: message.payload.len(),
+                max: MAX_MESSAGE,
+            });
+        }
+        let topic = topic.as_str().to_owned();
+        let retention = self.retention;
+        let window = self.key_window.as_millis() as i64;
+        let published = self
+            .with(move |conn| {
+                let now = now_ms() as i64;
+                let digest = digest(&message) as i64;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(sql("starting a publish"))?;
+                let (epoch, _) = topic_row(&tx, &topic)?;
+                if let Some(key) = &message.idempotency_key {
+                    let seen: Option<(i64, i64)> = tx
+                        .query_row(
+                            "SELECT offset, digest FROM idempotency
+                             WHERE topic = ?1 AND key = ?2 AND created_at > ?3",
+                            params![topic, key, now - window],
+                            |row| Ok((row.get(0)?, row.get(1)?)),
+                        )
+                        .optional()
+                        .map_err(sql("reading an idempotency key"))?;
+                    if let Some((offset, seen_digest)) = seen {
+                        if seen_digest != digest {
+                            return Err(TopicError::KeyConflict);
+                        }
+                        return Ok(Published {
+                            position: Position::new(epoch, offset as u64),
+                            duplicate: true,
+                        });
+                    }
+                }
+                let last: i64 = tx
+                    .query_row(
+                        "UPDATE topics SET last = last + 1 WHERE name = ?1 RETURNING last",
+                        params![topic],
+                        |row| row.get(0),
+                    )
+                    .map_err(sql("taking an offset"))?;
+                tx.execute(
+                    "INSERT INTO messages (topic, offset, payload, content_type, published_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![topic, last, &message.payload[..], message.content_type, now],
+                )
+                .map_err(sql("storing a message"))?;
+                if let Some(key) = &message.idempotency_key {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO idempotency (topic, key, offset, digest, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![topic, key, last, digest, now],
+                    )
+                    .map_err(sql("storing an idempotency key"))?;
+                }
+                tx.execute(
+                    "DELETE FROM messages WHERE topic = ?1 AND (offset <= ?2 OR published_at < ?3)",
+                    params![
+                        topic,
+                        last.saturating_sub(retention.max_messages.min(i64::MAX as u64) as i64),
+                        now - retention.max_age.as_millis() as i64
+                    ],
+                )
+                .map_err(sql("trimming a topic"))?;
+                tx.execute(
+                    "DELETE FROM idempotency WHERE created_at <= ?1",
+                    params![now - window],
+                )
+                .map_err(sql("forgetting old idempotency keys"))?;
+                tx.commit().map_err(sql("committing a publish"))?;
+                Ok(Published {
+                    position: Position::new(epoch, last as u64),
+                    duplicate: false,
+                })
+            })
+            .await?;
+        if !published.duplicate {
+            self.changes.published();
+        }
+        Ok(published)
+    }
+
+    async fn head(&self, topic: &TopicName) -> Result<Head, TopicError> {
+        let topic = topic.as_str().to_owned();
+        self.with(move |conn| head_of(conn, &topic)).await
+    }
+
+    async fn read(
+        &self,
+        topic: &TopicName,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Head, Vec<Message>), TopicError> {
+        let topic = topic.as_str().to_owned();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(sql("starting a read"))?;
+            let head = head_of(&tx, &topic)?;
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT offset, payload, content_type, published_at FROM messages
+                     WHERE topic = ?1 AND offset > ?2 ORDER BY offset LIMIT ?3",
+                )
+                .map_err(sql("reading messages"))?;
+            let rows = stmt
+                .query_map(
+                    params![topic, after.min(i64::MAX as u64) as i64, limit as i64],
+                    |row| {
+                        Ok(Message {
+                            position: Position::new(head.epoch, row.get::<_, i64>(0)? as u64),
+                            payload: Bytes::from(row.get::<_, Vec<u8>>(1)?),
+                            content_type: row.get(2)?,
+                            published_at_ms: row.get::<_, i64>(3)? as u64,
+                        })
+                    },
+                )
+                .map_err(sql("reading messages"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql("reading messages"))?;
+            drop(stmt);
+            tx.commit().map_err(sql("ending a read"))?;
+            Ok((head, rows))
+        })
+        .await
+    }
+
+    fn version(&self) -> u64 {
+        self.changes.version()
+    }
+
+    async fn changed(&self, _topic: &TopicName, version: u64, poll: Duration) {
+        self.changes.changed(version, poll).await;
+    }
+}

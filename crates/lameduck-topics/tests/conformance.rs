@@ -1,0 +1,362 @@
+//! One suite for every topic store: positions, idempotency, resumes that
+//! are recovered or say they are not, live delivery with no gap and no
+//! duplicate at the seam, lagging subscribers, concurrent publishers. Each
+//! test runs against memory and against a real SQLite file; every wait is
+//! bounded.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use futures_util::{Stream, StreamExt};
+use lameduck_topics::{
+    Epoch, Event, MemoryStore, NewMessage, Position, Resume, Retention, SqliteStore, Store,
+    SubscribeConfig, TopicError, TopicName, Unrecoverable, subscribe,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A store of each kind, with `retention`; the temp dir lives as long.
+fn stores(retention: Retention) -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(dir.path().join("topics.db"), retention).unwrap();
+    vec![
+        ("memory", Arc::new(MemoryStore::new(retention)), None),
+        ("sqlite", Arc::new(sqlite), Some(dir)),
+    ]
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName::new(name).unwrap()
+}
+
+async fn next(events: &mut (impl Stream<Item = Result<Event, TopicError>> + Unpin)) -> Event {
+    tokio::time::timeout(WAIT, events.next())
+        .await
+        .expect("an event in time")
+        .expect("the stream goes on")
+        .expect("no store error")
+}
+
+fn payload(event: &Event) -> String {
+    match event {
+        Event::Message(m) => String::from_utf8(m.payload.to_vec()).unwrap(),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+fn config() -> SubscribeConfig {
+    let mut c = SubscribeConfig::default();
+    c.poll = Duration::from_millis(20);
+    c
+}
+
+// Offsets start at 1 and grow by one, in one epoch; the head follows.
+#[tokio::test]
+async fn positions_grow_by_one_in_one_epoch() {
+    for (kind, store, _dir) in stores(Retention::default()) {
+        let t = topic("t");
+        let mut epoch = None;
+        for i in 1..=5 {
+            let p = store
+                .publish(&t, NewMessage::new(format!("m{i}")))
+                .await
+                .unwrap();
+            assert!(!p.duplicate, "{kind}");
+            assert_eq!(p.position.offset, i, "{kind}");
+            assert_eq!(
+                *epoch.get_or_insert(p.position.epoch),
+                p.position.epoch,
+                "{kind}"
+            );
+        }
+        let head = store.head(&t).await.unwrap();
+        assert_eq!((head.first, head.last), (1, 5), "{kind}");
+        // Topics are separate logs.
+        let other = store
+            .publish(&topic("u"), NewMessage::new("x"))
+            .await
+            .unwrap();
+        assert_eq!(other.position.offset, 1, "{kind}");
+        assert_ne!(
+            Some(other.position.epoch),
+            epoch,
+            "{kind}: epochs are random"
+        );
+    }
+}
+
+// A retry with the same key is stored once and gets the first position; a
+// key reused for another payload is refused; an oversized message is
+// refused; neither stores anything.
+#[tokio::test]
+async fn idempotency_and_refusals_store_nothing() {
+    for (kind, store, _dir) in stores(Retention::default()) {
+        let t = topic("orders");
+        let first = store
+            .publish(&t, NewMessage::new("pay 5").key("k1"))
+            .await
+            .unwrap();
+        let again = store
+            .publish(&t, NewMessage::new("pay 5").key("k1"))
+            .await
+            .unwrap();
+        assert_eq!(again.position, first.position, "{kind}");
+        assert!(again.duplicate, "{kind}");
+        assert!(
+            matches!(
+                store.publish(&t, NewMessage::new("pay 6").key("k1")).await,
+                Err(TopicError::KeyConflict)
+            ),
+            "{kind}"
+        );
+        assert!(
+            matches!(
+                store
+                    .publish(&t, NewMessage::new(vec![0u8; 64 * 1024 + 1]))
+                    .await,
+                Err(TopicError::TooLarge { .. })
+            ),
+            "{kind}"
+        );
+        assert_eq!(store.head(&t).await.unwrap().last, 1, "{kind}: stored once");
+    }
+}
+
+// A resume after a position replays what follows it, then goes on live
+// with messages published meanwhile: every one once, in order, across the
+// seam between replay and live delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_resume_has_no_gap_and_no_duplicate() {
+    for (kind, store, _dir) in stores(Retention::default()) {
+        let t = topic("feed");
+        let mut positions = Vec::new();
+        for i in 1..=50 {
+            positions.push(
+                store
+                    .publish(&t, NewMessage::new(i.to_string()))
+                    .await
+                    .unwrap()
+                    .position,
+            );
+        }
+        let mut events = Box::pin(subscribe(
+            store.clone(),
+            t.clone(),
+            Some(positions[19]),
+            config(),
+        ));
+        let Event::Start { resume, from } = next(&mut events).await else {
+            panic!("{kind}: no start");
+        };
+        assert_eq!((resume, from), (Resume::Recovered, positions[19]), "{kind}");
+        // Publish the rest while the subscriber replays.
+        let publisher = {
+            let (store, t) = (store.clone(), t.clone());
+            tokio::spawn(async move {
+                for i in 51..=200 {
+                    store
+                        .publish(&t, NewMessage::new(i.to_string()))
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        for want in 21..=200 {
+            assert_eq!(
+                payload(&next(&mut events).await),
+                want.to_string(),
+                "{kind}"
+            );
+        }
+        publisher.await.unwrap();
+    }
+}
+
+// A fresh subscription starts at the head and sees only what comes after.
+#[tokio::test]
+async fn a_fresh_subscription_starts_at_the_head() {
+    for (kind, store, _dir) in stores(Retention::default()) {
+        let t = topic("live");
+        store.publish(&t, NewMessage::new("old")).await.unwrap();
+        let mut events = Box::pin(subscribe(store.clone(), t.clone(), None, config()));
+        let Event::Start { resume, from } = next(&mut events).await else {
+            panic!("{kind}");
+        };
+        assert_eq!((resume, from.offset), (Resume::Fresh, 1), "{kind}");
+        store.publish(&t, NewMessage::new("new")).await.unwrap();
+        assert_eq!(payload(&next(&mut events).await), "new", "{kind}");
+    }
+}
+
+// What cannot be recovered is said, never served with a gap: a trimmed
+// position, one of another epoch, one ahead of the head.
+#[tokio::test]
+async fn an_unrecoverable_resume_says_so() {
+    for (kind, store, _dir) in stores(Retention::new(3, Duration::from_secs(3600))) {
+        let t = topic("short");
+        let mut positions = Vec::new();
+        for i in 1..=10 {
+            positions.push(
+                store
+                    .publish(&t, NewMessage::new(i.to_string()))
+                    .await
+                    .unwrap()
+                    .position,
+            );
+        }
+        let head = store.head(&t).await.unwrap();
+        assert_eq!((head.first, head.last), (8, 10), "{kind}: three kept");
+        let epoch = head.epoch;
+        for (since, why) in [
+            (positions[1], Unrecoverable::Trimmed),
+            (Position::new(Epoch::random(), 9), Unrecoverable::OtherEpoch),
+            (Position::new(epoch, 15), Unrecoverable::AheadOfHead),
+        ] {
+            let mut events = Box::pin(subscribe(store.clone(), t.clone(), Some(since), config()));
+            let Event::Start { resume, from } = next(&mut events).await else {
+                panic!("{kind}");
+            };
+            assert_eq!(resume, Resume::NotRecovered(why), "{kind}: {since}");
+            assert_eq!(from, Position::new(epoch, 10), "{kind}: live from the head");
+        }
+        // The oldest kept position still resumes.
+        let mut events = Box::pin(subscribe(
+            store.clone(),
+            t.clone(),
+            Some(positions[6]),
+            config(),
+        ));
+        let Event::Start { resume, .. } = next(&mut events).await else {
+            panic!("{kind}");
+        };
+        assert_eq!(resume, Resume::Recovered, "{kind}");
+        assert_eq!(payload(&next(&mut events).await), "8", "{kind}");
+    }
+}
+
+// A subscriber that falls behind the retained history is told it lagged,
+// and its subscription ends: never a silent skip.
+#[tokio::test]
+async fn a_subscriber_left_behind_is_told_it_lagged() {
+    for (kind, store, _dir) in stores(Retention::new(3, Duration::from_secs(3600))) {
+        let t = topic("fast");
+        let mut events = Box::pin(subscribe(store.clone(), t.clone(), None, config()));
+        assert!(
+            matches!(next(&mut events).await, Event::Start { .. }),
+            "{kind}"
+        );
+        for i in 1..=10 {
+            store
+                .publish(&t, NewMessage::new(i.to_string()))
+                .await
+                .unwrap();
+        }
+        assert!(
+            matches!(next(&mut events).await, Event::Lagged { at } if at.offset == 0),
+            "{kind}"
+        );
+        assert!(events.next().await.is_none(), "{kind}: ends after Lagged");
+    }
+}
+
+// Concurrent publishers get distinct, contiguous offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_get_one_order() {
+    for (kind, store, _dir) in stores(Retention::default()) {
+        let t = topic("busy");
+        let tasks: Vec<_> = (0..8)
+            .map(|w| {
+                let (store, t) = (store.clone(), t.clone());
+                tokio::spawn(async move {
+                    let mut offsets = Vec::new();
+                    for i in 0..40 {
+                        let p = store
+                            .publish(&t, NewMessage::new(format!("{w}-{i}")))
+                            .await
+                            .unwrap();
+                        offsets.push(p.position.offset);
+                    }
+                    offsets
+                })
+            })
+            .collect();
+        let mut all = HashSet::new();
+        for task in tasks {
+            for o in task.await.unwrap() {
+                assert!(all.insert(o), "{kind}: offset {o} twice");
+            }
+        }
+        assert_eq!(all, (1..=320).collect(), "{kind}");
+    }
+}
+
+// SQLite: the history survives closing and reopening the file (a restart,
+// or an upgrade's successor), and two store objects on one file (the two
+// processes of an upgrade) append to one log that a subscriber of either
+// reads whole, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_history_survives_reopening_and_is_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("topics.db");
+    let t = topic("shared");
+    let first = {
+        let store = SqliteStore::open(&path, Retention::default()).unwrap();
+        store
+            .publish(&t, NewMessage::new("before"))
+            .await
+            .unwrap()
+            .position
+    };
+    let a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, Retention::default()).unwrap());
+    let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, Retention::default()).unwrap());
+    let mut events = Box::pin(subscribe(b.clone(), t.clone(), Some(first), config()));
+    let Event::Start { resume, .. } = next(&mut events).await else {
+        panic!("no start");
+    };
+    assert_eq!(resume, Resume::Recovered, "same epoch after reopening");
+    let writers: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(w, store)| {
+            let t = t.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    store
+                        .publish(&t, NewMessage::new(format!("{w}-{i}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    while seen.len() < 100 {
+        match next(&mut events).await {
+            Event::Message(m) => seen.push(m.position.offset),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        (2..=101).collect::<Vec<_>>(),
+        "one order, no gap, no duplicate"
+    );
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
+// A file written by a newer build (a later schema) is refused, not
+// misread.
+#[test]
+fn sqlite_refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("topics.db");
+    drop(SqliteStore::open(&path, Retention::default()).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    assert!(matches!(
+        SqliteStore::open(&path, Retention::default()),
+        Err(TopicError::Corrupt(_))
+    ));
+}
