@@ -128,6 +128,20 @@ pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) jobs: JobArgs,
 
+    /// Where topics are kept: `sqlite:PATH` (history survives restarts and
+    /// upgrades) or `memory` (history ends with the process).
+    #[arg(
+        long,
+        env = "LAMEDUCK_TOPICS",
+        default_value = "sqlite:./lameduck-topics.db"
+    )]
+    pub(crate) topics: String,
+
+    /// History kept per topic: `COUNT` or `COUNT:AGE` (messages at most,
+    /// none older than AGE).
+    #[arg(long, env = "LAMEDUCK_TOPIC_RETENTION", default_value = "10000:1h", value_parser = parse_retention)]
+    pub(crate) topic_retention: lameduck_topics::Retention,
+
     #[command(flatten)]
     pub(crate) log: LogArgs,
 }
@@ -276,6 +290,18 @@ impl ServeArgs {
     }
 }
 
+/// `COUNT` or `COUNT:AGE`.
+fn parse_retention(s: &str) -> Result<lameduck_topics::Retention, String> {
+    let (count, age) = s.split_once(':').unwrap_or((s, "1h"));
+    let count: u64 = count
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or("COUNT must be a positive number of messages")?;
+    Ok(lameduck_topics::Retention::new(count, parse_duration(age)?))
+}
+
 /// `auto` or a duration.
 fn parse_spread(s: &str) -> Result<lameduck::DrainSpread, String> {
     if s.trim().eq_ignore_ascii_case("auto") {
@@ -422,7 +448,7 @@ mod tests {
                 "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",
                 "--journal", "--jobs-concurrency", "--jobs-lease",
                 "--jobs-drain-timeout", "--log-level", "--log-format",
-                "--upgrade-timeout", "--upgrade-probation",
+                "--upgrade-timeout", "--upgrade-probation", "--topics", "--topic-retention",
             ][..]),
             value in "\\PC{0,24}",
         ) {

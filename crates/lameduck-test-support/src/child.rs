@@ -70,8 +70,8 @@ impl Child {
     /// Starts `bin serve --listen 127.0.0.1:0 --log-format json <args>`
     /// (with `--admin-listen 127.0.0.1:0` unless `args` name one), and
     /// waits (10 s at most) for its `server.listening` event. Without a
-    /// `--journal` in `args`, the job journal is a SQLite file in a temp dir
-    /// removed with the child.
+    /// `--journal` in `args`, the job journal (and, without `--topics`, the
+    /// topic store) is a SQLite file in a temp dir removed with the child.
     ///
     /// # Panics
     ///
@@ -98,6 +98,11 @@ impl Child {
             command
                 .arg("--journal")
                 .arg(format!("sqlite:{}", dir.path().join("jobs.db").display()));
+            if !args.contains(&"--topics") {
+                command
+                    .arg("--topics")
+                    .arg(format!("sqlite:{}", dir.path().join("topics.db").display()));
+            }
             Some(dir)
         };
         (command, journal_dir)

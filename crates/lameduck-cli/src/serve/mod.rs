@@ -6,6 +6,7 @@ mod jobs;
 mod request_id;
 mod routes;
 mod sleep_job;
+mod topics;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -51,6 +52,8 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     let journal = lameduck_jobs::open(&args.jobs.journal)
         .await
         .with_context(|| format!("cannot open the job journal {:?}", args.jobs.journal))?;
+    let topic_store = open_topics(&args.topics, args.topic_retention)
+        .with_context(|| format!("cannot open the topic store {:?} (--topics)", args.topics))?;
     let listener = match sockets.service {
         Some(listener) => tokio::net::TcpListener::from_std(listener)
             .context("cannot use the inherited listening socket")?,
@@ -125,10 +128,18 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
         max_frame: args.ws_max_frame as usize,
         allowed_origins: args.ws_allowed_origins.into(),
     };
-    let mut app = routes::app(ws).merge(jobs::routes(jobs::Jobs {
-        journal,
-        pool: pool.handle(),
-    }));
+    let mut app = routes::app(ws)
+        .merge(jobs::routes(jobs::Jobs {
+            journal,
+            pool: pool.handle(),
+        }))
+        .merge(topics::routes(topics::Topics {
+            store: topic_store,
+            token: std::env::var("LAMEDUCK_TOPICS_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(Arc::from),
+        }));
     if let Some(limit) = nonzero(args.limits.request_timeout) {
         app = routes::with_timeout(app, limit);
     }
@@ -150,6 +161,22 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     } else {
         report.exit_code()
     })
+}
+
+/// The topic store `--topics` names.
+fn open_topics(
+    spec: &str,
+    retention: lameduck_topics::Retention,
+) -> anyhow::Result<Arc<dyn lameduck_topics::Store>> {
+    if spec == "memory" {
+        return Ok(Arc::new(lameduck_topics::MemoryStore::new(retention)));
+    }
+    let Some(path) = spec.strip_prefix("sqlite:") else {
+        anyhow::bail!("expected sqlite:PATH or memory");
+    };
+    Ok(Arc::new(lameduck_topics::SqliteStore::open(
+        path, retention,
+    )?))
 }
 
 /// The admin listener. Without `SO_REUSEPORT`: a second instance given

@@ -126,24 +126,31 @@ impl SqliteStore {
     }
 }
 
-/// Brings the file to [`SCHEMA_VERSION`]; refuses one from a newer build.
+/// Brings the file to [`SCHEMA_VERSION`], one step per transaction;
+/// refuses one from a newer build. Each step takes the write lock before
+/// it reads the version, so processes opening a new file at once (an
+/// upgrade's two, tests) do not both apply a step.
 fn migrate(conn: &mut Connection) -> Result<(), TopicError> {
-    let current: u32 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(sql("reading the schema version"))?;
-    if current > SCHEMA_VERSION {
-        return Err(TopicError::Corrupt(format!(
-            "the topics file has schema version {current}; this build reads up to {SCHEMA_VERSION}"
-        )));
-    }
-    for (i, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction().map_err(sql("migrating"))?;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("migrating"))?;
+        let current: u32 = tx
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(sql("reading the schema version"))?;
+        if current > SCHEMA_VERSION {
+            return Err(TopicError::Corrupt(format!(
+                "the topics file has schema version {current}; this build reads up to {SCHEMA_VERSION}"
+            )));
+        }
+        let Some(step) = MIGRATIONS.get(current as usize) else {
+            return Ok(());
+        };
         tx.execute_batch(step).map_err(sql("migrating"))?;
-        tx.pragma_update(None, "user_version", i as u32 + 1)
+        tx.pragma_update(None, "user_version", current + 1)
             .map_err(sql("migrating"))?;
         tx.commit().map_err(sql("migrating"))?;
     }
-    Ok(())
 }
 
 /// The topic's epoch and last offset, creating the topic (a new epoch) if
