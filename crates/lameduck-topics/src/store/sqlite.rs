@@ -156,22 +156,31 @@ fn migrate(conn: &mut Connection) -> Result<(), TopicError> {
 /// The topic's epoch and last offset, creating the topic (a new epoch) if
 /// it has none.
 fn topic_row(conn: &Connection, topic: &str) -> Result<(Epoch, u64), TopicError> {
+    let read = || {
+        conn.query_row(
+            "SELECT epoch, last FROM topics WHERE name = ?1",
+            params![topic],
+            |row| {
+                Ok((
+                    Epoch::from_u64(row.get::<_, i64>(0)? as u64),
+                    row.get::<_, i64>(1)? as u64,
+                ))
+            },
+        )
+        .optional()
+        .map_err(sql("reading a topic"))
+    };
+    // Read first: an insert, even one that inserts nothing, takes the write
+    // lock, and subscribers read often.
+    if let Some(row) = read()? {
+        return Ok(row);
+    }
     conn.execute(
         "INSERT OR IGNORE INTO topics (name, epoch, last) VALUES (?1, ?2, 0)",
         params![topic, Epoch::random().as_u64() as i64],
     )
     .map_err(sql("creating a topic"))?;
-    conn.query_row(
-        "SELECT epoch, last FROM topics WHERE name = ?1",
-        params![topic],
-        |row| {
-            Ok((
-                Epoch::from_u64(row.get::<_, i64>(0)? as u64),
-                row.get::<_, i64>(1)? as u64,
-            ))
-        },
-    )
-    .map_err(sql("reading a topic"))
+    read()?.ok_or_else(|| TopicError::Corrupt(format!("topic {topic} vanished")))
 }
 
 fn head_of(conn: &Connection, topic: &str) -> Result<Head, TopicError> {
