@@ -258,3 +258,125 @@ async fn sse_subscribers_get_everything_once_across_upgrades() {
     let ready = get(addr, "/readyz", 5 * SEC).await.unwrap();
     assert_eq!(ready.json()["pid"].as_u64(), Some(u64::from(pids[3])));
 }
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+async fn ws_connect(addr: SocketAddr, path: &str) -> Ws {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    timeout(
+        10 * SEC,
+        tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake")
+    .0
+}
+
+/// The next text frame as JSON; panics on anything else.
+async fn ws_json(ws: &mut Ws) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match timeout(10 * SEC, ws.next()).await.expect("a frame in time") {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a JSON frame, got {other:?}"),
+        }
+    }
+}
+
+/// The close code the server ends with.
+async fn ws_close_code(ws: &mut Ws) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match timeout(10 * SEC, ws.next()).await.expect("a frame in time") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            _ => return None,
+        }
+    }
+}
+
+async fn ws_send(ws: &mut Ws, text: &str) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+        .await
+        .unwrap();
+}
+
+// The topic WebSocket: the first frame names a session; a client frame is
+// acknowledged with its position once stored and reaches the other
+// subscribers; resent after a reconnect under the same session it is
+// acknowledged with the same position and stored once; an unknown session
+// is closed with 1008, a malformed frame with 1007.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_clients_publish_each_message_once() {
+    let server = Child::serve(BIN, &[]);
+    let addr = server.addr;
+    let mut a = ws_connect(addr, "/topics/chat/ws").await;
+    let hello = ws_json(&mut a).await;
+    let session = hello["session"].as_str().unwrap().to_owned();
+    assert_eq!(session.len(), 32, "{hello}");
+    assert_eq!(hello["topic"], "chat");
+    let mut b = ws_connect(addr, "/topics/chat/ws").await;
+    assert_ne!(ws_json(&mut b).await["session"], hello["session"]);
+
+    ws_send(&mut a, r#"{"id":"m1","data":"hello"}"#).await;
+    // The ack and a's own copy of the message, in either order.
+    let (mut ack, mut own) = (None, None);
+    while ack.is_none() || own.is_none() {
+        let frame = ws_json(&mut a).await;
+        if frame.get("ack").is_some() {
+            ack = Some(frame);
+        } else {
+            own = Some(frame);
+        }
+    }
+    let (ack, own) = (ack.unwrap(), own.unwrap());
+    assert_eq!(ack["ack"], "m1");
+    let pos = ack["pos"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (own["pos"].as_str(), own["data"].as_str()),
+        (Some(&*pos), Some("hello"))
+    );
+    let got = ws_json(&mut b).await;
+    assert_eq!(
+        (got["pos"].as_str(), got["data"].as_str()),
+        (Some(&*pos), Some("hello"))
+    );
+
+    // a reconnects under its session, from its position, and resends m1.
+    drop(a);
+    let mut a = ws_connect(
+        addr,
+        &format!("/topics/chat/ws?session={session}&since={pos}"),
+    )
+    .await;
+    let again = ws_json(&mut a).await;
+    assert_eq!(
+        (again["recovered"].as_bool(), again["session"].as_str()),
+        (Some(true), Some(&*session))
+    );
+    ws_send(&mut a, r#"{"id":"m1","data":"hello"}"#).await;
+    assert_eq!(
+        ws_json(&mut a).await,
+        serde_json::json!({"ack": "m1", "pos": pos})
+    );
+    ws_send(&mut a, r#"{"id":"m2","data":"again"}"#).await;
+    // b sees m2 next: m1 was not stored twice.
+    assert_eq!(ws_json(&mut b).await["data"], "again");
+
+    let mut stranger =
+        ws_connect(addr, &format!("/topics/chat/ws?session={}", "0".repeat(32))).await;
+    assert_eq!(ws_close_code(&mut stranger).await, Some(1008));
+    let mut sloppy = ws_connect(addr, "/topics/chat/ws").await;
+    ws_json(&mut sloppy).await;
+    ws_send(&mut sloppy, "not json").await;
+    assert_eq!(ws_close_code(&mut sloppy).await, Some(1007));
+    let res = get(addr, "/topics/chat/ws?since=garbage", 5 * SEC)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 400);
+}

@@ -360,3 +360,59 @@ fn sqlite_refuses_a_newer_schema() {
         Err(TopicError::Corrupt(_))
     ));
 }
+
+// Publisher sessions: random, 32 hex digits, known to the store that
+// issued them (and, for SQLite, to another process on the same file);
+// anything else is unknown.
+#[tokio::test]
+async fn sessions_are_issued_and_known() {
+    for (kind, store, dir) in stores(Retention::default()) {
+        let a = store.new_session().await.unwrap();
+        let b = store.new_session().await.unwrap();
+        assert_ne!(a, b, "{kind}");
+        assert!(
+            a.len() == 32 && a.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{kind}: {a}"
+        );
+        assert!(store.session_known(&a).await.unwrap(), "{kind}");
+        for unknown in ["", "nope", &"0".repeat(32), &format!("{a}0")] {
+            assert!(
+                !store.session_known(unknown).await.unwrap(),
+                "{kind}: {unknown:?}"
+            );
+        }
+        if let Some(dir) = dir {
+            let other =
+                SqliteStore::open(dir.path().join("topics.db"), Retention::default()).unwrap();
+            assert!(
+                other.session_known(&b).await.unwrap(),
+                "a successor knows it"
+            );
+        }
+    }
+}
+
+// A file written by the previous build (schema 1, before sessions) is
+// brought forward on open, and keeps its history.
+#[tokio::test]
+async fn sqlite_migrates_a_file_of_the_previous_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("topics.db");
+    let t = topic("kept");
+    let before = {
+        let store = SqliteStore::open(&path, Retention::default()).unwrap();
+        store
+            .publish(&t, NewMessage::new("old"))
+            .await
+            .unwrap()
+            .position
+    };
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE sessions; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    assert_eq!(store.head(&t).await.unwrap().epoch, before.epoch);
+    let session = store.new_session().await.unwrap();
+    assert!(store.session_known(&session).await.unwrap());
+}

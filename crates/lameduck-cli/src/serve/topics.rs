@@ -1,12 +1,15 @@
-//! `/topics`: publish a message (202 once stored, with its position), and
-//! read a topic as an SSE stream that resumes after `Last-Event-ID` or
-//! `?since=`, saying so (`event: reset`) when it cannot.
+//! `/topics`: publish a message (202 once stored, with its position), read
+//! a topic as an SSE stream that resumes after `Last-Event-ID` or
+//! `?since=`, saying so (`event: reset`) when it cannot, or over a
+//! WebSocket that both delivers and publishes, each client message stored
+//! once however often it is resent.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
     body::Bytes,
+    extract::ws::{CloseFrame, Message as WsMessage, WebSocketUpgrade},
     extract::{DefaultBodyLimit, Path, RawQuery, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
     response::{
@@ -17,7 +20,11 @@ use axum::{
 };
 use base64::Engine;
 use futures_util::{Stream, StreamExt};
-use lameduck::{Drain, sse::SseStream};
+use lameduck::{
+    Drain,
+    sse::SseStream,
+    ws::{WsConfig, WsSession},
+};
 use lameduck_topics::{
     Event, MAX_MESSAGE, NewMessage, Position, Resume, Store, SubscribeConfig, TopicError,
     TopicName, subscribe,
@@ -40,6 +47,7 @@ pub(crate) fn routes(topics: Topics) -> Router {
     Router::new()
         .route("/topics/{name}", post(publish))
         .route("/topics/{name}/events", get(events))
+        .route("/topics/{name}/ws", get(websocket))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE))
         .with_state(topics)
 }
@@ -215,4 +223,175 @@ fn as_sse(
             Some(Ok(sse))
         }
     })
+}
+
+/// A query parameter's raw value.
+fn param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Close codes of the topic WebSocket.
+const CLOSE_INVALID: u16 = 1007;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_ERROR: u16 = 1011;
+const CLOSE_TRY_LATER: u16 = 1013;
+
+/// `GET /topics/{name}/ws?since=E-O&session=S`: the first frame says how
+/// the subscription started and names the session (issued on a first
+/// connect, given back on reconnects); then a frame per message. Client
+/// frames `{"id":"…","data":"…"}` are published, keyed by (session, id),
+/// and answered `{"ack":"…","pos":"E-O"}` once stored: a client that
+/// resends what was not acknowledged publishes each message once.
+async fn websocket(
+    State(topics): State<Topics>,
+    Path(raw): Path<String>,
+    RawQuery(query): RawQuery,
+    upgrade: WebSocketUpgrade,
+    drain: Drain,
+) -> Response {
+    let topic = match name(&raw) {
+        Ok(topic) => topic,
+        Err(response) => return response,
+    };
+    let since = match param(query.as_deref(), "since")
+        .map(str::parse::<Position>)
+        .transpose()
+    {
+        Ok(since) => since,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let session = param(query.as_deref(), "session").map(str::to_owned);
+    upgrade
+        .max_message_size(MAX_MESSAGE * 2)
+        .on_upgrade(move |socket| async move {
+            let mut ws = WsSession::with_config(socket, drain, WsConfig::default());
+            topic_session(&mut ws, topics, topic, since, session).await;
+        })
+}
+
+/// Sends a Close with `code` and `reason` (through the raw socket: these
+/// codes are the topic protocol's, not the drain's).
+async fn close(ws: &mut WsSession, code: u16, reason: &str) {
+    let frame = WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.socket_mut().send(frame)).await;
+}
+
+async fn send_json(ws: &mut WsSession, value: serde_json::Value) -> bool {
+    ws.send(WsMessage::text(value.to_string())).await.is_ok()
+}
+
+async fn topic_session(
+    ws: &mut WsSession,
+    topics: Topics,
+    topic: TopicName,
+    since: Option<Position>,
+    session: Option<String>,
+) {
+    let store = topics.store.clone();
+    let session = match session {
+        Some(s) => match store.session_known(&s).await {
+            Ok(true) => s,
+            Ok(false) => return close(ws, CLOSE_POLICY, "unknown session").await,
+            Err(_) => return close(ws, CLOSE_TRY_LATER, "the topic store is unavailable").await,
+        },
+        None => match store.new_session().await {
+            Ok(s) => s,
+            Err(_) => return close(ws, CLOSE_TRY_LATER, "the topic store is unavailable").await,
+        },
+    };
+    let mut events = Box::pin(subscribe(
+        store.clone(),
+        topic.clone(),
+        since,
+        SubscribeConfig::default(),
+    ));
+    loop {
+        tokio::select! {
+            msg = ws.recv() => match msg {
+                Some(WsMessage::Text(text)) => {
+                    match client_frame(text.as_str()) {
+                        Ok((id, payload)) => {
+                            let key = format!("ws-{session}-{id}");
+                            match store.publish(&topic, NewMessage::new(payload).key(key)).await {
+                                Ok(published) => {
+                                    let ack = json!({ "ack": id, "pos": published.position.to_string() });
+                                    if !send_json(ws, ack).await {
+                                        return;
+                                    }
+                                }
+                                Err(TopicError::KeyConflict) => {
+                                    return close(ws, CLOSE_POLICY, "a message id was reused for another message").await;
+                                }
+                                Err(TopicError::TooLarge { .. }) => {
+                                    return close(ws, CLOSE_POLICY, "message too large").await;
+                                }
+                                Err(_) => {
+                                    return close(ws, CLOSE_TRY_LATER, "the topic store is unavailable").await;
+                                }
+                            }
+                        }
+                        Err(why) => return close(ws, CLOSE_INVALID, why).await,
+                    }
+                }
+                Some(_) => return close(ws, CLOSE_INVALID, "frames are JSON text").await,
+                None => return,
+            },
+            event = events.next() => {
+                let frame = match event {
+                    Some(Ok(Event::Start { resume, from })) => json!({
+                        "topic": topic.as_str(),
+                        "recovered": !matches!(resume, Resume::NotRecovered(_)),
+                        "from": from.to_string(),
+                        "session": session,
+                    }),
+                    Some(Ok(Event::Message(m))) => match std::str::from_utf8(&m.payload) {
+                        Ok(text) => json!({ "topic": topic.as_str(), "pos": m.position.to_string(), "data": text }),
+                        Err(_) => json!({
+                            "topic": topic.as_str(),
+                            "pos": m.position.to_string(),
+                            "data_b64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+                        }),
+                    },
+                    Some(Ok(Event::Lagged { .. })) => {
+                        return close(ws, CLOSE_TRY_LATER, "lagged: resume from your last position").await;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => {
+                        return close(ws, CLOSE_ERROR, "the topic store failed").await;
+                    }
+                };
+                if !send_json(ws, frame).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A client frame `{"id":"…","data":"…"}` (or `"data_b64"`): its id (1 to
+/// 128 characters) and payload.
+fn client_frame(text: &str) -> Result<(String, Bytes), &'static str> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| "a frame is a JSON object")?;
+    let id = value
+        .get("id")
+        .and_then(|v| v.as_str())
+        .filter(|id| (1..=128).contains(&id.len()))
+        .ok_or("a frame needs an \"id\" of 1 to 128 characters")?
+        .to_owned();
+    let payload = match (value.get("data"), value.get("data_b64")) {
+        (Some(serde_json::Value::String(s)), None) => Bytes::from(s.clone()),
+        (None, Some(serde_json::Value::String(b))) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(Bytes::from)
+            .map_err(|_| "data_b64 is not base64")?,
+        _ => return Err("a frame needs \"data\" (text) or \"data_b64\""),
+    };
+    Ok((id, payload))
 }

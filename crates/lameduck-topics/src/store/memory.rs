@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use super::{Changes, Head, Message, NewMessage, Published, Retention, Store, digest, now_ms};
+use super::{
+    Changes, Head, Message, NewMessage, Published, Retention, Store, digest, is_session, now_ms,
+    random_session,
+};
 use crate::{Epoch, Position, TopicError, TopicName};
 use async_trait::async_trait;
 
@@ -50,6 +53,7 @@ impl Log {
 pub struct MemoryStore {
     retention: Retention,
     logs: Mutex<HashMap<TopicName, Log>>,
+    sessions: Mutex<std::collections::HashSet<String>>,
     changes: Changes,
 }
 
@@ -59,6 +63,7 @@ impl MemoryStore {
         Self {
             retention,
             logs: Mutex::default(),
+            sessions: Mutex::default(),
             changes: Changes::default(),
         }
     }
@@ -156,6 +161,24 @@ impl Store for MemoryStore {
             .cloned()
             .collect();
         Ok((head, messages))
+    }
+
+    async fn new_session(&self) -> Result<String, TopicError> {
+        let session = random_session()?;
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session.clone());
+        Ok(session)
+    }
+
+    async fn session_known(&self, session: &str) -> Result<bool, TopicError> {
+        Ok(is_session(session)
+            && self
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(session))
     }
 
     fn version(&self) -> u64 {

@@ -161,6 +161,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<(Head, Vec<Message>), TopicError>;
 
+    /// Issues a new publisher session: 128 random bits from the operating
+    /// system, as 32 hex digits, that nobody else can guess, so that the
+    /// idempotency keys a WebSocket client derives from it (session and
+    /// message id) cannot be claimed by another client. Remembered for the
+    /// idempotency window, by every process sharing the store.
+    ///
+    /// # Errors
+    ///
+    /// [`TopicError::Unavailable`].
+    async fn new_session(&self) -> Result<String, TopicError>;
+
+    /// Whether `session` was issued by [`Store::new_session`] (and is still
+    /// remembered).
+    ///
+    /// # Errors
+    ///
+    /// [`TopicError::Unavailable`].
+    async fn session_known(&self, session: &str) -> Result<bool, TopicError>;
+
     /// How many publishes went through this store object so far: taken
     /// before a read, it lets [`Store::changed`] tell whether one came in
     /// between.
@@ -201,6 +220,21 @@ impl Changes {
         }
         let _ = tokio::time::timeout(poll, notified).await;
     }
+}
+
+/// 128 bits from the operating system's random source, as 32 hex digits.
+pub(crate) fn random_session() -> Result<String, TopicError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| TopicError::unavailable("reading /dev/urandom for a session id", e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether `s` looks like a session id (32 hex digits).
+pub(crate) fn is_session(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Milliseconds since the Unix epoch.

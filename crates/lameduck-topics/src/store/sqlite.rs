@@ -14,7 +14,8 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Changes, Head, MAX_MESSAGE, Message, NewMessage, Published, Retention, Store, digest, now_ms,
+    Changes, Head, MAX_MESSAGE, Message, NewMessage, Published, Retention, Store, digest,
+    is_session, now_ms, random_session,
 };
 use crate::{Epoch, Position, TopicError, TopicName};
 
@@ -46,6 +47,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (topic, key)
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_age ON idempotency (created_at);",
+    // 2: publisher sessions (WebSocket clients), so that a successor knows
+    // the sessions its predecessor issued. Only adds: a process of build 1
+    // sharing the file during an upgrade reads on as before.
+    "CREATE TABLE sessions (
+        id         TEXT    PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.
@@ -330,6 +338,47 @@ impl Store for SqliteStore {
             drop(stmt);
             tx.commit().map_err(sql("ending a read"))?;
             Ok((head, rows))
+        })
+        .await
+    }
+
+    async fn new_session(&self) -> Result<String, TopicError> {
+        let session = random_session()?;
+        let id = session.clone();
+        let window = self.key_window.as_millis() as i64;
+        self.with(move |conn| {
+            let now = now_ms() as i64;
+            conn.execute(
+                "DELETE FROM sessions WHERE created_at <= ?1",
+                params![now - window],
+            )
+            .map_err(sql("forgetting old sessions"))?;
+            conn.execute(
+                "INSERT INTO sessions (id, created_at) VALUES (?1, ?2)",
+                params![id, now],
+            )
+            .map_err(sql("storing a session"))?;
+            Ok(())
+        })
+        .await?;
+        Ok(session)
+    }
+
+    async fn session_known(&self, session: &str) -> Result<bool, TopicError> {
+        if !is_session(session) {
+            return Ok(false);
+        }
+        let id = session.to_owned();
+        let window = self.key_window.as_millis() as i64;
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT 1 FROM sessions WHERE id = ?1 AND created_at > ?2",
+                params![id, now_ms() as i64 - window],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+            .map_err(sql("reading a session"))
         })
         .await
     }
