@@ -380,3 +380,130 @@ async fn websocket_clients_publish_each_message_once() {
         .unwrap();
     assert_eq!(res.status, 400);
 }
+
+/// A WebSocket publisher: sends `c{id}-{n}` for n = 0, 1, ... one at a
+/// time, each until acknowledged; on a closed socket it reconnects under
+/// its session and resends the unacknowledged one. Returns how many were
+/// acknowledged.
+async fn ws_publisher(addr: SocketAddr, id: usize, stop: Arc<AtomicBool>) -> u64 {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut session: Option<String> = None;
+    let mut n = 0u64;
+    'connect: while !stop.load(Ordering::Relaxed) {
+        let path = match &session {
+            Some(s) => format!("/topics/load/ws?session={s}"),
+            None => "/topics/load/ws".to_owned(),
+        };
+        let Ok(tcp) = TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let Ok(Ok((mut ws, _))) = timeout(
+            10 * SEC,
+            tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp),
+        )
+        .await
+        else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let msg_id = format!("c{id}-{n}");
+            let frame = serde_json::json!({ "id": msg_id, "data": msg_id }).to_string();
+            if ws.send(Message::text(frame)).await.is_err() {
+                continue 'connect;
+            }
+            loop {
+                match timeout(10 * SEC, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                        if let Some(s) = v["session"].as_str() {
+                            session.get_or_insert_with(|| s.to_owned());
+                        }
+                        if v["ack"] == msg_id.as_str() {
+                            n += 1;
+                            break;
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    // Closed (a drain) or broken: reconnect and resend.
+                    _ => continue 'connect,
+                }
+            }
+        }
+        let _ = timeout(2 * SEC, ws.close(None)).await;
+    }
+    n
+}
+
+// Client to server, exactly once: 20 WebSocket publishers send numbered
+// messages, each resent after a reconnect until acknowledged, across three
+// SIGHUP upgrades. Read back from the start of the topic, every message
+// acknowledged is stored, and every message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_publishers_store_each_message_once_across_upgrades() {
+    let server = Child::serve(BIN, &["--upgrade-probation", "1s"]);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(ws_publisher(addr, i, stop.clone())))
+        .collect();
+    let mut pids = vec![server.pid()];
+    for _ in 0..3 {
+        tokio::time::sleep(SEC).await;
+        let old = *pids.last().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), SIGHUP).unwrap();
+        let deadline = Instant::now() + 30 * SEC;
+        let new = loop {
+            if let Some(p) = server
+                .listening_pids()
+                .into_iter()
+                .find(|p| !pids.contains(p))
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "no new process");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        pids.push(new);
+        while is_alive(old) {
+            assert!(Instant::now() < deadline, "old process {old} stays");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(SEC).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for p in publishers {
+        acked.push(timeout(30 * SEC, p).await.unwrap().unwrap());
+    }
+    assert!(acked.iter().all(|&n| n > 5), "{acked:?}");
+
+    // Read the whole topic back, from before its first message.
+    let mut reader = ws_connect(addr, "/topics/load/ws").await;
+    let first = ws_json(&mut reader).await;
+    let from = first["from"].as_str().unwrap().to_owned();
+    let (epoch, last) = from.split_once('-').unwrap();
+    let last: u64 = last.parse().unwrap();
+    drop(reader);
+    let mut reader = ws_connect(addr, &format!("/topics/load/ws?since={epoch}-0")).await;
+    assert_eq!(ws_json(&mut reader).await["recovered"], true);
+    let mut stored = std::collections::HashMap::<String, u32>::new();
+    for _ in 0..last {
+        let frame = ws_json(&mut reader).await;
+        *stored
+            .entry(frame["data"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    for (i, &n) in acked.iter().enumerate() {
+        for k in 0..n {
+            assert!(
+                stored.contains_key(&format!("c{i}-{k}")),
+                "acknowledged c{i}-{k} missing"
+            );
+        }
+    }
+}
