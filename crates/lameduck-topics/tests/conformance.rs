@@ -28,7 +28,7 @@ fn topic(name: &str) -> TopicName {
     TopicName::new(name).unwrap()
 }
 
-async fn next(events: &mut (impl Stream<Item = Result<Event, TopicError>> + Unpin)) -> Event {
+async fn next_event(events: &mut (impl Stream<Item = Result<Event, TopicError>> + Unpin)) -> Event {
     tokio::time::timeout(WAIT, events.next())
         .await
         .expect("an event in time")
@@ -144,7 +144,7 @@ async fn a_recovered_resume_has_no_gap_and_no_duplicate() {
             Some(positions[19]),
             config(),
         ));
-        let Event::Start { resume, from } = next(&mut events).await else {
+        let Event::Start { resume, from } = next_event(&mut events).await else {
             panic!("{kind}: no start");
         };
         assert_eq!((resume, from), (Resume::Recovered, positions[19]), "{kind}");
@@ -162,7 +162,7 @@ async fn a_recovered_resume_has_no_gap_and_no_duplicate() {
         };
         for want in 21..=200 {
             assert_eq!(
-                payload(&next(&mut events).await),
+                payload(&next_event(&mut events).await),
                 want.to_string(),
                 "{kind}"
             );
@@ -178,12 +178,12 @@ async fn a_fresh_subscription_starts_at_the_head() {
         let t = topic("live");
         store.publish(&t, NewMessage::new("old")).await.unwrap();
         let mut events = Box::pin(subscribe(store.clone(), t.clone(), None, config()));
-        let Event::Start { resume, from } = next(&mut events).await else {
+        let Event::Start { resume, from } = next_event(&mut events).await else {
             panic!("{kind}");
         };
         assert_eq!((resume, from.offset), (Resume::Fresh, 1), "{kind}");
         store.publish(&t, NewMessage::new("new")).await.unwrap();
-        assert_eq!(payload(&next(&mut events).await), "new", "{kind}");
+        assert_eq!(payload(&next_event(&mut events).await), "new", "{kind}");
     }
 }
 
@@ -212,7 +212,7 @@ async fn an_unrecoverable_resume_says_so() {
             (Position::new(epoch, 15), Unrecoverable::AheadOfHead),
         ] {
             let mut events = Box::pin(subscribe(store.clone(), t.clone(), Some(since), config()));
-            let Event::Start { resume, from } = next(&mut events).await else {
+            let Event::Start { resume, from } = next_event(&mut events).await else {
                 panic!("{kind}");
             };
             assert_eq!(resume, Resume::NotRecovered(why), "{kind}: {since}");
@@ -225,11 +225,11 @@ async fn an_unrecoverable_resume_says_so() {
             Some(positions[6]),
             config(),
         ));
-        let Event::Start { resume, .. } = next(&mut events).await else {
+        let Event::Start { resume, .. } = next_event(&mut events).await else {
             panic!("{kind}");
         };
         assert_eq!(resume, Resume::Recovered, "{kind}");
-        assert_eq!(payload(&next(&mut events).await), "8", "{kind}");
+        assert_eq!(payload(&next_event(&mut events).await), "8", "{kind}");
     }
 }
 
@@ -241,7 +241,7 @@ async fn a_subscriber_left_behind_is_told_it_lagged() {
         let t = topic("fast");
         let mut events = Box::pin(subscribe(store.clone(), t.clone(), None, config()));
         assert!(
-            matches!(next(&mut events).await, Event::Start { .. }),
+            matches!(next_event(&mut events).await, Event::Start { .. }),
             "{kind}"
         );
         for i in 1..=10 {
@@ -251,7 +251,7 @@ async fn a_subscriber_left_behind_is_told_it_lagged() {
                 .unwrap();
         }
         assert!(
-            matches!(next(&mut events).await, Event::Lagged { at } if at.offset == 0),
+            matches!(next_event(&mut events).await, Event::Lagged { at } if at.offset == 0),
             "{kind}"
         );
         assert!(events.next().await.is_none(), "{kind}: ends after Lagged");
@@ -309,7 +309,7 @@ async fn sqlite_history_survives_reopening_and_is_shared() {
     let a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, Retention::default()).unwrap());
     let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, Retention::default()).unwrap());
     let mut events = Box::pin(subscribe(b.clone(), t.clone(), Some(first), config()));
-    let Event::Start { resume, .. } = next(&mut events).await else {
+    let Event::Start { resume, .. } = next_event(&mut events).await else {
         panic!("no start");
     };
     assert_eq!(resume, Resume::Recovered, "same epoch after reopening");
@@ -330,7 +330,7 @@ async fn sqlite_history_survives_reopening_and_is_shared() {
         .collect();
     let mut seen = Vec::new();
     while seen.len() < 100 {
-        match next(&mut events).await {
+        match next_event(&mut events).await {
             Event::Message(m) => seen.push(m.position.offset),
             other => panic!("{other:?}"),
         }
@@ -345,15 +345,61 @@ async fn sqlite_history_survives_reopening_and_is_shared() {
     }
 }
 
-// A file written by a newer build (a later schema) is refused, not
-// misread.
-#[test]
-fn sqlite_refuses_a_newer_schema() {
+// A later build's schema that only adds (a test-only migration: a new
+// column) is read and written by this build as it is, as during an
+// upgrade's overlap; one that says this build can no longer read it (its
+// min_reader is past this build's schema) is refused, not misread.
+#[tokio::test]
+async fn sqlite_reads_a_later_additive_schema_and_refuses_a_contracting_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("topics.db");
-    drop(SqliteStore::open(&path, Retention::default()).unwrap());
+    let t = topic("evolving");
+    let before = {
+        let store = SqliteStore::open(&path, Retention::default()).unwrap();
+        store
+            .publish(&t, NewMessage::new("old"))
+            .await
+            .unwrap()
+            .position
+    };
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.pragma_update(None, "user_version", 99).unwrap();
+    let current: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    conn.execute_batch("ALTER TABLE messages ADD COLUMN priority INTEGER;")
+        .unwrap();
+    conn.pragma_update(None, "user_version", current + 1)
+        .unwrap();
+    drop(conn);
+
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, Retention::default()).unwrap());
+    let next = store
+        .publish(&t, NewMessage::new("new"))
+        .await
+        .unwrap()
+        .position;
+    assert_eq!((next.epoch, next.offset), (before.epoch, 2));
+    let mut events = Box::pin(subscribe(store.clone(), t.clone(), Some(before), config()));
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Start {
+            resume: Resume::Recovered,
+            ..
+        }
+    ));
+    assert_eq!(payload(&next_event(&mut events).await), "new");
+    drop(events);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let kept: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, current + 1, "not rewritten to this build's version");
+    conn.execute(
+        "UPDATE schema_meta SET value = ?1 WHERE key = 'min_reader'",
+        [current + 1],
+    )
+    .unwrap();
     drop(conn);
     assert!(matches!(
         SqliteStore::open(&path, Retention::default()),
@@ -408,7 +454,7 @@ async fn sqlite_migrates_a_file_of_the_previous_schema() {
             .position
     };
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE sessions; PRAGMA user_version = 1;")
+    conn.execute_batch("DROP TABLE sessions; DROP TABLE schema_meta; PRAGMA user_version = 1;")
         .unwrap();
     drop(conn);
     let store = SqliteStore::open(&path, Retention::default()).unwrap();

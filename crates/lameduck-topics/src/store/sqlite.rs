@@ -19,13 +19,17 @@ use super::{
 };
 use crate::{Epoch, Position, TopicError, TopicName};
 
-/// Each entry takes the schema from version `i` to `i + 1`. Append only,
-/// and expand before contract: a process of the previous build may share
-/// the file during an upgrade.
-const MIGRATIONS: &[&str] = &[
-    // 1: topics (epoch and last offset together, so a file restored from
-    // an older copy carries its own epoch), messages, idempotency keys.
-    "CREATE TABLE topics (
+/// Each entry takes the schema from version `i` to `i + 1`, and says the
+/// oldest schema version a build must know to read the file after it.
+/// Append only, and expand before contract: a process of the previous
+/// build shares the file during an upgrade or a rolling deploy, so a step
+/// that only adds keeps that minimum (older builds read on), and only a
+/// later step that removes or changes raises it.
+const MIGRATIONS: &[(&str, u32)] = &[
+    (
+        // 1: topics (epoch and last offset together, so a file restored from
+        // an older copy carries its own epoch), messages, idempotency keys.
+        "CREATE TABLE topics (
         name  TEXT    PRIMARY KEY,
         epoch INTEGER NOT NULL,
         last  INTEGER NOT NULL
@@ -47,13 +51,28 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (topic, key)
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_age ON idempotency (created_at);",
+        1,
+    ),
     // 2: publisher sessions (WebSocket clients), so that a successor knows
     // the sessions its predecessor issued. Only adds: a process of build 1
     // sharing the file during an upgrade reads on as before.
-    "CREATE TABLE sessions (
+    (
+        "CREATE TABLE sessions (
         id         TEXT    PRIMARY KEY,
         created_at INTEGER NOT NULL
     ) WITHOUT ROWID;",
+        1,
+    ),
+    // 3: the oldest schema a reader must know, so that a build meeting a
+    // file of a later build can tell whether it may read it.
+    (
+        "CREATE TABLE schema_meta (
+        key   TEXT    PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO schema_meta (key, value) VALUES ('min_reader', 1);",
+        1,
+    ),
 ];
 
 /// The schema version this build writes.
@@ -134,10 +153,11 @@ impl SqliteStore {
     }
 }
 
-/// Brings the file to [`SCHEMA_VERSION`], one step per transaction;
-/// refuses one from a newer build. Each step takes the write lock before
-/// it reads the version, so processes opening a new file at once (an
-/// upgrade's two, tests) do not both apply a step.
+/// Brings the file to [`SCHEMA_VERSION`], one step per transaction. A
+/// file of a later build is read as it is when that build says this one
+/// still can (its `min_reader`), and refused otherwise. Each step takes
+/// the write lock before it reads the version, so processes opening a new
+/// file at once (an upgrade's two, tests) do not both apply a step.
 fn migrate(conn: &mut Connection) -> Result<(), TopicError> {
     loop {
         let tx = conn
@@ -147,16 +167,44 @@ fn migrate(conn: &mut Connection) -> Result<(), TopicError> {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(sql("reading the schema version"))?;
         if current > SCHEMA_VERSION {
-            return Err(TopicError::Corrupt(format!(
-                "the topics file has schema version {current}; this build reads up to {SCHEMA_VERSION}"
-            )));
+            let min_reader: Option<u32> = tx
+                .query_row(
+                    "SELECT value FROM schema_meta WHERE key = 'min_reader'",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()
+                .unwrap_or(None);
+            return match min_reader {
+                Some(min) if min <= SCHEMA_VERSION => Ok(()),
+                _ => Err(TopicError::Corrupt(format!(
+                    "the topics file has schema version {current}, which this build \
+                     (schema {SCHEMA_VERSION}) cannot read: it needs at least {}",
+                    min_reader.map_or("a newer build".to_owned(), |m| format!("schema {m}"))
+                ))),
+            };
         }
-        let Some(step) = MIGRATIONS.get(current as usize) else {
+        let Some((step, min_reader)) = MIGRATIONS.get(current as usize) else {
             return Ok(());
         };
         tx.execute_batch(step).map_err(sql("migrating"))?;
         tx.pragma_update(None, "user_version", current + 1)
             .map_err(sql("migrating"))?;
+        let has_meta: bool = tx
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'schema_meta'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(sql("migrating"))?
+            > 0;
+        if has_meta {
+            tx.execute(
+                "UPDATE schema_meta SET value = ?1 WHERE key = 'min_reader'",
+                params![min_reader],
+            )
+            .map_err(sql("migrating"))?;
+        }
         tx.commit().map_err(sql("migrating"))?;
     }
 }
