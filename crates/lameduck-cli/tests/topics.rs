@@ -507,3 +507,49 @@ async fn websocket_publishers_store_each_message_once_across_upgrades() {
         }
     }
 }
+
+// On a drain, a WebSocket subscriber gets what was stored before that
+// instant, then its Close: a subscriber replaying 2,000 messages when
+// SIGTERM comes receives all 2,000, then Close 1001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_websocket_subscriber_gets_everything_stored_before_its_close() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Child::serve(BIN, &["--topics", "memory", "--drain-spread", "0s"]);
+    let addr = server.addr;
+    let mut epoch = String::new();
+    for i in 1..=2000 {
+        let (status, body) = publish(addr, "backlog", &i.to_string(), None).await;
+        assert_eq!(status, 202);
+        if i == 1 {
+            epoch = body["position"]
+                .as_str()
+                .unwrap()
+                .split('-')
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+    }
+    let mut ws = ws_connect(addr, &format!("/topics/backlog/ws?since={epoch}-0")).await;
+    assert_eq!(ws_json(&mut ws).await["recovered"], true);
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut received = 0u64;
+    let close = loop {
+        match timeout(10 * SEC, ws.next()).await.expect("a frame in time") {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                received += 1;
+                assert_eq!(v["data"], received.to_string(), "in order");
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("ended without a Close after {received}: {other:?}"),
+        }
+    };
+    assert_eq!(
+        received, 2000,
+        "everything stored before the drain, then the Close"
+    );
+    assert_eq!(close, Some(1001));
+}

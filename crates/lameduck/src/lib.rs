@@ -60,7 +60,7 @@ pub mod ws;
 pub use config::{Config, DrainAnnounce, DrainSpread};
 pub use error::Error;
 pub use handle::Handle;
-pub use lifecycle::{Drain, DrainReason, JobGuard, Phase, PhaseFuture};
+pub use lifecycle::{Drain, DrainReason, JobGuard, Phase, PhaseFuture, Told};
 pub use report::{DrainReport, EXIT_DRAINED, EXIT_FORCED};
 pub use server::Server;
 pub use signal::Signal;

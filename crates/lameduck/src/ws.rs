@@ -42,6 +42,12 @@ pub struct WsConfig {
     /// How long to wait for the peer's Close after sending ours
     /// (`ws.close_timeout`, default 2 s).
     pub close_timeout: Duration,
+    /// The handler takes over the drain step (default `false`): `recv`
+    /// then does not close the session when the server drains; the
+    /// handler watches [`crate::Drain::told`], sends what it still owes
+    /// the peer, and calls [`WsSession::close_for_drain`]. At the drain's
+    /// deadline the socket is cut as any other.
+    pub handler_drains: bool,
 }
 
 impl Default for WsConfig {
@@ -50,6 +56,7 @@ impl Default for WsConfig {
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(20),
             close_timeout: Duration::from_secs(2),
+            handler_drains: false,
         }
     }
 }
@@ -65,6 +72,12 @@ impl WsConfig {
     /// Sets [`WsConfig::pong_timeout`].
     pub fn pong_timeout(mut self, value: Duration) -> Self {
         self.pong_timeout = value;
+        self
+    }
+
+    /// Sets [`WsConfig::handler_drains`].
+    pub fn handler_drains(mut self, value: bool) -> Self {
+        self.handler_drains = value;
         self
     }
 
@@ -290,14 +303,9 @@ impl WsSession {
             };
             tokio::select! {
                 biased;
-                () = std::future::poll_fn(|cx| self.drained.poll_drained(cx)) => {
-                    let code = if self.drain.reason().is_some_and(|r| r.is_restart()) {
-                        CLOSE_SERVICE_RESTART
-                    } else {
-                        CLOSE_GOING_AWAY
-                    };
-                    self.close(code, "server draining").await;
-                    return self.finish(WsEnd::Drained { code });
+                () = std::future::poll_fn(|cx| self.drained.poll_drained(cx)), if !self.config.handler_drains => {
+                    self.close_for_drain().await;
+                    return None;
                 }
                 () = pong_deadline => {
                     tracing::debug!("ws.peer_dead");
@@ -377,6 +385,23 @@ impl WsSession {
                 )))
             }
         }
+    }
+
+    /// The drain's step, for a handler that took it over
+    /// ([`WsConfig::handler_drains`]) once it has sent what it owes: flush,
+    /// Close with 1001 (1012 on a restart), wait (bounded) for the peer's
+    /// Close. [`WsSession::recv`] returns `None` from then on.
+    pub async fn close_for_drain(&mut self) {
+        if self.end.is_some() {
+            return;
+        }
+        let code = if self.drain.reason().is_some_and(|r| r.is_restart()) {
+            CLOSE_SERVICE_RESTART
+        } else {
+            CLOSE_GOING_AWAY
+        };
+        self.close(code, "server draining").await;
+        self.finish(WsEnd::Drained { code });
     }
 
     /// Why the session ended, once it has.

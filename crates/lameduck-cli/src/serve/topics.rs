@@ -267,8 +267,12 @@ async fn websocket(
     upgrade
         .max_message_size(MAX_MESSAGE * 2)
         .on_upgrade(move |socket| async move {
-            let mut ws = WsSession::with_config(socket, drain, WsConfig::default());
-            topic_session(&mut ws, topics, topic, since, session).await;
+            // Registered now, so that a spread drain tells this session at
+            // its own instant.
+            let told = drain.told();
+            let config = WsConfig::default().handler_drains(true);
+            let mut ws = WsSession::with_config(socket, drain, config);
+            topic_session(&mut ws, told, topics, topic, since, session).await;
         })
 }
 
@@ -286,8 +290,36 @@ async fn send_json(ws: &mut WsSession, value: serde_json::Value) -> bool {
     ws.send(WsMessage::text(value.to_string())).await.is_ok()
 }
 
+/// The frame of one event; `None` for events that carry none.
+fn frame(topic: &TopicName, session: &str, event: &Event) -> Option<serde_json::Value> {
+    Some(match event {
+        Event::Start { resume, from } => json!({
+            "topic": topic.as_str(),
+            "recovered": !matches!(resume, Resume::NotRecovered(_)),
+            "from": from.to_string(),
+            "session": session,
+        }),
+        Event::Message(m) => match std::str::from_utf8(&m.payload) {
+            Ok(text) => {
+                json!({ "topic": topic.as_str(), "pos": m.position.to_string(), "data": text })
+            }
+            Err(_) => json!({
+                "topic": topic.as_str(),
+                "pos": m.position.to_string(),
+                "data_b64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+            }),
+        },
+        _ => return None,
+    })
+}
+
+/// How long a drained session may take to send what was stored before
+/// the drain, before its Close.
+const DRAIN_FLUSH: Duration = Duration::from_secs(2);
+
 async fn topic_session(
     ws: &mut WsSession,
+    told: lameduck::Told,
     topics: Topics,
     topic: TopicName,
     since: Option<Position>,
@@ -311,8 +343,40 @@ async fn topic_session(
         since,
         SubscribeConfig::default(),
     ));
+    tokio::pin!(told);
+    // The last offset sent to the peer.
+    let mut sent = 0u64;
     loop {
         tokio::select! {
+            () = &mut told => {
+                // What was stored before this instant goes out before the
+                // Close (as far as the peer reads it in time); what the
+                // client sent and saw no ack for is its to resend.
+                if let Ok(head) = store.head(&topic).await {
+                    let flush = async {
+                        while sent < head.last {
+                            match events.next().await {
+                                Some(Ok(event)) => {
+                                    match &event {
+                                        Event::Message(m) => sent = m.position.offset,
+                                        Event::Start { from, .. } => sent = from.offset,
+                                        _ => {}
+                                    }
+                                    if let Some(f) = frame(&topic, &session, &event) {
+                                        if !send_json(ws, f).await {
+                                            return;
+                                        }
+                                    }
+                                }
+                                _ => return,
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(DRAIN_FLUSH, flush).await;
+                }
+                ws.close_for_drain().await;
+                return;
+            }
             msg = ws.recv() => match msg {
                 Some(WsMessage::Text(text)) => {
                     match client_frame(text.as_str()) {
@@ -343,28 +407,22 @@ async fn topic_session(
                 None => return,
             },
             event = events.next() => {
-                let frame = match event {
-                    Some(Ok(Event::Start { resume, from })) => json!({
-                        "topic": topic.as_str(),
-                        "recovered": !matches!(resume, Resume::NotRecovered(_)),
-                        "from": from.to_string(),
-                        "session": session,
-                    }),
-                    Some(Ok(Event::Message(m))) => match std::str::from_utf8(&m.payload) {
-                        Ok(text) => json!({ "topic": topic.as_str(), "pos": m.position.to_string(), "data": text }),
-                        Err(_) => json!({
-                            "topic": topic.as_str(),
-                            "pos": m.position.to_string(),
-                            "data_b64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
-                        }),
-                    },
+                let event = match event {
                     Some(Ok(Event::Lagged { .. })) => {
                         return close(ws, CLOSE_TRY_LATER, "lagged: resume from your last position").await;
                     }
-                    Some(Ok(_)) => continue,
+                    Some(Ok(event)) => event,
                     Some(Err(_)) | None => {
                         return close(ws, CLOSE_ERROR, "the topic store failed").await;
                     }
+                };
+                match &event {
+                    Event::Message(m) => sent = m.position.offset,
+                    Event::Start { from, .. } => sent = from.offset,
+                    _ => {}
+                }
+                let Some(frame) = frame(&topic, &session, &event) else {
+                    continue;
                 };
                 if !send_json(ws, frame).await {
                     return;

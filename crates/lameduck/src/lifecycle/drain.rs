@@ -130,6 +130,18 @@ impl Drain {
         self.lifecycle.reached(Phase::Forcing)
     }
 
+    /// Resolves when the caller is told to go: at once when the server's
+    /// connections are asked to go, or at the caller's own instant of a
+    /// spread drain (see [`crate::Config::drain_spread`]), like a
+    /// connection. Registered when called: call it when a long-lived
+    /// session starts, and keep the future, for a handler that takes over
+    /// the drain of its session ([`crate::ws::WsConfig::handler_drains`]).
+    pub fn told(&self) -> Told {
+        Told {
+            waiter: super::DrainWaiter::new(self.lifecycle.clone()),
+        }
+    }
+
     /// Counts a background job in this server's [`crate::Counts::jobs`]
     /// (and so in the `shutdown.progress` events) until the guard is
     /// dropped. The drain does not wait for it: whoever runs the job
@@ -175,6 +187,29 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Drain {
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
         Ok(Drain::from_extensions(&parts.extensions).unwrap_or_else(Drain::fallback))
+    }
+}
+
+/// Resolves when its holder is told to go; made by [`Drain::told`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Told {
+    waiter: super::DrainWaiter,
+}
+
+impl fmt::Debug for Told {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Told").finish_non_exhaustive()
+    }
+}
+
+impl std::future::Future for Told {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.waiter.poll_drained(cx)
     }
 }
 

@@ -36,10 +36,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{Config, stats::Stats};
 
 pub(crate) use drain::DrainExt;
-pub use drain::{Drain, JobGuard};
+pub use drain::{Drain, JobGuard, Told};
 pub use reason::{DrainReason, Signal};
 use waiter::Waiters;
-pub(crate) use waiter::{DrainWaiter, Told};
+pub(crate) use waiter::{DrainWaiter, ToTell};
 
 /// Where a server stands. Phases only move forward, in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -260,7 +260,7 @@ impl Lifecycle {
     /// Moves to [`Phase::Draining`]. With `spread`, the connection tasks
     /// waiting now are not woken by it: each is returned, to be told at its
     /// own instant (tasks that start waiting later go at once).
-    pub(crate) fn start_draining(&self, spread: bool) -> Vec<Told> {
+    pub(crate) fn start_draining(&self, spread: bool) -> Vec<ToTell> {
         let told = if spread {
             self.waiters.begin_spread()
         } else {

@@ -2,7 +2,7 @@
 //!
 //! Connection tasks, WebSocket sessions and SSE streams check the drain on
 //! every wake-up. When the drain is spread, each waiter registered when it
-//! starts is told on its own, at its own instant ([`Told`]); one
+//! starts is told on its own, at its own instant ([`ToTell`]); one
 //! registered later is told at once. Polling a `CancellationToken` (or a `Notify`) future
 //! takes a lock that every connection of the server shares; a
 //! [`DrainWaiter`] is polled with one atomic load and an `AtomicWaker`
@@ -65,9 +65,9 @@ impl Wakers {
 
 /// One waiter of a spread drain, to be told to go at its instant.
 #[derive(Debug)]
-pub(crate) struct Told(Arc<Wakers>);
+pub(crate) struct ToTell(Arc<Wakers>);
 
-impl Told {
+impl ToTell {
     /// Asks the waiter's task to go now.
     pub(crate) fn tell(&self) {
         self.0.told.store(true, Ordering::Release);
@@ -90,14 +90,14 @@ impl Waiters {
     /// Marks every waiter registered now as part of a spread, and returns
     /// them: each waits until told (or the cut), while one registered later
     /// goes at once. Called before the phase moves to draining.
-    pub(super) fn begin_spread(&self) -> Vec<Told> {
+    pub(super) fn begin_spread(&self) -> Vec<ToTell> {
         self.lock()
             .wakers
             .values()
             .filter(|wakers| !wakers.done_waiting.load(Ordering::Acquire))
             .map(|wakers| {
                 wakers.spread.store(true, Ordering::Release);
-                Told(wakers.clone())
+                ToTell(wakers.clone())
             })
             .collect()
     }

@@ -14,7 +14,7 @@ use super::registry::Registry;
 use crate::{
     DrainAnnounce,
     handoff::notify,
-    lifecycle::{DrainReason, Lifecycle, Phase, Told},
+    lifecycle::{DrainReason, Lifecycle, Phase, ToTell},
     report::DrainReport,
 };
 
@@ -255,7 +255,7 @@ fn long_lived(lifecycle: &Lifecycle) -> usize {
 
 /// Tells the waiters of a spread drain to go, in random order, at instants
 /// spread evenly over `window`.
-async fn tell_spread(mut told: Vec<Told>, window: Duration, to_tell: &AtomicUsize) {
+async fn tell_spread(mut told: Vec<ToTell>, window: Duration, to_tell: &AtomicUsize) {
     fastrand::shuffle(&mut told);
     let start = Instant::now();
     let n = told.len().max(1) as f64;
