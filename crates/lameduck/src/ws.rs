@@ -236,9 +236,14 @@ impl WsSession {
         let period = config.ping_interval.max(Duration::from_millis(1));
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let drained = DrainWaiter::new(drain.lifecycle().clone());
+        if config.handler_drains {
+            // The handler's own `Drain::told` is the one a spread tells.
+            drained.done_waiting();
+        }
         Self {
             socket,
-            drained: DrainWaiter::new(drain.lifecycle().clone()),
+            drained,
             drain,
             config,
             ping,
