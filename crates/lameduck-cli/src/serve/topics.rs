@@ -151,14 +151,7 @@ async fn events(
     let since = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| {
-            query
-                .as_deref()
-                .unwrap_or("")
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("since=").map(str::to_owned))
-        });
+        .or_else(|| param(query.as_deref(), "since"));
     let since = match since.map(|s| s.trim().parse::<Position>()).transpose() {
         Ok(since) => since,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
