@@ -12,8 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lameduck_test_support::{Child, get, is_alive, send};
-use nix::sys::signal::Signal::SIGHUP;
+use lameduck_test_support::{Child, get, send};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -198,25 +197,7 @@ async fn sse_subscribers_get_everything_once_across_upgrades() {
     let mut pids = vec![server.pid()];
     for _ in 0..3 {
         tokio::time::sleep(SEC).await;
-        let old = *pids.last().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), SIGHUP).unwrap();
-        let deadline = Instant::now() + 30 * SEC;
-        let new = loop {
-            if let Some(p) = server
-                .listening_pids()
-                .into_iter()
-                .find(|p| !pids.contains(p))
-            {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "no new process");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        pids.push(new);
-        while is_alive(old) {
-            assert!(Instant::now() < deadline, "old process {old} stays");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        server.upgrade(&mut pids, 30 * SEC);
     }
     tokio::time::sleep(SEC).await;
     publisher.1.store(true, Ordering::Relaxed);
@@ -452,25 +433,7 @@ async fn websocket_publishers_store_each_message_once_across_upgrades() {
     let mut pids = vec![server.pid()];
     for _ in 0..3 {
         tokio::time::sleep(SEC).await;
-        let old = *pids.last().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), SIGHUP).unwrap();
-        let deadline = Instant::now() + 30 * SEC;
-        let new = loop {
-            if let Some(p) = server
-                .listening_pids()
-                .into_iter()
-                .find(|p| !pids.contains(p))
-            {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "no new process");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        pids.push(new);
-        while is_alive(old) {
-            assert!(Instant::now() < deadline, "old process {old} stays");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        server.upgrade(&mut pids, 30 * SEC);
     }
     tokio::time::sleep(SEC).await;
     stop.store(true, Ordering::Relaxed);

@@ -16,7 +16,7 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
-use lameduck_test_support::{Child, KeepAlive, Outcome, get, is_alive, raise_fd_limit};
+use lameduck_test_support::{Child, KeepAlive, Outcome, get, is_alive, raise_fd_limit, wait_gone};
 use nix::{
     sys::signal::{Signal::SIGHUP, Signal::SIGTERM, kill},
     unistd::Pid,
@@ -36,35 +36,6 @@ const SEC: Duration = Duration::from_secs(1);
 
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     kill(Pid::from_raw(pid as i32), sig).expect("signal");
-}
-
-/// Waits until a process other than those in `known` has logged
-/// `server.listening`; returns its pid.
-fn wait_new_pid(server: &Child, known: &[u32], limit: Duration) -> u32 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(pid) = server
-            .listening_pids()
-            .into_iter()
-            .find(|p| !known.contains(p))
-        {
-            return pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no new process; logs: {:#?}",
-            server.logs()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn wait_gone(pid: u32, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while is_alive(pid) {
-        assert!(Instant::now() < deadline, "process {pid} did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[derive(Default)]
@@ -286,11 +257,7 @@ async fn five_upgrades_under_load_lose_nothing() {
 
     let mut pids = vec![server.pid()];
     for round in 0..5 {
-        let old = *pids.last().unwrap();
-        signal(old, SIGHUP);
-        let new = tokio::task::block_in_place(|| wait_new_pid(&server, &pids, 30 * SEC));
-        pids.push(new);
-        tokio::task::block_in_place(|| wait_gone(old, 30 * SEC));
+        server.upgrade(&mut pids, 30 * SEC);
         // Traffic on the new process before the next round.
         let before = tally.ok.load(Ordering::Relaxed);
         let deadline = Instant::now() + 10 * SEC;
@@ -438,8 +405,8 @@ async fn broken_upgrades_keep_the_old_process_serving() {
 
     std::fs::write(&mode, "good").unwrap();
     signal(server.pid(), SIGHUP);
-    let new = tokio::task::block_in_place(|| wait_new_pid(&server, &[server.pid()], 30 * SEC));
-    tokio::task::block_in_place(|| wait_gone(server.pid(), 30 * SEC));
+    let new = server.wait_new_pid(&[server.pid()], 30 * SEC);
+    wait_gone(server.pid(), 30 * SEC);
     let res = get(addr, "/livez", 5 * SEC).await.unwrap();
     assert_eq!(res.json()["pid"].as_u64(), Some(u64::from(new)));
 
@@ -600,11 +567,7 @@ async fn the_admin_socket_is_handed_over_on_upgrades() {
     };
     for round in 0..3 {
         tokio::task::block_in_place(|| answered(5));
-        let old = *pids.last().unwrap();
-        signal(old, SIGHUP);
-        let new = tokio::task::block_in_place(|| wait_new_pid(&server, &pids, 30 * SEC));
-        pids.push(new);
-        tokio::task::block_in_place(|| wait_gone(old, 30 * SEC));
+        server.upgrade(&mut pids, 30 * SEC);
         // Only the successor holds the socket now.
         let res = get(admin, "/metrics", 5 * SEC)
             .await
@@ -623,7 +586,7 @@ async fn the_admin_socket_is_handed_over_on_upgrades() {
     let ok = tally.ok.load(Ordering::Relaxed);
     assert!(ok >= 20, "only {ok} scrapes answered");
     signal(*pids.last().unwrap(), SIGTERM);
-    tokio::task::block_in_place(|| wait_gone(*pids.last().unwrap(), 30 * SEC));
+    wait_gone(*pids.last().unwrap(), 30 * SEC);
 }
 
 /// systemd may pass the admin socket too: by name (`LISTEN_FDNAMES`, in
@@ -799,7 +762,7 @@ async fn upgrades_do_not_pile_up_generations() {
         }));
         tokio::time::sleep(Duration::from_millis(300)).await;
         signal(current, SIGHUP);
-        let new = tokio::task::block_in_place(|| wait_new_pid(&server, &pids, 30 * SEC));
+        let new = server.wait_new_pid(&pids, 30 * SEC);
         pids.push(new);
     }
     assert!(is_alive(pids[0]) && is_alive(pids[1]), "{pids:?}");

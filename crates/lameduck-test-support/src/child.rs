@@ -214,6 +214,42 @@ impl Child {
         }
     }
 
+    /// Waits up to `limit` until a process other than those in `known` has
+    /// logged `server.listening` (an upgrade's successor), and returns its
+    /// pid; panics (with the logs) otherwise.
+    pub fn wait_new_pid(&self, known: &[u32], limit: Duration) -> u32 {
+        let deadline = Instant::now() + limit;
+        blocking(|| {
+            loop {
+                if let Some(pid) = self
+                    .listening_pids()
+                    .into_iter()
+                    .find(|p| !known.contains(p))
+                {
+                    return pid;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no new process; logs: {:#?}",
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    }
+
+    /// Upgrades the newest process of `pids` (SIGHUP), waits (`limit` for
+    /// each step) for its successor and for the old process to exit, and
+    /// adds the successor to `pids`.
+    pub fn upgrade(&self, pids: &mut Vec<u32>, limit: Duration) -> u32 {
+        let old = *pids.last().expect("a process to upgrade");
+        kill(Pid::from_raw(old as i32), Signal::SIGHUP).expect("SIGHUP");
+        let new = self.wait_new_pid(pids, limit);
+        pids.push(new);
+        wait_gone(old, limit);
+        new
+    }
+
     /// Waits up to `limit` for the process to exit, and panics (with its
     /// logs) if it does not. Safe inside a multi-threaded tokio runtime.
     pub fn expect_exit(&mut self, limit: Duration) -> ExitStatus {
@@ -305,6 +341,17 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
         }
         _ => f(),
     }
+}
+
+/// Waits up to `limit` until `pid` has exited; panics otherwise.
+pub fn wait_gone(pid: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    blocking(|| {
+        while is_alive(pid) {
+            assert!(Instant::now() < deadline, "process {pid} did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
 }
 
 /// Whether `pid` is a running process (not gone, not a zombie).

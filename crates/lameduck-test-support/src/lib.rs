@@ -9,7 +9,7 @@ mod haproxy;
 pub mod raw_ws;
 mod redis;
 
-pub use child::{Child, is_alive, raise_fd_limit, rss_kib};
+pub use child::{Child, is_alive, raise_fd_limit, rss_kib, wait_gone};
 pub use haproxy::{Haproxy, free_port};
 pub use lameduck_drill::wire::http::{KeepAlive, Outcome, Response, get, post_json, send};
 pub use redis::{RedisServer, redis_url};
