@@ -179,12 +179,11 @@ impl From<Duration> for DrainAnnounce {
 #[non_exhaustive]
 pub enum DrainSpread {
     /// Sized from the number of long-lived connections when the drain
-    /// starts: one millisecond each (1,000 reconnects a second, what the
-    /// rest of a fleet absorbs without noticing when each costs a
-    /// handshake and a state reload of about a millisecond of CPU), at
-    /// most half of `drain_timeout`, so that the last connections told
-    /// have the other half for their close handshakes and whatever they
-    /// still send: the spread never causes a forced cut.
+    /// starts: one millisecond each, so 1,000 reconnects a second land on
+    /// the rest of the fleet (a chosen rate, not a measured capacity: set
+    /// a window with `Over` when yours is known), at most half of
+    /// `drain_timeout`, so that the last connections told still have the
+    /// other half for their close handshakes and whatever they send.
     Auto,
     /// Over this window (zero: all at once). It must leave room, inside
     /// `drain_timeout`, for the close handshakes of the last connections
