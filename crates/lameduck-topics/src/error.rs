@@ -31,6 +31,10 @@ pub enum TopicError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A store configuration that cannot work (a malformed URL, an empty
+    /// key prefix).
+    #[error("invalid topic store settings: {0}")]
+    Invalid(String),
     /// The store holds something this build cannot read (a schema from a
     /// newer build, say).
     #[error("the topic store cannot be read: {0}")]

@@ -11,9 +11,11 @@
 //! back, or older than what is retained), so the client reloads its state
 //! instead of silently missing messages.
 //!
-//! Stores ([`Store`]): [`MemoryStore`] (one process, tests) and
+//! Stores ([`Store`]): [`MemoryStore`] (one process, tests),
 //! [`SqliteStore`] (the embedded default: history survives restarts and
-//! upgrades, and two processes of an upgrade append to one log). Every
+//! upgrades, and two processes of an upgrade append to one log) and
+//! [`RedisStore`] (Redis Streams: every instance of a fleet delivers every
+//! message, and a flushed or rolled-back Redis is detected). Every
 //! backend passes one conformance suite (`tests/conformance.rs`).
 
 #![deny(missing_docs)]
@@ -29,6 +31,7 @@ pub use error::TopicError;
 pub use name::TopicName;
 pub use position::{Epoch, Position};
 pub use store::{
-    Head, MAX_MESSAGE, MemoryStore, Message, NewMessage, Published, Retention, SqliteStore, Store,
+    Head, MAX_MESSAGE, MemoryStore, Message, NewMessage, Published, RedisStore, RedisStoreConfig,
+    Retention, SqliteStore, Store,
 };
 pub use subscribe::{Event, Resume, SubscribeConfig, Unrecoverable, subscribe};

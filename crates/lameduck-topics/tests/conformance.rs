@@ -1,26 +1,71 @@
 //! One suite for every topic store: positions, idempotency, resumes that
 //! are recovered or say they are not, live delivery with no gap and no
 //! duplicate at the seam, lagging subscribers, concurrent publishers. Each
-//! test runs against memory and against a real SQLite file; every wait is
-//! bounded.
+//! test runs against memory, a real SQLite file and the machine's real
+//! Redis; Redis's own failures (a flush, a restore from an older
+//! snapshot) run on a private `redis-server`. Every wait is bounded.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt};
 use lameduck_topics::{
-    Epoch, Event, MemoryStore, NewMessage, Position, Resume, Retention, SqliteStore, Store,
-    SubscribeConfig, TopicError, TopicName, Unrecoverable, subscribe,
+    Epoch, Event, MemoryStore, NewMessage, Position, RedisStore, RedisStoreConfig, Resume,
+    Retention, SqliteStore, Store, SubscribeConfig, TopicError, TopicName, Unrecoverable,
+    subscribe,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A store of each kind, with `retention`; the temp dir lives as long.
-fn stores(retention: Retention) -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+/// What a store stands on, to open another store object on the same
+/// data (a successor, another instance); the temp dir lives as long.
+enum Backing {
+    Memory,
+    Sqlite(tempfile::TempDir, Retention),
+    Redis(String, Retention),
+}
+
+impl Backing {
+    /// Another store object on the same data, as another process would
+    /// open it; none for memory.
+    fn another(&self) -> Option<Arc<dyn Store>> {
+        match self {
+            Backing::Memory => None,
+            Backing::Sqlite(dir, retention) => Some(Arc::new(
+                SqliteStore::open(dir.path().join("topics.db"), *retention).unwrap(),
+            )),
+            Backing::Redis(prefix, retention) => Some(Arc::new(
+                RedisStore::connect(
+                    RedisStoreConfig::new(REDIS)
+                        .prefix(prefix.clone())
+                        .retention(*retention),
+                )
+                .unwrap(),
+            )),
+        }
+    }
+}
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+/// A key prefix no other test (or earlier run) uses.
+fn fresh_prefix() -> String {
+    format!("conformance-{:016x}", fastrand::u64(..))
+}
+
+/// A store of each kind, with `retention`: memory, a real SQLite file, the
+/// real Redis of the machine (under a fresh prefix).
+fn stores(retention: Retention) -> Vec<(&'static str, Arc<dyn Store>, Backing)> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteStore::open(dir.path().join("topics.db"), retention).unwrap();
+    let redis = Backing::Redis(fresh_prefix(), retention);
     vec![
-        ("memory", Arc::new(MemoryStore::new(retention)), None),
-        ("sqlite", Arc::new(sqlite), Some(dir)),
+        (
+            "memory",
+            Arc::new(MemoryStore::new(retention)),
+            Backing::Memory,
+        ),
+        ("sqlite", Arc::new(sqlite), Backing::Sqlite(dir, retention)),
+        ("redis", redis.another().unwrap(), redis),
     ]
 }
 
@@ -52,7 +97,7 @@ fn config() -> SubscribeConfig {
 // Offsets start at 1 and grow by one, in one epoch; the head follows.
 #[tokio::test]
 async fn positions_grow_by_one_in_one_epoch() {
-    for (kind, store, _dir) in stores(Retention::default()) {
+    for (kind, store, _backing) in stores(Retention::default()) {
         let t = topic("t");
         let mut epoch = None;
         for i in 1..=5 {
@@ -89,7 +134,7 @@ async fn positions_grow_by_one_in_one_epoch() {
 // refused; neither stores anything.
 #[tokio::test]
 async fn idempotency_and_refusals_store_nothing() {
-    for (kind, store, _dir) in stores(Retention::default()) {
+    for (kind, store, _backing) in stores(Retention::default()) {
         let t = topic("orders");
         let first = store
             .publish(&t, NewMessage::new("pay 5").key("k1"))
@@ -126,7 +171,7 @@ async fn idempotency_and_refusals_store_nothing() {
 // seam between replay and live delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovered_resume_has_no_gap_and_no_duplicate() {
-    for (kind, store, _dir) in stores(Retention::default()) {
+    for (kind, store, _backing) in stores(Retention::default()) {
         let t = topic("feed");
         let mut positions = Vec::new();
         for i in 1..=50 {
@@ -174,7 +219,7 @@ async fn a_recovered_resume_has_no_gap_and_no_duplicate() {
 // A fresh subscription starts at the head and sees only what comes after.
 #[tokio::test]
 async fn a_fresh_subscription_starts_at_the_head() {
-    for (kind, store, _dir) in stores(Retention::default()) {
+    for (kind, store, _backing) in stores(Retention::default()) {
         let t = topic("live");
         store.publish(&t, NewMessage::new("old")).await.unwrap();
         let mut events = Box::pin(subscribe(store.clone(), t.clone(), None, config()));
@@ -191,7 +236,7 @@ async fn a_fresh_subscription_starts_at_the_head() {
 // position, one of another epoch, one ahead of the head.
 #[tokio::test]
 async fn an_unrecoverable_resume_says_so() {
-    for (kind, store, _dir) in stores(Retention::new(3, Duration::from_secs(3600))) {
+    for (kind, store, _backing) in stores(Retention::new(3, Duration::from_secs(3600))) {
         let t = topic("short");
         let mut positions = Vec::new();
         for i in 1..=10 {
@@ -237,7 +282,7 @@ async fn an_unrecoverable_resume_says_so() {
 // and its subscription ends: never a silent skip.
 #[tokio::test]
 async fn a_subscriber_left_behind_is_told_it_lagged() {
-    for (kind, store, _dir) in stores(Retention::new(3, Duration::from_secs(3600))) {
+    for (kind, store, _backing) in stores(Retention::new(3, Duration::from_secs(3600))) {
         let t = topic("fast");
         let mut events = Box::pin(subscribe(store.clone(), t.clone(), None, config()));
         assert!(
@@ -261,7 +306,7 @@ async fn a_subscriber_left_behind_is_told_it_lagged() {
 // Concurrent publishers get distinct, contiguous offsets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_get_one_order() {
-    for (kind, store, _dir) in stores(Retention::default()) {
+    for (kind, store, _backing) in stores(Retention::default()) {
         let t = topic("busy");
         let tasks: Vec<_> = (0..8)
             .map(|w| {
@@ -412,7 +457,7 @@ async fn sqlite_reads_a_later_additive_schema_and_refuses_a_contracting_one() {
 // anything else is unknown.
 #[tokio::test]
 async fn sessions_are_issued_and_known() {
-    for (kind, store, dir) in stores(Retention::default()) {
+    for (kind, store, backing) in stores(Retention::default()) {
         let a = store.new_session().await.unwrap();
         let b = store.new_session().await.unwrap();
         assert_ne!(a, b, "{kind}");
@@ -427,12 +472,10 @@ async fn sessions_are_issued_and_known() {
                 "{kind}: {unknown:?}"
             );
         }
-        if let Some(dir) = dir {
-            let other =
-                SqliteStore::open(dir.path().join("topics.db"), Retention::default()).unwrap();
+        if let Some(other) = backing.another() {
             assert!(
                 other.session_known(&b).await.unwrap(),
-                "a successor knows it"
+                "{kind}: another process on the same store knows it"
             );
         }
     }
@@ -461,4 +504,270 @@ async fn sqlite_migrates_a_file_of_the_previous_schema() {
     assert_eq!(store.head(&t).await.unwrap().epoch, before.epoch);
     let session = store.new_session().await.unwrap();
     assert!(store.session_known(&session).await.unwrap());
+}
+
+// Retention by age: a publish drops what is older than `max_age`, and a
+// resume from before it says it was trimmed.
+#[tokio::test]
+async fn messages_older_than_the_retention_age_are_dropped() {
+    for (kind, store, _backing) in stores(Retention::new(1_000, Duration::from_millis(300))) {
+        let t = topic("aging");
+        let mut old = Vec::new();
+        for i in 1..=3 {
+            old.push(
+                store
+                    .publish(&t, NewMessage::new(i.to_string()))
+                    .await
+                    .unwrap()
+                    .position,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        store.publish(&t, NewMessage::new("4")).await.unwrap();
+        let head = store.head(&t).await.unwrap();
+        assert_eq!((head.first, head.last), (4, 4), "{kind}");
+        let mut events = Box::pin(subscribe(store.clone(), t.clone(), Some(old[0]), config()));
+        let Event::Start { resume, .. } = next_event(&mut events).await else {
+            panic!("{kind}");
+        };
+        assert_eq!(
+            resume,
+            Resume::NotRecovered(Unrecoverable::Trimmed),
+            "{kind}"
+        );
+    }
+}
+
+// Redis: a publish through one instance's store wakes the subscribers of
+// another instance's at once (its publish notice), not at the next poll:
+// the subscriber is parked, with an hour-long poll, before each publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_publishes_wake_the_subscribers_of_every_instance() {
+    let backing = Backing::Redis(fresh_prefix(), Retention::default());
+    let (a, b) = (backing.another().unwrap(), backing.another().unwrap());
+    let t = topic("fleet");
+    let mut slow = SubscribeConfig::default();
+    slow.poll = Duration::from_secs(3600);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = {
+        let events = subscribe(b.clone(), t.clone(), None, slow);
+        tokio::spawn(async move {
+            let mut events = Box::pin(events);
+            while let Some(event) = events.next().await {
+                if tx.send(event.unwrap()).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let received = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>, within| {
+        tokio::time::timeout(within, rx.recv())
+            .await
+            .ok()
+            .map(|e| e.expect("the reader goes on"))
+    };
+    assert!(matches!(
+        received(&mut rx, WAIT).await,
+        Some(Event::Start { .. })
+    ));
+    // The notice subscription is made in the background: publish until a
+    // message is seen, each a new one; all of them then arrive in order.
+    let mut sent = 0;
+    let first = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sent += 1;
+        a.publish(&t, NewMessage::new(sent.to_string()))
+            .await
+            .unwrap();
+        if let Some(event) = received(&mut rx, Duration::from_millis(200)).await {
+            break event;
+        }
+        assert!(sent < 50, "no publish reached the other instance");
+    };
+    assert_eq!(payload(&first), "1");
+    for i in 2..=sent {
+        assert_eq!(
+            payload(&received(&mut rx, WAIT).await.unwrap()),
+            i.to_string()
+        );
+    }
+    for i in sent + 1..=sent + 20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        a.publish(&t, NewMessage::new(i.to_string())).await.unwrap();
+        let event = received(&mut rx, 5 * Duration::from_secs(1)).await;
+        assert_eq!(payload(&event.expect("woken by the notice")), i.to_string());
+    }
+    reader.abort();
+}
+
+/// A `redis-server` of this test's own, on a free port, with its data in
+/// a temp dir; killed when dropped.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_in(dir, port)
+    }
+
+    fn start_in(dir: tempfile::TempDir, port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (.ci/run installs it)");
+        let redis = Self { child, port, dir };
+        let deadline = std::time::Instant::now() + WAIT;
+        while redis.cli(&["PING"]) != "PONG" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server never answered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Stops the server without saving and starts it again on the same
+    /// port and data directory.
+    fn restart(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let Self {
+            ref mut dir, port, ..
+        } = self;
+        let dir = std::mem::replace(dir, tempfile::tempdir().unwrap());
+        Self::start_in(dir, port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Redis store on `redis` that retries its first call until the server
+/// answers (a restarted server takes a moment to load its snapshot).
+async fn head_when_up(store: &dyn Store, t: &TopicName) -> lameduck_topics::Head {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match store.head(t).await {
+            Ok(head) => return head,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn resume_of(store: Arc<dyn Store>, t: &TopicName, since: Position) -> Resume {
+    let mut events = Box::pin(subscribe(store, t.clone(), Some(since), config()));
+    match next_event(&mut events).await {
+        Event::Start { resume, .. } => resume,
+        other => panic!("{other:?}"),
+    }
+}
+
+// A flushed Redis (FLUSHALL) loses the history: the next read starts a new
+// epoch, and a client resuming from the old one is told it was not
+// recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_redis_starts_a_new_epoch() {
+    let redis = PrivateRedis::start();
+    let store: Arc<dyn Store> =
+        Arc::new(RedisStore::connect(RedisStoreConfig::new(redis.url())).unwrap());
+    let t = topic("flushed");
+    let mut seen = None;
+    for i in 1..=5 {
+        seen = Some(
+            store
+                .publish(&t, NewMessage::new(i.to_string()))
+                .await
+                .unwrap()
+                .position,
+        );
+    }
+    let seen = seen.unwrap();
+    assert_eq!(resume_of(store.clone(), &t, seen).await, Resume::Recovered);
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    let head = head_when_up(&*store, &t).await;
+    assert_ne!(head.epoch, seen.epoch, "a new history");
+    assert_eq!(head.last, 0);
+    assert_eq!(
+        resume_of(store.clone(), &t, seen).await,
+        Resume::NotRecovered(Unrecoverable::OtherEpoch)
+    );
+    // The new history numbers from 1 again, in its own epoch.
+    let next = store.publish(&t, NewMessage::new("x")).await.unwrap();
+    assert_eq!(next.position, Position::new(head.epoch, 1));
+}
+
+// A Redis restored from an older snapshot keeps the epoch but an older
+// head: a client that saw later positions is told it is ahead of the head
+// (not recovered), never served the offsets again as if nothing happened;
+// one at or before the snapshot's head is recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restored_from_an_older_snapshot_is_a_rollback() {
+    let redis = PrivateRedis::start();
+    let store: Arc<dyn Store> =
+        Arc::new(RedisStore::connect(RedisStoreConfig::new(redis.url())).unwrap());
+    let t = topic("restored");
+    let mut positions = Vec::new();
+    for i in 1..=10 {
+        positions.push(
+            store
+                .publish(&t, NewMessage::new(i.to_string()))
+                .await
+                .unwrap()
+                .position,
+        );
+        if i == 5 {
+            assert_eq!(redis.cli(&["SAVE"]), "OK");
+        }
+    }
+    // Restarted without saving: it loads the snapshot taken at 5.
+    let redis = redis.restart();
+    let head = head_when_up(&*store, &t).await;
+    assert_eq!(
+        (head.epoch, head.last),
+        (positions[0].epoch, 5),
+        "the snapshot's history and head"
+    );
+    assert_eq!(
+        resume_of(store.clone(), &t, positions[9]).await,
+        Resume::NotRecovered(Unrecoverable::AheadOfHead)
+    );
+    assert_eq!(
+        resume_of(store.clone(), &t, positions[3]).await,
+        Resume::Recovered
+    );
+    drop(redis);
 }

@@ -1,6 +1,7 @@
 //! Where topics are kept: one trait, one backend a module.
 
 mod memory;
+mod redis;
 mod sqlite;
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use crate::{Epoch, Position, TopicError, TopicName};
 
 pub use memory::MemoryStore;
+pub use redis::{RedisStore, RedisStoreConfig};
 pub use sqlite::SqliteStore;
 
 /// A message of a topic.
@@ -180,14 +182,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`TopicError::Unavailable`].
     async fn session_known(&self, session: &str) -> Result<bool, TopicError>;
 
-    /// How many publishes went through this store object so far: taken
-    /// before a read, it lets [`Store::changed`] tell whether one came in
-    /// between.
+    /// How many publishes this store object has seen so far (its own, and
+    /// for a shared backend that announces them, those of other
+    /// processes): taken before a read, it lets [`Store::changed`] tell
+    /// whether one came in between.
     fn version(&self) -> u64;
 
     /// Resolves when the topic may have new messages: at once if a publish
-    /// went through this store object since `version`, or after `poll` at
-    /// the latest (another process may write to the same store).
+    /// was seen since `version`, or after `poll` at the latest (another
+    /// process may write to the same store unannounced).
     async fn changed(&self, topic: &TopicName, version: u64, poll: Duration);
 }
 
