@@ -129,7 +129,9 @@ pub(crate) struct ServeArgs {
     pub(crate) jobs: JobArgs,
 
     /// Where topics are kept: `sqlite:PATH` (history survives restarts and
-    /// upgrades) or `memory` (history ends with the process).
+    /// upgrades of one instance), `redis://HOST:PORT[/DB]` (every instance
+    /// sharing the server delivers every message; add `?prefix=NAME` to
+    /// choose the key prefix) or `memory` (history ends with the process).
     #[arg(
         long,
         env = "LAMEDUCK_TOPICS",
@@ -141,6 +143,12 @@ pub(crate) struct ServeArgs {
     /// none older than AGE).
     #[arg(long, env = "LAMEDUCK_TOPIC_RETENTION", default_value = "10000:1h", value_parser = parse_retention)]
     pub(crate) topic_retention: lameduck_topics::Retention,
+
+    /// How long a publish's `Idempotency-Key` (and a WebSocket publisher
+    /// session) is remembered, independently of how long messages are
+    /// kept: a retry within it is stored once.
+    #[arg(long, env = "LAMEDUCK_TOPIC_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_window)]
+    pub(crate) topic_idempotency_window: Duration,
 
     #[command(flatten)]
     pub(crate) log: LogArgs,
@@ -335,6 +343,17 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// An idempotency window: 1 s to 366 days (a key forgotten at once would
+/// make retries unsafe; the bound keeps millisecond arithmetic far from
+/// overflow).
+fn parse_window(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(366 * 86_400)).contains(&d) {
+        return Err("an idempotency window is 1s to 366d".into());
+    }
+    Ok(d)
+}
+
 /// `250ms`, `2s`, `1m30s`; a bare number is seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -460,7 +479,7 @@ mod tests {
                 "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",
                 "--journal", "--jobs-concurrency", "--jobs-lease",
                 "--jobs-drain-timeout", "--log-level", "--log-format",
-                "--upgrade-timeout", "--upgrade-probation", "--topics", "--topic-retention",
+                "--upgrade-timeout", "--upgrade-probation", "--topics", "--topic-retention", "--topic-idempotency-window",
             ][..]),
             value in "\\PC{0,24}",
         ) {

@@ -8,7 +8,7 @@ mod routes;
 mod sleep_job;
 mod topics;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use lameduck::{
@@ -52,8 +52,12 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     let journal = lameduck_jobs::open(&args.jobs.journal)
         .await
         .with_context(|| format!("cannot open the job journal {:?}", args.jobs.journal))?;
-    let topic_store = open_topics(&args.topics, args.topic_retention)
-        .with_context(|| format!("cannot open the topic store {:?} (--topics)", args.topics))?;
+    let topic_store = open_topics(
+        &args.topics,
+        args.topic_retention,
+        args.topic_idempotency_window,
+    )
+    .with_context(|| format!("cannot open the topic store {:?} (--topics)", args.topics))?;
     let listener = match sockets.service {
         Some(listener) => tokio::net::TcpListener::from_std(listener)
             .context("cannot use the inherited listening socket")?,
@@ -167,15 +171,22 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
 fn open_topics(
     spec: &str,
     retention: lameduck_topics::Retention,
+    key_window: Duration,
 ) -> anyhow::Result<Arc<dyn lameduck_topics::Store>> {
     if spec == "memory" {
         return Ok(Arc::new(lameduck_topics::MemoryStore::new(retention)));
     }
+    if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+        let config = lameduck_topics::RedisStoreConfig::from_url(spec)?
+            .retention(retention)
+            .key_window(key_window);
+        return Ok(Arc::new(lameduck_topics::RedisStore::connect(config)?));
+    }
     let Some(path) = spec.strip_prefix("sqlite:") else {
-        anyhow::bail!("expected sqlite:PATH or memory");
+        anyhow::bail!("expected sqlite:PATH, redis://HOST:PORT[/DB][?prefix=NAME] or memory");
     };
-    Ok(Arc::new(lameduck_topics::SqliteStore::open(
-        path, retention,
+    Ok(Arc::new(lameduck_topics::SqliteStore::open_with(
+        path, retention, key_window,
     )?))
 }
 

@@ -65,6 +65,56 @@ impl RedisStoreConfig {
         }
     }
 
+    /// Settings from a URL that may name the key prefix in its query:
+    /// `redis://HOST:PORT[/DB][?prefix=NAME]` (the convention of the jobs
+    /// journal's `--journal`); other query pairs are kept for the client.
+    ///
+    /// # Errors
+    ///
+    /// [`TopicError::Invalid`] for a URL that does not parse or an empty
+    /// prefix.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lameduck_topics::RedisStoreConfig;
+    ///
+    /// let config = RedisStoreConfig::from_url("redis://127.0.0.1:6379/2?prefix=chat").unwrap();
+    /// assert_eq!(config.prefix, "chat");
+    /// assert_eq!(config.url, "redis://127.0.0.1:6379/2");
+    /// assert!(RedisStoreConfig::from_url("redis://127.0.0.1?prefix=").is_err());
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, TopicError> {
+        let mut parsed = url::Url::parse(url)
+            .map_err(|e| TopicError::Invalid(format!("Redis URL {url:?}: {e}")))?;
+        let mut prefix = None;
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter_map(|(k, v)| {
+                if k == "prefix" {
+                    prefix = Some(v.into_owned());
+                    None
+                } else {
+                    Some((k.into_owned(), v.into_owned()))
+                }
+            })
+            .collect();
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        let mut config = Self::new(parsed.as_str());
+        match prefix {
+            Some(p) if p.is_empty() => Err(TopicError::Invalid("an empty Redis key prefix".into())),
+            Some(p) => {
+                config.prefix = p;
+                Ok(config)
+            }
+            None => Ok(config),
+        }
+    }
+
     /// Sets the key prefix.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -101,15 +151,16 @@ impl RedisStoreConfig {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use lameduck_topics::{NewMessage, RedisStore, RedisStoreConfig, Store, TopicName};
 ///
-/// # async fn run() -> Result<(), lameduck_topics::TopicError> {
-/// let store = RedisStore::connect(RedisStoreConfig::new("redis://127.0.0.1:6379").prefix("chat"))?;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let config = RedisStoreConfig::from_url("redis://127.0.0.1:6379?prefix=doc-example")?;
+/// let store = RedisStore::connect(config)?;
 /// let room = TopicName::new("room-7")?;
 /// let stored = store.publish(&room, NewMessage::new("hello")).await?;
 /// println!("stored at {}", stored.position);
-/// # Ok(()) }
+/// # Ok::<_, lameduck_topics::TopicError>(()) }).unwrap();
 /// ```
 #[derive(Debug)]
 pub struct RedisStore {
