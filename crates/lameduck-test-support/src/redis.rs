@@ -13,8 +13,8 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// A `redis-server` of the test's own, on a free port, without persistence;
-/// killed on drop.
+/// A `redis-server` of the test's own, on a free port, with no automatic
+/// persistence; killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {
     child: Option<std::process::Child>,
@@ -44,8 +44,27 @@ impl RedisServer {
     ///
     /// As [`RedisServer::start`].
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, None)
+    }
+
+    /// As [`RedisServer::start_on`], keeping its data in `dir`: a `SAVE`
+    /// writes a snapshot there, which the next server started in `dir`
+    /// loads (a Redis restored from a backup).
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
+    pub fn start_in(port: u16, dir: &std::path::Path) -> Self {
+        Self::start_with(port, Some(dir))
+    }
+
+    fn start_with(port: u16, dir: Option<&std::path::Path>) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(dir) = dir {
+            command.arg("--dir").arg(dir);
+        }
+        let child = command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdin(Stdio::null())
@@ -57,6 +76,7 @@ impl RedisServer {
             child: Some(child),
             addr,
         };
+        // Loading a snapshot answers PING with -LOADING first.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !server.answers() {
             assert!(

@@ -8,6 +8,7 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt};
+use lameduck_test_support::{RedisServer, free_port, redis_url};
 use lameduck_topics::{
     Epoch, Event, MemoryStore, NewMessage, Position, RedisStore, RedisStoreConfig, Resume,
     Retention, SqliteStore, Store, SubscribeConfig, TopicError, TopicName, Unrecoverable,
@@ -35,7 +36,7 @@ impl Backing {
             )),
             Backing::Redis(prefix, retention) => Some(Arc::new(
                 RedisStore::connect(
-                    RedisStoreConfig::new(REDIS)
+                    RedisStoreConfig::new(redis_url())
                         .prefix(prefix.clone())
                         .retention(*retention),
                 )
@@ -44,8 +45,6 @@ impl Backing {
         }
     }
 }
-
-const REDIS: &str = "redis://127.0.0.1:6379";
 
 /// A key prefix no other test (or earlier run) uses.
 fn fresh_prefix() -> String {
@@ -600,79 +599,11 @@ async fn redis_publishes_wake_the_subscribers_of_every_instance() {
     reader.abort();
 }
 
-/// A `redis-server` of this test's own, on a free port, with its data in
-/// a temp dir; killed when dropped.
-struct PrivateRedis {
-    child: std::process::Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_in(dir, port)
-    }
-
-    fn start_in(dir: tempfile::TempDir, port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (.ci/run installs it)");
-        let redis = Self { child, port, dir };
-        let deadline = std::time::Instant::now() + WAIT;
-        while redis.cli(&["PING"]) != "PONG" {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server never answered"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// Stops the server without saving and starts it again on the same
-    /// port and data directory.
-    fn restart(mut self) -> Self {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let Self {
-            ref mut dir, port, ..
-        } = self;
-        let dir = std::mem::replace(dir, tempfile::tempdir().unwrap());
-        Self::start_in(dir, port)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Runs one command on `redis` (a test's own server).
+fn command(redis: &RedisServer, name: &str) -> String {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd(name).query(&mut conn).unwrap()
 }
 
 /// A Redis store on `redis` that retries its first call until the server
@@ -701,7 +632,7 @@ async fn resume_of(store: Arc<dyn Store>, t: &TopicName, since: Position) -> Res
 // recovered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_redis_starts_a_new_epoch() {
-    let redis = PrivateRedis::start();
+    let redis = RedisServer::start();
     let store: Arc<dyn Store> =
         Arc::new(RedisStore::connect(RedisStoreConfig::new(redis.url())).unwrap());
     let t = topic("flushed");
@@ -717,7 +648,7 @@ async fn a_flushed_redis_starts_a_new_epoch() {
     }
     let seen = seen.unwrap();
     assert_eq!(resume_of(store.clone(), &t, seen).await, Resume::Recovered);
-    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    assert_eq!(command(&redis, "FLUSHALL"), "OK");
     let head = head_when_up(&*store, &t).await;
     assert_ne!(head.epoch, seen.epoch, "a new history");
     assert_eq!(head.last, 0);
@@ -736,7 +667,8 @@ async fn a_flushed_redis_starts_a_new_epoch() {
 // one at or before the snapshot's head is recovered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restored_from_an_older_snapshot_is_a_rollback() {
-    let redis = PrivateRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start_in(free_port(), dir.path());
     let store: Arc<dyn Store> =
         Arc::new(RedisStore::connect(RedisStoreConfig::new(redis.url())).unwrap());
     let t = topic("restored");
@@ -750,11 +682,13 @@ async fn a_redis_restored_from_an_older_snapshot_is_a_rollback() {
                 .position,
         );
         if i == 5 {
-            assert_eq!(redis.cli(&["SAVE"]), "OK");
+            assert_eq!(command(&redis, "SAVE"), "OK");
         }
     }
-    // Restarted without saving: it loads the snapshot taken at 5.
-    let redis = redis.restart();
+    // Killed (nothing saved after 5) and started again on its data: it
+    // loads the snapshot taken at 5.
+    redis.stop();
+    let redis = RedisServer::start_in(redis.addr.port(), dir.path());
     let head = head_when_up(&*store, &t).await;
     assert_eq!(
         (head.epoch, head.last),
