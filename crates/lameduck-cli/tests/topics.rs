@@ -12,7 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lameduck_test_support::{Child, get, send};
+use lameduck_test_support::{Child, Haproxy, free_port, get, raise_fd_limit, redis_url, send};
+use nix::sys::signal::Signal::SIGTERM;
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -146,66 +147,146 @@ async fn subscriber(addr: SocketAddr, topic: &'static str, stop: Arc<AtomicBool>
     }
 }
 
-// One instance on SQLite, upgraded three times (SIGHUP) while a publisher
-// posts numbered messages (retrying with the same key through anything
-// that fails) and 20 SSE subscribers read, resuming with Last-Event-ID:
-// every subscriber gets every number exactly once and in order, and no
-// resume is ever reported unrecovered (the successor continues the same
-// history).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_subscribers_get_everything_once_across_upgrades() {
-    let server = Child::serve(BIN, &["--upgrade-probation", "1s"]);
-    let addr = server.addr;
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen: Vec<Arc<Seen>> = (0..20).map(|_| Arc::default()).collect();
-    let readers: Vec<_> = seen
-        .iter()
-        .map(|s| tokio::spawn(subscriber(addr, "feed", stop.clone(), s.clone())))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let published = Arc::new(AtomicU64::new(0));
-    let publisher = {
-        let (stop, published) = (Arc::new(AtomicBool::new(false)), published.clone());
-        let stopper = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut n = 1u64;
-            while !stop.load(Ordering::Relaxed) {
-                let key = n.to_string();
-                match send(
-                    addr,
-                    "POST",
-                    "/topics/feed",
-                    &[("idempotency-key", &key)],
-                    key.as_bytes(),
-                    5 * SEC,
-                )
-                .await
-                {
-                    Ok(res) if res.status == 202 => {
-                        published.store(n, Ordering::Relaxed);
-                        n += 1;
+/// A WebSocket subscriber of `/topics/{topic}/ws`: keeps the position of
+/// the last message and reconnects (after 200 ms, as a client's back-off)
+/// with `?since=` it, until `stop`.
+async fn ws_subscriber(
+    addr: SocketAddr,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Seen>,
+) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut last: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let path = match &last {
+            Some(pos) => format!("/topics/{topic}/ws?since={pos}"),
+            None => format!("/topics/{topic}/ws"),
+        };
+        let connected = async {
+            let tcp = TcpStream::connect(addr).await.ok()?;
+            timeout(
+                10 * SEC,
+                tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp),
+            )
+            .await
+            .ok()?
+            .ok()
+        };
+        let Some((mut ws, _)) = connected.await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            match timeout(2 * SEC, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                    if v["recovered"] == false {
+                        seen.resets.fetch_add(1, Ordering::Relaxed);
                     }
-                    // Refused or cut: the same key again.
-                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                    if let (Some(pos), Some(data)) = (v["pos"].as_str(), v["data"].as_str()) {
+                        if let Ok(n) = data.parse::<u64>() {
+                            seen.numbers.lock().unwrap().push(n);
+                        }
+                        last = Some(pos.to_owned());
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(Some(Ok(_))) | Err(_) => {}
+                Ok(Some(Err(_)) | None) => break,
+            }
+        }
+        seen.reconnects.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A publisher posting `1`, `2`, ... to `/topics/{topic}` every 10 ms,
+/// each with its number as `Idempotency-Key` and retried with it through
+/// anything that fails (a refusal, a cut connection, a 503), until told
+/// to stop; it says the last number stored.
+struct Publisher {
+    stop: Arc<AtomicBool>,
+    published: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    fn start(addr: SocketAddr, topic: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let published = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (stop, published) = (stop.clone(), published.clone());
+            async move {
+                let mut n = 1u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = n.to_string();
+                    match send(
+                        addr,
+                        "POST",
+                        &format!("/topics/{topic}"),
+                        &[("idempotency-key", &key)],
+                        key.as_bytes(),
+                        5 * SEC,
+                    )
+                    .await
+                    {
+                        Ok(res) if res.status == 202 => {
+                            published.store(n, Ordering::Relaxed);
+                            n += 1;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
         });
-        (task, stopper)
-    };
-
-    let mut pids = vec![server.pid()];
-    for _ in 0..3 {
-        tokio::time::sleep(SEC).await;
-        server.upgrade(&mut pids, 30 * SEC);
+        Self {
+            stop,
+            published,
+            task,
+        }
     }
-    tokio::time::sleep(SEC).await;
-    publisher.1.store(true, Ordering::Relaxed);
-    timeout(20 * SEC, publisher.0).await.unwrap().unwrap();
-    let last = published.load(Ordering::Relaxed);
-    assert!(last > 50, "only {last} published");
 
-    // Every subscriber catches up to the last number.
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        timeout(20 * SEC, self.task).await.unwrap().unwrap();
+        self.published.load(Ordering::Relaxed)
+    }
+}
+
+/// `sse` SSE and `ws` WebSocket subscribers of `topic` at `addr`.
+fn subscribers(
+    addr: SocketAddr,
+    topic: &'static str,
+    (sse, ws): (usize, usize),
+    stop: &Arc<AtomicBool>,
+) -> (Vec<Arc<Seen>>, Vec<tokio::task::JoinHandle<()>>) {
+    let seen: Vec<Arc<Seen>> = (0..sse + ws).map(|_| Arc::default()).collect();
+    let tasks = seen
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if i < sse {
+                tokio::spawn(subscriber(addr, topic, stop.clone(), s.clone()))
+            } else {
+                tokio::spawn(ws_subscriber(addr, topic, stop.clone(), s.clone()))
+            }
+        })
+        .collect();
+    (seen, tasks)
+}
+
+/// Waits (20 s at most) until every subscriber has `last`, stops them, and
+/// asserts that each got every number once, in order, through at least
+/// `reconnects` reconnects, none of them reported unrecovered.
+async fn every_subscriber_got_everything(
+    seen: &[Arc<Seen>],
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: &AtomicBool,
+    last: u64,
+    reconnects: u64,
+) {
     let deadline = Instant::now() + 20 * SEC;
     for (i, s) in seen.iter().enumerate() {
         while s.numbers.lock().unwrap().last() != Some(&last) {
@@ -218,8 +299,8 @@ async fn sse_subscribers_get_everything_once_across_upgrades() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    for r in readers {
-        let _ = timeout(10 * SEC, r).await;
+    for task in tasks {
+        let _ = timeout(10 * SEC, task).await;
     }
     for (i, s) in seen.iter().enumerate() {
         let numbers = s.numbers.lock().unwrap().clone();
@@ -234,10 +315,105 @@ async fn sse_subscribers_get_everything_once_across_upgrades() {
             "subscriber {i}: every number once, in order; breaks (after, next): {breaks:?}"
         );
         assert_eq!(s.resets.load(Ordering::Relaxed), 0, "subscriber {i}");
-        assert!(s.reconnects.load(Ordering::Relaxed) >= 3, "subscriber {i}");
+        assert!(
+            s.reconnects.load(Ordering::Relaxed) >= reconnects,
+            "subscriber {i}: {} reconnects",
+            s.reconnects.load(Ordering::Relaxed)
+        );
     }
+}
+
+// One instance on SQLite, upgraded five times (SIGHUP) while a publisher
+// posts numbered messages (retrying with the same key through anything
+// that fails), and 50 SSE subscribers (resuming with Last-Event-ID) and 50
+// WebSocket subscribers (resuming with ?since=) read: every subscriber
+// gets every number exactly once and in order, and no resume is ever
+// reported unrecovered (the successor continues the same history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_everything_once_across_upgrades() {
+    let server = Child::serve(BIN, &["--upgrade-probation", "1s"]);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = subscribers(addr, "feed", (50, 50), &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publisher = Publisher::start(addr, "feed");
+    let mut pids = vec![server.pid()];
+    for _ in 0..5 {
+        tokio::time::sleep(SEC).await;
+        server.upgrade(&mut pids, 30 * SEC);
+    }
+    tokio::time::sleep(SEC).await;
+    let last = publisher.finish().await;
+    assert!(last > 50, "only {last} published");
+    every_subscriber_got_everything(&seen, tasks, &stop, last, 5).await;
     let ready = get(addr, "/readyz", 5 * SEC).await.unwrap();
-    assert_eq!(ready.json()["pid"].as_u64(), Some(u64::from(pids[3])));
+    assert_eq!(ready.json()["pid"].as_u64(), Some(u64::from(pids[5])));
+}
+
+// A fleet: three instances on one Redis behind HAProxy, replaced one by one
+// (the new one up, SIGTERM to the old, taken out of rotation a second
+// later) while a publisher posts through HAProxy and 50 SSE and 50
+// WebSocket subscribers read through it, each reconnection landing on any
+// instance: every subscriber gets every number exactly once and in order,
+// never told it was not recovered, and every old instance exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_redis_delivers_everything_once_through_a_rolling_deploy() {
+    raise_fd_limit(4096);
+    // A prefix of this run's own: the machine's Redis outlives it.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let store = format!(
+        "{}?prefix=fleet-{}-{nanos}",
+        redis_url(),
+        std::process::id()
+    );
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let instance = |port: u16| {
+        let listen = format!("127.0.0.1:{port}");
+        Child::serve(
+            BIN,
+            &[
+                "--listen",
+                &listen,
+                "--topics",
+                &store,
+                "--drain-spread",
+                "1s",
+            ],
+        )
+    };
+    let mut old: Vec<Child> = ports[..3].iter().map(|p| instance(*p)).collect();
+    let haproxy = Haproxy::start(&ports, 3);
+    for slot in 0..3 {
+        tokio::task::block_in_place(|| haproxy.wait_up(slot, 10 * SEC));
+    }
+    let front = haproxy.front;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = subscribers(front, "fleet", (50, 50), &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publisher = Publisher::start(front, "fleet");
+    let mut new = Vec::new();
+    for (i, mut gone) in old.drain(..).enumerate() {
+        tokio::time::sleep(SEC).await;
+        let slot = 3 + i;
+        new.push(instance(ports[slot]));
+        haproxy.command(&format!("enable server be/s{slot}"));
+        tokio::task::block_in_place(|| haproxy.wait_up(slot, 10 * SEC));
+        gone.signal(SIGTERM);
+        tokio::time::sleep(SEC).await;
+        haproxy.command(&format!("disable server be/s{i}"));
+        let status = gone.expect_exit(30 * SEC);
+        assert_eq!(status.code(), Some(0), "instance {i}");
+    }
+    tokio::time::sleep(SEC).await;
+    let last = publisher.finish().await;
+    assert!(last > 50, "only {last} published");
+    // Each subscriber was on one of the three old instances: one reconnect
+    // at least.
+    every_subscriber_got_everything(&seen, tasks, &stop, last, 1).await;
+    drop(new);
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;

@@ -68,7 +68,8 @@ impl std::fmt::Debug for Child {
 
 impl Child {
     /// Starts `bin serve --listen 127.0.0.1:0 --log-format json <args>`
-    /// (with `--admin-listen 127.0.0.1:0` unless `args` name one), and
+    /// (with the `--listen` and `--admin-listen` of `args` when they name
+    /// them, `127.0.0.1:0` otherwise), and
     /// waits (10 s at most) for its `server.listening` event. Without a
     /// `--journal` in `args`, the job journal (and, without `--topics`, the
     /// topic store) is a SQLite file in a temp dir removed with the child.
@@ -86,7 +87,10 @@ impl Child {
     /// dir, to be kept as long as the child.
     pub fn serve_command(bin: &str, args: &[&str]) -> (Command, Option<tempfile::TempDir>) {
         let mut command = Command::new(bin);
-        command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]);
+        command.args(["serve", "--log-format", "json"]);
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         if !args.contains(&"--admin-listen") {
             command.args(["--admin-listen", "127.0.0.1:0"]);
         }
