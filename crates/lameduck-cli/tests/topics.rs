@@ -692,3 +692,49 @@ async fn a_drained_websocket_subscriber_gets_everything_stored_before_its_close(
     );
     assert_eq!(close, Some(1001));
 }
+
+// With LAMEDUCK_TOPICS_TOKEN set, publishing needs `Authorization: Bearer
+// TOKEN`: a POST without it or with another gets 401, and a WebSocket
+// opened without it reads but is closed with 1008 at its first client
+// frame; neither stores anything. Subscribing stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_needs_the_token_when_one_is_set() {
+    let (mut command, dir) = Child::serve_command(BIN, &[]);
+    command.env("LAMEDUCK_TOPICS_TOKEN", "t0ken");
+    let server = Child::spawn(command, dir);
+    let addr = server.addr;
+    for auth in [None, Some("Bearer nope"), Some("t0ken")] {
+        let mut headers = vec![];
+        if let Some(a) = auth {
+            headers.push(("authorization", a));
+        }
+        let res = send(addr, "POST", "/topics/locked", &headers, b"x", 5 * SEC)
+            .await
+            .unwrap();
+        assert_eq!(res.status, 401, "{auth:?}");
+    }
+    let mut ws = ws_connect(addr, "/topics/locked/ws").await;
+    assert_eq!(ws_json(&mut ws).await["recovered"], true, "reading is open");
+    ws_send(&mut ws, r#"{"id":"1","data":"sneaky"}"#).await;
+    assert_eq!(ws_close_code(&mut ws).await, Some(1008));
+    let res = send(
+        addr,
+        "POST",
+        "/topics/locked",
+        &[("authorization", "Bearer t0ken")],
+        b"x",
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 202);
+    let position = serde_json::from_slice::<Value>(&res.body).unwrap()["position"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        position.ends_with("-1"),
+        "nothing stored before: {position}"
+    );
+    server.drains_cleanly();
+}

@@ -22,6 +22,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod error;
+pub mod http;
 mod name;
 mod position;
 mod store;

@@ -6,7 +6,6 @@ mod jobs;
 mod request_id;
 mod routes;
 mod sleep_job;
-mod topics;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -137,13 +136,7 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
             journal,
             pool: pool.handle(),
         }))
-        .merge(topics::routes(topics::Topics {
-            store: topic_store,
-            token: std::env::var("LAMEDUCK_TOPICS_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-                .map(Arc::from),
-        }));
+        .merge(topics_routes(topic_store));
     if let Some(limit) = nonzero(args.limits.request_timeout) {
         app = routes::with_timeout(app, limit);
     }
@@ -165,6 +158,18 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     } else {
         report.exit_code()
     })
+}
+
+/// The topics' routes: anyone subscribes; publishing needs
+/// `Authorization: Bearer $LAMEDUCK_TOPICS_TOKEN` when that is set.
+fn topics_routes(store: Arc<dyn lameduck_topics::Store>) -> axum::Router {
+    let topics = lameduck_topics::http::Topics::new(store);
+    match std::env::var("LAMEDUCK_TOPICS_TOKEN") {
+        Ok(token) if !token.is_empty() => topics
+            .authorize(lameduck_topics::http::BearerToPublish::new(token))
+            .router(),
+        _ => topics.router(),
+    }
 }
 
 /// The topic store `--topics` names.

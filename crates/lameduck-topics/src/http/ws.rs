@@ -1,230 +1,26 @@
-//! `/topics`: publish a message (202 once stored, with its position), read
-//! a topic as an SSE stream that resumes after `Last-Event-ID` or
-//! `?since=`, saying so (`event: reset`) when it cannot, or over a
-//! WebSocket that both delivers and publishes, each client message stored
-//! once however often it is resent.
+//! `GET /topics/{name}/ws`: a WebSocket that delivers a topic and
+//! publishes to it, each client message stored once however often it is
+//! resent.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use axum::{
-    Json, Router,
     body::Bytes,
     extract::ws::{CloseFrame, Message as WsMessage, WebSocketUpgrade},
-    extract::{DefaultBodyLimit, Path, RawQuery, State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode, header},
-    response::{
-        IntoResponse, Response,
-        sse::{Event as SseEvent, KeepAlive, Sse},
-    },
-    routing::{get, post},
+    extract::{Path, RawQuery, State},
+    http::{StatusCode, request::Parts},
+    response::{IntoResponse, Response},
 };
 use base64::Engine;
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use lameduck::{
     Drain,
-    sse::SseStream,
     ws::{WsConfig, WsSession},
-};
-use lameduck_topics::{
-    Event, MAX_MESSAGE, NewMessage, Position, Resume, Store, SubscribeConfig, TopicError,
-    TopicName, subscribe,
 };
 use serde_json::json;
 
-use super::routes::error;
-
-/// How long a publish waits for the store before answering 503.
-const STORE_WAIT: Duration = Duration::from_secs(5);
-
-#[derive(Clone, Debug)]
-pub(crate) struct Topics {
-    pub(crate) store: Arc<dyn Store>,
-    /// Required to publish when set (`LAMEDUCK_TOPICS_TOKEN`).
-    pub(crate) token: Option<Arc<str>>,
-}
-
-pub(crate) fn routes(topics: Topics) -> Router {
-    Router::new()
-        .route("/topics/{name}", post(publish))
-        .route("/topics/{name}/events", get(events))
-        .route("/topics/{name}/ws", get(websocket))
-        .layer(DefaultBodyLimit::max(MAX_MESSAGE))
-        .with_state(topics)
-}
-
-// The error is the response itself, built once, on a path that is rare.
-#[allow(clippy::result_large_err)]
-fn name(raw: &str) -> Result<TopicName, Response> {
-    TopicName::new(raw).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
-}
-
-/// `POST /topics/{name}`: the body is the message.
-async fn publish(
-    State(topics): State<Topics>,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    if let Some(token) = &topics.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(&**token) {
-            return error(StatusCode::UNAUTHORIZED, "unauthorized");
-        }
-    }
-    let topic = match name(&raw) {
-        Ok(topic) => topic,
-        Err(response) => return response,
-    };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
-    };
-    let mut message = NewMessage::new(body);
-    if let Some(key) = headers.get("idempotency-key") {
-        match key.to_str() {
-            Ok(key) if (1..=200).contains(&key.len()) => message = message.key(key),
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "Idempotency-Key must be 1 to 200 visible ASCII characters",
-                );
-            }
-        }
-    }
-    if let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
-        message = message.content_type(ct);
-    }
-    match tokio::time::timeout(STORE_WAIT, topics.store.publish(&topic, message)).await {
-        Ok(Ok(published)) => (
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "position": published.position.to_string(),
-                "duplicate": published.duplicate,
-            })),
-        )
-            .into_response(),
-        Ok(Err(TopicError::KeyConflict)) => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the Idempotency-Key was used for another message",
-        ),
-        Ok(Err(e @ TopicError::TooLarge { .. })) => {
-            error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(topic = %topic, error = %e, "topic.store_unavailable");
-            unavailable()
-        }
-        Err(_) => unavailable(),
-    }
-}
-
-fn unavailable() -> Response {
-    let mut response = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the topic store is unavailable; retry with the same Idempotency-Key",
-    );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    response
-}
-
-/// `GET /topics/{name}/events`: SSE, resuming after `Last-Event-ID` (or
-/// `?since=`).
-async fn events(
-    State(topics): State<Topics>,
-    Path(raw): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    drain: Drain,
-) -> Response {
-    let topic = match name(&raw) {
-        Ok(topic) => topic,
-        Err(response) => return response,
-    };
-    let since = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| param(query.as_deref(), "since"));
-    let since = match since.map(|s| s.trim().parse::<Position>()).transpose() {
-        Ok(since) => since,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let events = subscribe(
-        topics.store,
-        topic.clone(),
-        since,
-        SubscribeConfig::default(),
-    );
-    Sse::new(SseStream::new(as_sse(events, topic), drain))
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-/// A topic's events as SSE: each message with its position as `id:`, a
-/// resume that was not recovered as `event: reset`, a subscriber left
-/// behind as `event: lagged` (and the end).
-fn as_sse(
-    events: impl Stream<Item = Result<Event, TopicError>> + Send + 'static,
-    topic: TopicName,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
-    events.filter_map(move |event| {
-        let topic = topic.clone();
-        async move {
-            let sse = match event {
-                Ok(Event::Start {
-                    resume: Resume::NotRecovered(why),
-                    from,
-                }) => SseEvent::default()
-                    .event("reset")
-                    .id(from.to_string())
-                    .data(
-                        json!({
-                            "recovered": false,
-                            "from": from.to_string(),
-                            "why": format!("{why:?}"),
-                        })
-                        .to_string(),
-                    ),
-                Ok(Event::Start { .. }) => return None,
-                Ok(Event::Message(m)) => {
-                    let event = SseEvent::default().id(m.position.to_string());
-                    match std::str::from_utf8(&m.payload) {
-                        Ok(text) if !text.contains('\r') => event.data(text),
-                        _ => event
-                            .event("binary")
-                            .data(base64::engine::general_purpose::STANDARD.encode(&m.payload)),
-                    }
-                }
-                Ok(Event::Lagged { at }) => SseEvent::default()
-                    .event("lagged")
-                    .data(json!({ "at": at.to_string() }).to_string()),
-                Ok(_) => return None,
-                Err(e) => {
-                    tracing::warn!(topic = %topic, error = %e, "topic.store_unavailable");
-                    SseEvent::default()
-                        .event("error")
-                        .data(json!({ "error": "the topic store is unavailable" }).to_string())
-                }
-            };
-            Some(Ok(sse))
-        }
-    })
-}
-
-/// A query parameter's raw value.
-fn param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-}
+use super::{Access, Topics, error, name, param};
+use crate::{Event, MAX_MESSAGE, NewMessage, Position, Resume, TopicError, TopicName, subscribe};
 
 /// Close codes of the topic WebSocket.
 const CLOSE_INVALID: u16 = 1007;
@@ -238,17 +34,32 @@ const CLOSE_TRY_LATER: u16 = 1013;
 /// frames `{"id":"…","data":"…"}` are published, keyed by (session, id),
 /// and answered `{"ack":"…","pos":"E-O"}` once stored: a client that
 /// resends what was not acknowledged publishes each message once.
-async fn websocket(
+pub(super) async fn websocket(
     State(topics): State<Topics>,
     Path(raw): Path<String>,
     RawQuery(query): RawQuery,
-    upgrade: WebSocketUpgrade,
     drain: Drain,
+    parts: Parts,
+    upgrade: WebSocketUpgrade,
 ) -> Response {
     let topic = match name(&raw) {
         Ok(topic) => topic,
         Err(response) => return response,
     };
+    if let Err(denied) = topics
+        .authorize
+        .authorize(&parts, &topic, Access::Subscribe)
+        .await
+    {
+        return denied.into_response();
+    }
+    // Asked once, with the request that opened the socket: the frames
+    // that publish carry no headers of their own.
+    let may_publish = topics
+        .authorize
+        .authorize(&parts, &topic, Access::Publish)
+        .await
+        .is_ok();
     let since = match param(query.as_deref(), "since")
         .map(str::parse::<Position>)
         .transpose()
@@ -265,7 +76,7 @@ async fn websocket(
             let told = drain.told();
             let config = WsConfig::default().handler_drains(true);
             let mut ws = WsSession::with_config(socket, drain, config);
-            topic_session(&mut ws, told, topics, topic, since, session).await;
+            topic_session(&mut ws, told, topics, topic, since, session, may_publish).await;
         })
 }
 
@@ -317,6 +128,7 @@ async fn topic_session(
     topic: TopicName,
     since: Option<Position>,
     session: Option<String>,
+    may_publish: bool,
 ) {
     let store = topics.store.clone();
     let session = match session {
@@ -334,7 +146,7 @@ async fn topic_session(
         store.clone(),
         topic.clone(),
         since,
-        SubscribeConfig::default(),
+        topics.subscribe,
     ));
     tokio::pin!(told);
     // The last offset sent to the peer.
@@ -371,6 +183,9 @@ async fn topic_session(
                 return;
             }
             msg = ws.recv() => match msg {
+                Some(WsMessage::Text(_)) if !may_publish => {
+                    return close(ws, CLOSE_POLICY, "not allowed to publish to this topic").await;
+                }
                 Some(WsMessage::Text(text)) => {
                     match client_frame(text.as_str()) {
                         Ok((id, payload)) => {
