@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lameduck_test_support::{Child, Haproxy, free_port, get, raise_fd_limit, redis_url, send};
+use lameduck_test_support::{
+    Child, Haproxy, TopicPublisher, free_port, get, raise_fd_limit, redis_url, send,
+};
 use nix::sys::signal::Signal::SIGTERM;
 use serde_json::Value;
 use tokio::{
@@ -201,60 +203,6 @@ async fn ws_subscriber(
     }
 }
 
-/// A publisher posting `1`, `2`, ... to `/topics/{topic}` every 10 ms,
-/// each with its number as `Idempotency-Key` and retried with it through
-/// anything that fails (a refusal, a cut connection, a 503), until told
-/// to stop; it says the last number stored.
-struct Publisher {
-    stop: Arc<AtomicBool>,
-    published: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Publisher {
-    fn start(addr: SocketAddr, topic: &'static str) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let published = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn({
-            let (stop, published) = (stop.clone(), published.clone());
-            async move {
-                let mut n = 1u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = n.to_string();
-                    match send(
-                        addr,
-                        "POST",
-                        &format!("/topics/{topic}"),
-                        &[("idempotency-key", &key)],
-                        key.as_bytes(),
-                        5 * SEC,
-                    )
-                    .await
-                    {
-                        Ok(res) if res.status == 202 => {
-                            published.store(n, Ordering::Relaxed);
-                            n += 1;
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(10)).await,
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        });
-        Self {
-            stop,
-            published,
-            task,
-        }
-    }
-
-    async fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        timeout(20 * SEC, self.task).await.unwrap().unwrap();
-        self.published.load(Ordering::Relaxed)
-    }
-}
-
 /// `sse` SSE and `ws` WebSocket subscribers of `topic` at `addr`.
 fn subscribers(
     addr: SocketAddr,
@@ -336,7 +284,7 @@ async fn subscribers_get_everything_once_across_upgrades() {
     let stop = Arc::new(AtomicBool::new(false));
     let (seen, tasks) = subscribers(addr, "feed", (50, 50), &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let publisher = Publisher::start(addr, "feed");
+    let publisher = TopicPublisher::start(addr, "feed");
     let mut pids = vec![server.pid()];
     for _ in 0..5 {
         tokio::time::sleep(SEC).await;
@@ -393,7 +341,7 @@ async fn a_fleet_on_redis_delivers_everything_once_through_a_rolling_deploy() {
     let stop = Arc::new(AtomicBool::new(false));
     let (seen, tasks) = subscribers(front, "fleet", (50, 50), &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let publisher = Publisher::start(front, "fleet");
+    let publisher = TopicPublisher::start(front, "fleet");
     let mut new = Vec::new();
     for (i, mut gone) in old.drain(..).enumerate() {
         tokio::time::sleep(SEC).await;

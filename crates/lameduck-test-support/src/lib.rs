@@ -5,13 +5,17 @@
 //! dropped, so a failing test leaves nothing behind.
 
 mod child;
+mod chromium;
 mod haproxy;
+mod publisher;
 pub mod raw_ws;
 mod redis;
 
 pub use child::{Child, is_alive, raise_fd_limit, rss_kib, wait_gone};
+pub use chromium::{Chromium, Page};
 pub use haproxy::{Haproxy, free_port};
 pub use lameduck_drill::wire::http::{KeepAlive, Outcome, Response, get, post_json, send};
+pub use publisher::TopicPublisher;
 pub use redis::{RedisServer, redis_url};
 
 /// The exit code of a drain that had to cut connections (the library's

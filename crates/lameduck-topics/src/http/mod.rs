@@ -27,6 +27,8 @@
 //!   cannot be reached with 1013. On a drain the session sends what was
 //!   stored before that instant, then its Close.
 //!
+//! - `GET /topics.js`: the browser client, an ES module ([`CLIENT_JS`]).
+//!
 //! [`MAX_MESSAGE`]: crate::MAX_MESSAGE
 
 mod auth;
@@ -39,7 +41,7 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::DefaultBodyLimit,
-    http::StatusCode,
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -110,7 +112,8 @@ impl Topics {
     }
 
     /// The routes: `POST /topics/{name}`, `GET /topics/{name}/events`,
-    /// `GET /topics/{name}/ws`. SSE and WebSocket handlers take lameduck's
+    /// `GET /topics/{name}/ws`, and the browser client, `GET /topics.js`
+    /// (an ES module: [`CLIENT_JS`]). SSE and WebSocket handlers take lameduck's
     /// [`Drain`](lameduck::Drain), so they end cleanly when the server
     /// drains.
     pub fn router(self) -> Router {
@@ -118,9 +121,26 @@ impl Topics {
             .route("/topics/{name}", post(publish::publish))
             .route("/topics/{name}/events", get(sse::events))
             .route("/topics/{name}/ws", get(ws::websocket))
+            .route("/topics.js", get(client))
             .layer(DefaultBodyLimit::max(MAX_MESSAGE))
             .with_state(self)
     }
+}
+
+/// The browser client: one plain ES module (`clients/js/lameduck-topics.js`
+/// in the repository) that keeps its position, resends what was not
+/// acknowledged, and reconnects with jittered back-off.
+pub const CLIENT_JS: &str = include_str!("../../../../clients/js/lameduck-topics.js");
+
+async fn client() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CLIENT_JS,
+    )
+        .into_response()
 }
 
 /// A JSON error response: `{"error": "..."}`.
