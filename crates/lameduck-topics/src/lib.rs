@@ -22,6 +22,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod error;
+mod fanout;
 pub mod http;
 mod name;
 mod position;
@@ -29,6 +30,7 @@ mod store;
 mod subscribe;
 
 pub use error::TopicError;
+pub use fanout::Fanout;
 pub use name::TopicName;
 pub use position::{Epoch, Position};
 pub use store::{

@@ -5,7 +5,12 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures_util::{Stream, stream};
 
-use crate::{Epoch, Message, Position, Store, TopicError, TopicName};
+use tokio::sync::broadcast;
+
+use crate::{
+    Epoch, Message, Position, Store, TopicError, TopicName,
+    fanout::{Batch, Tail},
+};
 
 /// How a subscription started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +112,11 @@ struct State {
     cursor: Option<(Epoch, u64)>,
     buffer: VecDeque<Message>,
     done: bool,
+    /// The topic's shared reader, when subscribed through a
+    /// [`Fanout`](crate::Fanout).
+    tail: Option<(Arc<Tail>, broadcast::Receiver<Arc<Batch>>)>,
+    /// Caught up with the store: new messages come from the shared reader.
+    live: bool,
 }
 
 /// Subscribes to `topic`, resuming after `since`. The first item is an
@@ -144,6 +154,17 @@ pub fn subscribe(
     since: Option<Position>,
     config: SubscribeConfig,
 ) -> impl Stream<Item = Result<Event, TopicError>> + Send + 'static {
+    subscribe_with(store, topic, since, config, None)
+}
+
+/// [`subscribe`], following a shared reader once caught up when given one.
+pub(crate) fn subscribe_with(
+    store: Arc<dyn Store>,
+    topic: TopicName,
+    since: Option<Position>,
+    config: SubscribeConfig,
+    tail: Option<(Arc<Tail>, broadcast::Receiver<Arc<Batch>>)>,
+) -> impl Stream<Item = Result<Event, TopicError>> + Send + 'static {
     let state = State {
         store,
         topic,
@@ -152,6 +173,8 @@ pub fn subscribe(
         cursor: None,
         buffer: VecDeque::new(),
         done: false,
+        tail,
+        live: false,
     };
     stream::unfold(state, |mut s| async move {
         if s.done {
@@ -178,6 +201,15 @@ async fn next(s: &mut State) -> Result<Event, TopicError> {
     loop {
         if let Some(message) = s.buffer.pop_front() {
             return Ok(Event::Message(message));
+        }
+        if s.live {
+            if let Some(last) = follow_tail(s, epoch, offset).await {
+                offset = last;
+                continue;
+            }
+            // A gap, a change of history, or too far behind the shared
+            // reader: the store says what comes next.
+            s.live = false;
         }
         let version = s.store.version();
         let (head, messages) = s.store.read(&s.topic, offset, s.config.batch).await?;
@@ -206,7 +238,44 @@ async fn next(s: &mut State) -> Result<Event, TopicError> {
             s.buffer.extend(messages);
             continue;
         }
+        if s.tail.is_some() {
+            s.live = true;
+            continue;
+        }
         s.store.changed(&s.topic, version, s.config.poll).await;
+    }
+}
+
+/// Waits for the shared reader's next batch that goes on from `offset`
+/// in `epoch`, buffers its new messages and returns the last offset;
+/// `None` when the store must be read instead.
+async fn follow_tail(s: &mut State, epoch: Epoch, offset: u64) -> Option<u64> {
+    let (_, batches) = s.tail.as_mut()?;
+    loop {
+        let batch = match batches.recv().await {
+            Ok(batch) => batch,
+            Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => {
+                return None;
+            }
+        };
+        if batch.head.epoch != epoch || batch.head.last < offset {
+            return None;
+        }
+        let mut new = batch
+            .messages
+            .iter()
+            .filter(|m| m.position.offset > offset)
+            .peekable();
+        match new.peek() {
+            // Already delivered (read from the store before).
+            None => continue,
+            Some(first) if first.position.offset != offset + 1 => return None,
+            Some(_) => {}
+        }
+        s.buffer.extend(new.cloned());
+        let last = s.buffer.back().map(|m| m.position.offset)?;
+        s.cursor = Some((epoch, last));
+        return Some(last);
     }
 }
 

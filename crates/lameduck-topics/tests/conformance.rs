@@ -10,7 +10,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use futures_util::{Stream, StreamExt};
 use lameduck_test_support::{RedisServer, free_port, redis_url};
 use lameduck_topics::{
-    Epoch, Event, MemoryStore, NewMessage, Position, RedisStore, RedisStoreConfig, Resume,
+    Epoch, Event, Fanout, MemoryStore, NewMessage, Position, RedisStore, RedisStoreConfig, Resume,
     Retention, SqliteStore, Store, SubscribeConfig, TopicError, TopicName, Unrecoverable,
     subscribe,
 };
@@ -704,4 +704,162 @@ async fn a_redis_restored_from_an_older_snapshot_is_a_rollback() {
         Resume::Recovered
     );
     drop(redis);
+}
+
+/// Every offset a subscription delivers until `last`, checking the start
+/// was `resume`.
+async fn offsets_until(
+    events: &mut (impl Stream<Item = Result<Event, TopicError>> + Unpin),
+    resume: Resume,
+    last: u64,
+) -> Vec<u64> {
+    let Event::Start { resume: got, .. } = next_event(events).await else {
+        panic!("a start first");
+    };
+    assert_eq!(got, resume);
+    let mut offsets = Vec::new();
+    while offsets.last() != Some(&last) {
+        match next_event(events).await {
+            Event::Message(m) => offsets.push(m.position.offset),
+            other => panic!("{other:?} after {:?}", offsets.last()),
+        }
+    }
+    offsets
+}
+
+// Through a Fanout, subscribers that start live and subscribers that
+// resume from older positions (a replay, then the shared reader) each get
+// every message once, in order, while two publishers write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_subscribers_get_everything_once_in_order() {
+    for (kind, store, _backing) in stores(Retention::default()) {
+        let t = topic("shared");
+        let mut early = Vec::new();
+        for i in 1..=20 {
+            early.push(
+                store
+                    .publish(&t, NewMessage::new(i.to_string()))
+                    .await
+                    .unwrap()
+                    .position,
+            );
+        }
+        let fanout = Arc::new(Fanout::new(store.clone(), config()));
+        let mut readers = Vec::new();
+        for i in 0..40usize {
+            let since = (i % 2 == 1).then(|| early[i % 20]);
+            let mut events = Box::pin(fanout.subscribe(t.clone(), since));
+            readers.push(tokio::spawn(async move {
+                let resume = if since.is_some() {
+                    Resume::Recovered
+                } else {
+                    Resume::Fresh
+                };
+                let offsets = offsets_until(&mut events, resume, 220).await;
+                (since.map_or(20, |p| p.offset), offsets)
+            }));
+        }
+        // Let the live ones start before the publishes they must see.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (store, t) = (store.clone(), t.clone());
+                tokio::spawn(async move {
+                    for i in 0..100 {
+                        store
+                            .publish(&t, NewMessage::new(format!("{w}-{i}")))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        for r in readers {
+            let (from, offsets) = tokio::time::timeout(WAIT, r).await.unwrap().unwrap();
+            assert_eq!(offsets, (from + 1..=220).collect::<Vec<_>>(), "{kind}");
+        }
+    }
+}
+
+/// A store that counts its reads, to see who reads it.
+#[derive(Debug)]
+struct Counted {
+    inner: Arc<dyn Store>,
+    reads: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Store for Counted {
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        message: NewMessage,
+    ) -> Result<lameduck_topics::Published, TopicError> {
+        self.inner.publish(topic, message).await
+    }
+    async fn head(&self, topic: &TopicName) -> Result<lameduck_topics::Head, TopicError> {
+        self.inner.head(topic).await
+    }
+    async fn read(
+        &self,
+        topic: &TopicName,
+        after: u64,
+        limit: usize,
+    ) -> Result<(lameduck_topics::Head, Vec<lameduck_topics::Message>), TopicError> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read(topic, after, limit).await
+    }
+    async fn new_session(&self) -> Result<String, TopicError> {
+        self.inner.new_session().await
+    }
+    async fn session_known(&self, session: &str) -> Result<bool, TopicError> {
+        self.inner.session_known(session).await
+    }
+    fn version(&self) -> u64 {
+        self.inner.version()
+    }
+    async fn changed(&self, topic: &TopicName, version: u64, poll: Duration) {
+        self.inner.changed(topic, version, poll).await;
+    }
+}
+
+// The point of a Fanout: 100 live subscribers and 50 publishes, one at a
+// time, cost about one read of the store per publish (the shared reader's,
+// plus each subscriber's first), not one per subscriber and publish
+// (5,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fanout_reads_the_store_once_per_publish_not_per_subscriber() {
+    let counted = Arc::new(Counted {
+        inner: Arc::new(MemoryStore::new(Retention::default())),
+        reads: Default::default(),
+    });
+    let store: Arc<dyn Store> = counted.clone();
+    let t = topic("many");
+    let fanout = Fanout::new(store.clone(), SubscribeConfig::default());
+    let mut readers = Vec::new();
+    for _ in 0..100 {
+        let mut events = Box::pin(fanout.subscribe(t.clone(), None));
+        readers.push(tokio::spawn(async move {
+            offsets_until(&mut events, Resume::Fresh, 50).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = counted.reads.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 1..=50 {
+        store
+            .publish(&t, NewMessage::new(i.to_string()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for r in readers {
+        let offsets = tokio::time::timeout(WAIT, r).await.unwrap().unwrap();
+        assert_eq!(offsets, (1..=50).collect::<Vec<_>>());
+    }
+    let reads = counted.reads.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(reads <= 2 * 50 + 100, "{reads} reads for 50 publishes");
 }

@@ -47,7 +47,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{MAX_MESSAGE, Store, SubscribeConfig, TopicName};
+use crate::{Fanout, MAX_MESSAGE, Store, SubscribeConfig, TopicName};
 
 pub use auth::{Access, AllowAll, Authorize, BearerToPublish, Denied};
 
@@ -76,14 +76,15 @@ pub use auth::{Access, AllowAll, Authorize, BearerToPublish, Denied};
 pub struct Topics {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) authorize: Arc<dyn Authorize>,
-    pub(crate) subscribe: SubscribeConfig,
+    /// Subscriptions share one reader of each topic.
+    pub(crate) fanout: Arc<Fanout>,
 }
 
 impl std::fmt::Debug for Topics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Topics")
             .field("store", &self.store)
-            .field("subscribe", &self.subscribe)
+            .field("fanout", &self.fanout)
             .finish_non_exhaustive()
     }
 }
@@ -92,9 +93,9 @@ impl Topics {
     /// The topics of `store`, open to anyone (see [`Topics::authorize`]).
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
+            fanout: Arc::new(Fanout::new(store.clone(), SubscribeConfig::default())),
             store,
             authorize: Arc::new(AllowAll),
-            subscribe: SubscribeConfig::default(),
         }
     }
 
@@ -107,7 +108,7 @@ impl Topics {
 
     /// Sets how subscriptions read the store.
     pub fn subscribe_config(mut self, config: SubscribeConfig) -> Self {
-        self.subscribe = config;
+        self.fanout = Arc::new(Fanout::new(self.store.clone(), config));
         self
     }
 

@@ -16,7 +16,7 @@ use lameduck::{Drain, sse::SseStream};
 use serde_json::json;
 
 use super::{Access, Topics, error, name, param};
-use crate::{Event, Position, Resume, TopicError, TopicName, subscribe};
+use crate::{Event, Position, Resume, TopicError, TopicName};
 
 /// `GET /topics/{name}/events`: SSE, resuming after `Last-Event-ID` (or
 /// `?since=`).
@@ -47,7 +47,7 @@ pub(super) async fn events(
         Ok(since) => since,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let events = subscribe(topics.store, topic.clone(), since, topics.subscribe);
+    let events = topics.fanout.subscribe(topic.clone(), since);
     Sse::new(SseStream::new(as_sse(events, topic), drain))
         .keep_alive(KeepAlive::default())
         .into_response()

@@ -20,7 +20,7 @@ use lameduck::{
 use serde_json::json;
 
 use super::{Access, Topics, error, name, param};
-use crate::{Event, MAX_MESSAGE, NewMessage, Position, Resume, TopicError, TopicName, subscribe};
+use crate::{Event, MAX_MESSAGE, NewMessage, Position, Resume, TopicError, TopicName};
 
 /// Close codes of the topic WebSocket.
 const CLOSE_INVALID: u16 = 1007;
@@ -142,12 +142,7 @@ async fn topic_session(
             Err(_) => return close(ws, CLOSE_TRY_LATER, "the topic store is unavailable").await,
         },
     };
-    let mut events = Box::pin(subscribe(
-        store.clone(),
-        topic.clone(),
-        since,
-        topics.subscribe,
-    ));
+    let mut events = Box::pin(topics.fanout.subscribe(topic.clone(), since));
     tokio::pin!(told);
     // The last offset sent to the peer.
     let mut sent = 0u64;
