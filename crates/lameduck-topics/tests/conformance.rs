@@ -863,3 +863,60 @@ async fn a_fanout_reads_the_store_once_per_publish_not_per_subscriber() {
     let reads = counted.reads.load(std::sync::atomic::Ordering::Relaxed) - before;
     assert!(reads <= 2 * 50 + 100, "{reads} reads for 50 publishes");
 }
+
+// Retries racing each other (the same key at once, as from a client that
+// timed out and retried while the first try was still being stored) get
+// one position and store one message; a key raced by different payloads
+// is stored for exactly one of them, the others refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_retries_store_one_message() {
+    for (kind, store, _backing) in stores(Retention::default()) {
+        let t = topic("racy");
+        let same: Vec<_> = (0..32)
+            .map(|_| {
+                let (store, t) = (store.clone(), t.clone());
+                tokio::spawn(async move {
+                    store
+                        .publish(&t, NewMessage::new("pay").key("k"))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut positions = HashSet::new();
+        let mut fresh = 0;
+        for task in same {
+            let p = task.await.unwrap();
+            positions.insert(p.position);
+            fresh += usize::from(!p.duplicate);
+        }
+        assert_eq!((positions.len(), fresh), (1, 1), "{kind}");
+        let different: Vec<_> = (0..32)
+            .map(|i| {
+                let (store, t) = (store.clone(), t.clone());
+                tokio::spawn(async move {
+                    store
+                        .publish(&t, NewMessage::new(format!("pay {i}")).key("k2"))
+                        .await
+                })
+            })
+            .collect();
+        let mut stored = 0;
+        for task in different {
+            match task.await.unwrap() {
+                Ok(p) => {
+                    assert!(!p.duplicate, "{kind}");
+                    stored += 1;
+                }
+                Err(TopicError::KeyConflict) => {}
+                Err(e) => panic!("{kind}: {e}"),
+            }
+        }
+        assert_eq!(stored, 1, "{kind}");
+        assert_eq!(
+            store.head(&t).await.unwrap().last,
+            2,
+            "{kind}: two messages"
+        );
+    }
+}
