@@ -155,7 +155,8 @@ impl RedisStoreConfig {
 /// use lameduck_topics::{NewMessage, RedisStore, RedisStoreConfig, Store, TopicName};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// let config = RedisStoreConfig::from_url("redis://127.0.0.1:6379?prefix=doc-example")?;
+/// # let url = std::env::var("REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
+/// let config = RedisStoreConfig::from_url(&url)?.prefix("doc-example");
 /// let store = RedisStore::connect(config)?;
 /// let room = TopicName::new("room-7")?;
 /// let stored = store.publish(&room, NewMessage::new("hello")).await?;
@@ -272,20 +273,10 @@ async fn listen(client: Client, channel: String, timeout: Duration, changes: Arc
                 while messages.next().await.is_some() {
                     changes.published();
                 }
-                tracing::warn!(
-                    event = "topics.redis_notices_lost",
-                    "the Redis connection for publish notices closed; reconnecting"
-                );
+                tracing::warn!(error = "closed", "topic.redis_notices_lost");
             }
-            Ok(Err(e)) => tracing::warn!(
-                event = "topics.redis_notices_lost",
-                error = %e,
-                "cannot subscribe to Redis publish notices; subscribers poll until it can"
-            ),
-            Err(_) => tracing::warn!(
-                event = "topics.redis_notices_lost",
-                "no answer from Redis subscribing to publish notices; subscribers poll until it answers"
-            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "topic.redis_notices_lost"),
+            Err(_) => tracing::warn!(error = "no answer in time", "topic.redis_notices_lost"),
         }
         changes.published();
         tokio::time::sleep(backoff).await;
