@@ -130,7 +130,7 @@ async fn a_browser_loses_nothing_across_upgrades() {
         server.upgrade(&mut pids, 30 * SEC);
     }
     tokio::time::sleep(SEC).await;
-    let last = publisher.finish().await;
+    let last = publisher.finish().await.last;
     assert!(last > 20, "only {last} published");
     page.evaluate("window.__stop = true").await;
     let deadline = Instant::now() + 20 * SEC;

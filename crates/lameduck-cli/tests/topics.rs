@@ -86,8 +86,16 @@ async fn publishing_is_idempotent_and_bad_input_stores_nothing() {
 struct Seen {
     /// The numbers received, in order.
     numbers: Mutex<Vec<u64>>,
+    /// Every message's text and offset, in order.
+    texts: Mutex<Vec<String>>,
+    offsets: Mutex<Vec<u64>>,
     resets: AtomicU64,
     reconnects: AtomicU64,
+}
+
+/// The offset of a position `EPOCH-OFFSET`.
+fn offset_of(position: &str) -> Option<u64> {
+    position.split_once('-')?.1.parse().ok()
 }
 
 /// Reads `/topics/{topic}/events`, resuming with `Last-Event-ID`, until
@@ -131,6 +139,10 @@ async fn subscriber(addr: SocketAddr, topic: &'static str, stop: Arc<AtomicBool>
                     } else if event.is_none() {
                         if let Ok(n) = v.parse::<u64>() {
                             seen.numbers.lock().unwrap().push(n);
+                        }
+                        seen.texts.lock().unwrap().push(v.to_owned());
+                        if let Some(offset) = id.as_deref().and_then(offset_of) {
+                            seen.offsets.lock().unwrap().push(offset);
                         }
                     }
                     if event.as_deref() != Some("drain") {
@@ -190,6 +202,10 @@ async fn ws_subscriber(
                     if let (Some(pos), Some(data)) = (v["pos"].as_str(), v["data"].as_str()) {
                         if let Ok(n) = data.parse::<u64>() {
                             seen.numbers.lock().unwrap().push(n);
+                        }
+                        seen.texts.lock().unwrap().push(data.to_owned());
+                        if let Some(offset) = offset_of(pos) {
+                            seen.offsets.lock().unwrap().push(offset);
                         }
                         last = Some(pos.to_owned());
                     }
@@ -291,7 +307,7 @@ async fn subscribers_get_everything_once_across_upgrades() {
         server.upgrade(&mut pids, 30 * SEC);
     }
     tokio::time::sleep(SEC).await;
-    let last = publisher.finish().await;
+    let last = publisher.finish().await.last;
     assert!(last > 50, "only {last} published");
     every_subscriber_got_everything(&seen, tasks, &stop, last, 5).await;
     let ready = get(addr, "/readyz", 5 * SEC).await.unwrap();
@@ -356,7 +372,7 @@ async fn a_fleet_on_redis_delivers_everything_once_through_a_rolling_deploy() {
         assert_eq!(status.code(), Some(0), "instance {i}");
     }
     tokio::time::sleep(SEC).await;
-    let last = publisher.finish().await;
+    let last = publisher.finish().await.last;
     assert!(last > 50, "only {last} published");
     // Each subscriber was on one of the three old instances: one reconnect
     // at least.
@@ -542,16 +558,21 @@ async fn ws_publisher(addr: SocketAddr, id: usize, stop: Arc<AtomicBool>) -> u64
     n
 }
 
-// Client to server, exactly once: 20 WebSocket publishers send numbered
+// Client to server, exactly once: 50 WebSocket publishers send numbered
 // messages, each resent after a reconnect until acknowledged, across three
 // SIGHUP upgrades. Read back from the start of the topic, every message
 // acknowledged is stored, and every message is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_publishers_store_each_message_once_across_upgrades() {
-    let server = Child::serve(BIN, &["--upgrade-probation", "1s"]);
+    // Every message is kept, to be read back: the publishers store tens of
+    // thousands, past the default retention.
+    let server = Child::serve(
+        BIN,
+        &["--upgrade-probation", "1s", "--topic-retention", "1000000"],
+    );
     let addr = server.addr;
     let stop = Arc::new(AtomicBool::new(false));
-    let publishers: Vec<_> = (0..20)
+    let publishers: Vec<_> = (0..50)
         .map(|i| tokio::spawn(ws_publisher(addr, i, stop.clone())))
         .collect();
     let mut pids = vec![server.pid()];
@@ -575,7 +596,8 @@ async fn websocket_publishers_store_each_message_once_across_upgrades() {
     let last: u64 = last.parse().unwrap();
     drop(reader);
     let mut reader = ws_connect(addr, &format!("/topics/load/ws?since={epoch}-0")).await;
-    assert_eq!(ws_json(&mut reader).await["recovered"], true);
+    let hello = ws_json(&mut reader).await;
+    assert_eq!(hello["recovered"], true, "{hello}");
     let mut stored = std::collections::HashMap::<String, u32>::new();
     for _ in 0..last {
         let frame = ws_json(&mut reader).await;
@@ -685,4 +707,83 @@ async fn publishing_needs_the_token_when_one_is_set() {
         "nothing stored before: {position}"
     );
     server.drains_cleanly();
+}
+
+// Both processes of an upgrade publishing at once: during a 3 s probation
+// the old and the new process both accept on the shared socket, and four
+// HTTP publishers (each request on a new connection, reaching either)
+// store into the one SQLite topic. 20 SSE and 20 WebSocket subscribers, on
+// either process, see one order: every offset once, none missing, and
+// every acknowledged message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_processes_of_an_upgrade_publish_into_one_order() {
+    let server = Child::serve(BIN, &["--upgrade-probation", "3s"]);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = subscribers(addr, "both", (20, 20), &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publishers: Vec<_> = (0..4)
+        .map(|i| TopicPublisher::start_as(addr, "both", &format!("p{i}")))
+        .collect();
+    let mut pids = vec![server.pid()];
+    for _ in 0..2 {
+        tokio::time::sleep(SEC).await;
+        server.upgrade(&mut pids, 30 * SEC);
+    }
+    tokio::time::sleep(SEC).await;
+    let mut expected = Vec::new();
+    let mut interleaved = false;
+    for (i, p) in publishers.into_iter().enumerate() {
+        let done = p.finish().await;
+        assert!(done.last > 20, "publisher {i}: only {}", done.last);
+        expected.extend((1..=done.last).map(|n| format!("p{i}-{n}")));
+        // A process answering again after another did: both were storing
+        // at once, not one after the other.
+        let mut runs: Vec<&String> = Vec::new();
+        for by in &done.served_by {
+            if runs.last() != Some(&by) {
+                runs.push(by);
+            }
+        }
+        interleaved |= runs
+            .iter()
+            .enumerate()
+            .any(|(k, by)| runs[..k.saturating_sub(1)].contains(by));
+    }
+    assert!(
+        interleaved,
+        "no publisher was answered by both processes in turn"
+    );
+    expected.sort();
+    let deadline = Instant::now() + 20 * SEC;
+    for (i, s) in seen.iter().enumerate() {
+        while s.texts.lock().unwrap().len() < expected.len() {
+            assert!(
+                Instant::now() < deadline,
+                "subscriber {i}: {} of {} messages",
+                s.texts.lock().unwrap().len(),
+                expected.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = timeout(10 * SEC, task).await;
+    }
+    for (i, s) in seen.iter().enumerate() {
+        let offsets = s.offsets.lock().unwrap().clone();
+        let gaps = offsets.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        assert_eq!(
+            gaps, 0,
+            "subscriber {i}: offsets in one order, none missing or twice"
+        );
+        let mut texts = s.texts.lock().unwrap().clone();
+        texts.sort();
+        assert!(
+            texts == expected,
+            "subscriber {i}: every acknowledged message exactly once"
+        );
+        assert_eq!(s.resets.load(Ordering::Relaxed), 0, "subscriber {i}");
+    }
 }

@@ -3,35 +3,60 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-/// Posts `1`, `2`, ... to `/topics/{topic}` every 10 ms, each with its
-/// number as `Idempotency-Key` and retried with it through anything that
-/// fails (a refusal, a cut connection, a 503), until finished; says the
-/// last number stored.
+/// Posts `1`, `2`, ... (or `NAME-1`, `NAME-2`, ...) to `/topics/{topic}`
+/// every 10 ms, each with its text as `Idempotency-Key` and retried with
+/// it through anything that fails (a refusal, a cut connection, a 503),
+/// until finished; says the last number stored, and which process stored
+/// each (the process prefix of the response's `x-request-id`).
 #[derive(Debug)]
 pub struct TopicPublisher {
     stop: Arc<AtomicBool>,
     published: Arc<AtomicU64>,
+    served_by: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a [`TopicPublisher`] stored.
+#[derive(Debug)]
+pub struct Published {
+    /// The last number stored (all before it were too).
+    pub last: u64,
+    /// For each number stored, in order, the process prefix of the
+    /// `x-request-id` that answered it.
+    pub served_by: Vec<String>,
+}
+
 impl TopicPublisher {
-    /// Starts publishing to `topic` at `addr`.
+    /// Starts publishing `1`, `2`, ... to `topic` at `addr`.
     pub fn start(addr: SocketAddr, topic: &str) -> Self {
+        Self::start_named(addr, topic, None)
+    }
+
+    /// Starts publishing `NAME-1`, `NAME-2`, ... to `topic` at `addr`.
+    pub fn start_as(addr: SocketAddr, topic: &str, name: &str) -> Self {
+        Self::start_named(addr, topic, Some(name.to_owned()))
+    }
+
+    fn start_named(addr: SocketAddr, topic: &str, name: Option<String>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let published = Arc::new(AtomicU64::new(0));
+        let served_by = Arc::new(Mutex::new(Vec::new()));
         let path = format!("/topics/{topic}");
         let task = tokio::spawn({
-            let (stop, published) = (stop.clone(), published.clone());
+            let (stop, published, served_by) = (stop.clone(), published.clone(), served_by.clone());
             async move {
                 let mut n = 1u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let key = n.to_string();
+                    let key = match &name {
+                        Some(name) => format!("{name}-{n}"),
+                        None => n.to_string(),
+                    };
                     let headers = [("idempotency-key", key.as_str())];
                     match crate::send(
                         addr,
@@ -44,6 +69,9 @@ impl TopicPublisher {
                     .await
                     {
                         Ok(res) if res.status == 202 => {
+                            let id = res.header("x-request-id").unwrap_or("");
+                            let prefix = id.split('-').next().unwrap_or("").to_owned();
+                            served_by.lock().unwrap().push(prefix);
                             published.store(n, Ordering::Relaxed);
                             n += 1;
                         }
@@ -56,22 +84,26 @@ impl TopicPublisher {
         Self {
             stop,
             published,
+            served_by,
             task,
         }
     }
 
-    /// Stops (after the publish in progress, 20 s at most) and returns the
-    /// last number stored.
+    /// Stops (after the publish in progress, 20 s at most) and says what
+    /// was stored.
     ///
     /// # Panics
     ///
     /// When the publisher does not stop in time.
-    pub async fn finish(self) -> u64 {
+    pub async fn finish(self) -> Published {
         self.stop.store(true, Ordering::Relaxed);
         tokio::time::timeout(Duration::from_secs(20), self.task)
             .await
             .expect("the publisher stops in time")
             .expect("the publisher ran");
-        self.published.load(Ordering::Relaxed)
+        Published {
+            last: self.published.load(Ordering::Relaxed),
+            served_by: std::mem::take(&mut self.served_by.lock().unwrap()),
+        }
     }
 }

@@ -920,3 +920,60 @@ async fn racing_retries_store_one_message() {
         );
     }
 }
+
+// Redis's key layout during a rolling deploy: a later build that only
+// added (a new field in each message, layout 2 readable by layout 1) is
+// read on; one that raised `min_reader` past this build is refused at the
+// check, before anything is misread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_reads_a_later_additive_layout_and_refuses_a_contracting_one() {
+    let prefix = fresh_prefix();
+    let config = RedisStoreConfig::new(redis_url()).prefix(prefix.clone());
+    let store = RedisStore::connect(config.clone()).unwrap();
+    store.check_layout().await.unwrap();
+    let t = topic("later");
+    let first = store.publish(&t, NewMessage::new("one")).await.unwrap();
+    // What a later build writes: layout 2, an extra field in a message.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let hash = format!("{prefix}:topic:later");
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:schema"))
+        .arg("version")
+        .arg(2)
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HINCRBY")
+        .arg(&hash)
+        .arg("last")
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{hash}:log"))
+        .arg("2-0")
+        .arg("p")
+        .arg("two")
+        .arg("t")
+        .arg(1)
+        .arg("priority")
+        .arg("high")
+        .query(&mut conn)
+        .unwrap();
+    let reader = RedisStore::connect(config.clone()).unwrap();
+    reader.check_layout().await.unwrap();
+    let (_, messages) = reader.read(&t, first.position.offset, 10).await.unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(&messages[0].payload[..], b"two");
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:schema"))
+        .arg("min_reader")
+        .arg(2)
+        .query(&mut conn)
+        .unwrap();
+    let refused = RedisStore::connect(config).unwrap().check_layout().await;
+    assert!(
+        matches!(refused, Err(TopicError::Corrupt(_))),
+        "{refused:?}"
+    );
+}

@@ -56,6 +56,7 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
         args.topic_retention,
         args.topic_idempotency_window,
     )
+    .await
     .with_context(|| format!("cannot open the topic store {:?} (--topics)", args.topics))?;
     let listener = match sockets.service {
         Some(listener) => tokio::net::TcpListener::from_std(listener)
@@ -173,7 +174,7 @@ fn topics_routes(store: Arc<dyn lameduck_topics::Store>) -> axum::Router {
 }
 
 /// The topic store `--topics` names.
-fn open_topics(
+async fn open_topics(
     spec: &str,
     retention: lameduck_topics::Retention,
     key_window: Duration,
@@ -185,7 +186,9 @@ fn open_topics(
         let config = lameduck_topics::RedisStoreConfig::from_url(spec)?
             .retention(retention)
             .key_window(key_window);
-        return Ok(Arc::new(lameduck_topics::RedisStore::connect(config)?));
+        let store = lameduck_topics::RedisStore::connect(config)?;
+        store.check_layout().await?;
+        return Ok(Arc::new(store));
     }
     let Some(path) = spec.strip_prefix("sqlite:") else {
         anyhow::bail!("expected sqlite:PATH, redis://HOST:PORT[/DB][?prefix=NAME] or memory");

@@ -9,6 +9,7 @@
 //! | `P:topic:<name>:log` | STREAM | one entry a message, id `<offset>-0`: `p` payload, `t` stored at (ms, the server's clock), `c` content type |
 //! | `P:topic:<name>:key:<key>` | STRING | `epoch offset digest` of an idempotency key, expiring after the key window |
 //! | `P:session:<id>` | STRING | an issued publisher session, expiring after the key window |
+//! | `P:schema` | HASH | `version` (the layout's, written by the first build to use the prefix) and `min_reader` (the oldest layout a build must know to read it) |
 //! | `P:published` | channel | the name of each topic published to, so that every instance wakes its subscribers |
 //!
 //! The epoch and the last offset live in one hash: a flushed Redis has no
@@ -140,6 +141,11 @@ impl RedisStoreConfig {
     }
 }
 
+/// The key layout this build writes. Changes expand before they contract,
+/// as the SQLite schema's do: one that only adds (a new field, a new key)
+/// keeps `min_reader`, so the previous build reads on beside the next.
+pub(super) const LAYOUT_VERSION: u64 = 1;
+
 /// Topics in Redis Streams, shared by every instance using the same
 /// server and prefix.
 ///
@@ -227,6 +233,47 @@ impl RedisStore {
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.config.prefix
+    }
+
+    /// Checks, once the server answers, that this build can read the key
+    /// layout under the prefix (recording its own when the prefix is new):
+    /// a process of a later build may have changed it during a rolling
+    /// deploy. Call it at start, to refuse to serve rather than misread.
+    ///
+    /// # Errors
+    ///
+    /// [`TopicError::Corrupt`] for a layout this build cannot read,
+    /// [`TopicError::Unavailable`] when Redis does not answer.
+    pub async fn check_layout(&self) -> Result<(), TopicError> {
+        let key = format!("{}:schema", self.config.prefix);
+        let mut conn = self.conn.clone();
+        let script = Script::new(
+            "redis.call('HSETNX', KEYS[1], 'version', ARGV[1])
+             redis.call('HSETNX', KEYS[1], 'min_reader', ARGV[1])
+             return redis.call('HMGET', KEYS[1], 'version', 'min_reader')",
+        );
+        let mut invoke = script.prepare_invoke();
+        invoke.key(&key).arg(LAYOUT_VERSION);
+        let reply: Value = self
+            .bounded(
+                "reading the key layout in Redis",
+                invoke.invoke_async(&mut conn),
+            )
+            .await?;
+        let reply = array(reply)?;
+        let (Some(version), Some(min_reader)) = (reply.first(), reply.get(1)) else {
+            return Err(TopicError::Corrupt(format!("{key} is not a layout record")));
+        };
+        let version = number(version, "the key layout's version")?;
+        let min_reader = number(min_reader, "the key layout's min_reader")?;
+        if min_reader > LAYOUT_VERSION {
+            return Err(TopicError::Corrupt(format!(
+                "the topics under prefix {:?} have key layout {version}, which this build \
+                 (layout {LAYOUT_VERSION}) cannot read: it needs at least layout {min_reader}",
+                self.config.prefix
+            )));
+        }
+        Ok(())
     }
 
     fn topic_key(&self, topic: &TopicName) -> String {
