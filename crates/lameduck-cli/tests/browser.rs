@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lameduck_test_support::{Child, Chromium, TopicPublisher, send};
+use lameduck_test_support::{Child, Chromium, TopicPublisher, assert_one_to, send};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -49,23 +49,6 @@ const START: &str = r#"
   return 'started';
 })()
 "#;
-
-/// Asserts that `got` is `1..=last`, naming the first breaks if not.
-fn assert_every_one_once(label: &str, got: &[u64], last: u64) {
-    let breaks: Vec<(u64, u64)> = got
-        .windows(2)
-        .filter(|w| w[1] != w[0] + 1)
-        .map(|w| (w[0], w[1]))
-        .take(10)
-        .collect();
-    assert!(
-        got.first() == Some(&1) && got.last() == Some(&last) && breaks.is_empty(),
-        "{label}: every message once, in order, 1 to {last}; got {} from {:?} to {:?}, breaks (after, next): {breaks:?}",
-        got.len(),
-        got.first(),
-        got.last()
-    );
-}
 
 fn numbers(v: &Value) -> Vec<u64> {
     v.as_array()
@@ -172,5 +155,5 @@ async fn a_browser_loses_nothing_across_upgrades() {
     assert!(acked > 20, "the page published only {acked}");
     let epoch = r["upPos"].as_str().unwrap().split('-').next().unwrap();
     let stored = read_back(addr, "browser-up", epoch, acked as usize).await;
-    assert_every_one_once("what the page published, as stored", &stored, acked);
+    assert_one_to("what the page published, as stored", &stored, acked);
 }

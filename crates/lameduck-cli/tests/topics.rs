@@ -13,7 +13,7 @@ use std::{
 };
 
 use lameduck_test_support::{
-    Child, Haproxy, TopicPublisher, free_port, get, raise_fd_limit, redis_url, send,
+    Child, Haproxy, TopicPublisher, assert_one_to, free_port, get, raise_fd_limit, redis_url, send,
 };
 use nix::sys::signal::Signal::SIGTERM;
 use serde_json::Value;
@@ -268,16 +268,7 @@ async fn every_subscriber_got_everything(
     }
     for (i, s) in seen.iter().enumerate() {
         let numbers = s.numbers.lock().unwrap().clone();
-        let breaks: Vec<(u64, u64)> = numbers
-            .windows(2)
-            .filter(|w| w[1] != w[0] + 1)
-            .map(|w| (w[0], w[1]))
-            .take(10)
-            .collect();
-        assert!(
-            breaks.is_empty() && numbers.last() == Some(&last),
-            "subscriber {i}: every number once, in order; breaks (after, next): {breaks:?}"
-        );
+        assert_one_to(&format!("subscriber {i}"), &numbers, last);
         assert_eq!(s.resets.load(Ordering::Relaxed), 0, "subscriber {i}");
         assert!(
             s.reconnects.load(Ordering::Relaxed) >= reconnects,

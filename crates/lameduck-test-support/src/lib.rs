@@ -15,7 +15,7 @@ pub use child::{Child, is_alive, raise_fd_limit, rss_kib, wait_gone};
 pub use chromium::{Chromium, Page};
 pub use haproxy::{Haproxy, free_port};
 pub use lameduck_drill::wire::http::{KeepAlive, Outcome, Response, get, post_json, send};
-pub use publisher::{Published, TopicPublisher};
+pub use publisher::{Published, TopicPublisher, assert_one_to};
 pub use redis::{RedisServer, redis_url};
 
 /// The exit code of a drain that had to cut connections (the library's

@@ -107,3 +107,26 @@ impl TopicPublisher {
         }
     }
 }
+
+/// Asserts that `got` is `1..=last`, each once and in order, naming the
+/// first breaks if not (a whole list would drown the message).
+///
+/// # Panics
+///
+/// When it is not.
+pub fn assert_one_to(label: &str, got: &[u64], last: u64) {
+    let breaks: Vec<(u64, u64)> = got
+        .windows(2)
+        .filter(|w| w[1] != w[0] + 1)
+        .map(|w| (w[0], w[1]))
+        .take(10)
+        .collect();
+    assert!(
+        got.first() == Some(&1) && got.last() == Some(&last) && breaks.is_empty(),
+        "{label}: every number once, in order, 1 to {last}; got {} from {:?} to {:?}, \
+         breaks (after, next): {breaks:?}",
+        got.len(),
+        got.first(),
+        got.last()
+    );
+}

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::DefaultBodyLimit,
-    http::{StatusCode, header},
+    http::{StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -149,10 +149,25 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-// The error is the response itself, built once, on a path that is rare.
-#[allow(clippy::result_large_err)]
-fn name(raw: &str) -> Result<TopicName, Response> {
-    TopicName::new(raw).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+impl Topics {
+    /// The topic named `raw`, if `request` may `access` it; otherwise the
+    /// response that says why not (400 for a bad name, the hook's refusal).
+    // The error is the response itself, built once, on a path that is rare.
+    #[allow(clippy::result_large_err)]
+    async fn allowed(
+        &self,
+        raw: &str,
+        request: &Parts,
+        access: Access,
+    ) -> Result<TopicName, Response> {
+        let topic =
+            TopicName::new(raw).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        self.authorize
+            .authorize(request, &topic, access)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(topic)
+    }
 }
 
 /// A query parameter's raw value.

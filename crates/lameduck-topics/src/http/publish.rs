@@ -11,7 +11,7 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{Access, Topics, error, name};
+use super::{Access, Topics, error};
 use crate::{NewMessage, TopicError};
 
 /// How long a publish waits for the store before answering 503.
@@ -24,17 +24,10 @@ pub(super) async fn publish(
     parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let topic = match name(&raw) {
+    let topic = match topics.allowed(&raw, &parts, Access::Publish).await {
         Ok(topic) => topic,
         Err(response) => return response,
     };
-    if let Err(denied) = topics
-        .authorize
-        .authorize(&parts, &topic, Access::Publish)
-        .await
-    {
-        return denied.into_response();
-    }
     let headers: &HeaderMap = &parts.headers;
     let body = match body {
         Ok(body) => body,

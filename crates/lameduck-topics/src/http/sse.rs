@@ -15,7 +15,7 @@ use futures_util::{Stream, StreamExt};
 use lameduck::{Drain, sse::SseStream};
 use serde_json::json;
 
-use super::{Access, Topics, error, name, param};
+use super::{Access, Topics, error, param};
 use crate::{Event, Position, Resume, TopicError, TopicName};
 
 /// `GET /topics/{name}/events`: SSE, resuming after `Last-Event-ID` (or
@@ -27,17 +27,10 @@ pub(super) async fn events(
     drain: Drain,
     parts: Parts,
 ) -> Response {
-    let topic = match name(&raw) {
+    let topic = match topics.allowed(&raw, &parts, Access::Subscribe).await {
         Ok(topic) => topic,
         Err(response) => return response,
     };
-    if let Err(denied) = topics
-        .authorize
-        .authorize(&parts, &topic, Access::Subscribe)
-        .await
-    {
-        return denied.into_response();
-    }
     let headers = &parts.headers;
     let since = headers
         .get("last-event-id")

@@ -9,7 +9,7 @@ use axum::{
     extract::ws::{CloseFrame, Message as WsMessage, WebSocketUpgrade},
     extract::{Path, RawQuery, State},
     http::{StatusCode, request::Parts},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use base64::Engine;
 use futures_util::StreamExt;
@@ -19,7 +19,7 @@ use lameduck::{
 };
 use serde_json::json;
 
-use super::{Access, Topics, error, name, param};
+use super::{Access, Topics, error, param};
 use crate::{Event, MAX_MESSAGE, NewMessage, Position, Resume, TopicError, TopicName};
 
 /// Close codes of the topic WebSocket.
@@ -42,17 +42,10 @@ pub(super) async fn websocket(
     parts: Parts,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let topic = match name(&raw) {
+    let topic = match topics.allowed(&raw, &parts, Access::Subscribe).await {
         Ok(topic) => topic,
         Err(response) => return response,
     };
-    if let Err(denied) = topics
-        .authorize
-        .authorize(&parts, &topic, Access::Subscribe)
-        .await
-    {
-        return denied.into_response();
-    }
     // Asked once, with the request that opened the socket: the frames
     // that publish carry no headers of their own.
     let may_publish = topics
