@@ -138,6 +138,8 @@ async fn read_tail(
     batches: broadcast::Sender<Arc<Batch>>,
 ) {
     let mut at: Option<(crate::Epoch, u64)> = None;
+    // Said once when reads start failing, not at every poll.
+    let mut failing = false;
     loop {
         let version = store.version();
         let after = at.map_or(u64::MAX, |(_, offset)| offset);
@@ -148,6 +150,7 @@ async fn read_tail(
         };
         match read {
             Ok((head, messages)) => {
+                failing = false;
                 let changed =
                     at.is_some_and(|(epoch, offset)| head.epoch != epoch || head.last < offset);
                 if at.is_none() || changed {
@@ -167,9 +170,11 @@ async fn read_tail(
                     continue;
                 }
             }
-            Err(e) => {
+            Err(e) if !failing => {
+                failing = true;
                 tracing::warn!(topic = %topic, error = %e, "topic.tail_read_failed");
             }
+            Err(_) => {}
         }
         store.changed(&topic, version, config.poll).await;
     }
