@@ -150,6 +150,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "LAMEDUCK_TOPIC_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_window)]
     pub(crate) topic_idempotency_window: Duration,
 
+    /// Serve HTTPS: the certificate chain, a PEM file (the leaf first).
+    /// HTTP/2 and HTTP/1.1 are offered by ALPN. Needs `--tls-key`.
+    #[arg(long, env = "LAMEDUCK_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of `--tls-cert`, a PEM file (PKCS#8, PKCS#1 or
+    /// SEC1).
+    #[arg(long, env = "LAMEDUCK_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub(crate) log: LogArgs,
 }
@@ -276,6 +286,11 @@ impl ServeArgs {
     /// What clap cannot check flag by flag: a spread that leaves no room
     /// for the close handshakes would turn into forced cuts.
     pub(crate) fn check(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+            (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+            _ => {}
+        }
         if let Announce::Auto { max } = self.drain_announce {
             if self.drain_announce_min > max {
                 return Err(format!(
@@ -479,7 +494,7 @@ mod tests {
                 "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",
                 "--journal", "--jobs-concurrency", "--jobs-lease",
                 "--jobs-drain-timeout", "--log-level", "--log-format",
-                "--upgrade-timeout", "--upgrade-probation", "--topics", "--topic-retention", "--topic-idempotency-window",
+                "--upgrade-timeout", "--upgrade-probation", "--topics", "--topic-retention", "--topic-idempotency-window", "--tls-cert", "--tls-key",
             ][..]),
             value in "\\PC{0,24}",
         ) {

@@ -55,6 +55,7 @@ mod server;
 pub mod signal;
 pub mod sse;
 mod stats;
+mod tls;
 pub mod ws;
 
 pub use config::{Config, DrainAnnounce, DrainSpread};
@@ -62,6 +63,9 @@ pub use error::Error;
 pub use handle::Handle;
 pub use lifecycle::{Drain, DrainReason, JobGuard, Phase, PhaseFuture, Told};
 pub use report::{DrainReport, EXIT_DRAINED, EXIT_FORCED};
+/// The rustls this crate terminates TLS with ([`Server::with_tls`]): build
+/// the `ServerConfig` with it, so that the versions match.
+pub use rustls;
 pub use server::Server;
 pub use signal::Signal;
 pub use stats::{Counts, Totals};

@@ -89,6 +89,10 @@ pub struct Totals {
     pub rejected_connections: u64,
     /// Requests refused with 503 past [`crate::Config::max_in_flight`].
     pub rejected_requests: u64,
+    /// TLS handshakes that failed (a bad client hello, no common protocol,
+    /// a client that went away) or did not finish within the header-read
+    /// timeout.
+    pub tls_handshakes_failed: u64,
 }
 
 /// A counter written on every request by every worker thread. One shared
@@ -144,6 +148,7 @@ pub(crate) struct Stats {
     cut: AtomicU64,
     rejected_connections: AtomicU64,
     rejected_requests: AtomicU64,
+    tls_handshakes_failed: AtomicU64,
     /// Requests other than health probes received while announcing (only
     /// counted then).
     announce_traffic: AtomicU64,
@@ -177,6 +182,7 @@ impl Stats {
             cut: self.cut.load(Relaxed),
             rejected_connections: self.rejected_connections.load(Relaxed),
             rejected_requests: self.rejected_requests.load(Relaxed),
+            tls_handshakes_failed: self.tls_handshakes_failed.load(Relaxed),
         }
     }
 
@@ -200,6 +206,10 @@ impl Stats {
     }
 
     /// Counts a refused connection; returns how many there have been.
+    pub(crate) fn tls_handshake_failed(&self) {
+        self.tls_handshakes_failed.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn conn_rejected(&self) -> u64 {
         self.rejected_connections.fetch_add(1, Relaxed) + 1
     }

@@ -241,6 +241,12 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         "Log lines not written (stderr closed, failing or too slow)",
         crate::logging::dropped_lines(),
     );
+    counter(
+        &mut registry,
+        "tls_handshakes_failed",
+        "TLS handshakes that failed or did not finish within the header-read timeout",
+        totals.tls_handshakes_failed,
+    );
     let rejected = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
     rejected
         .get_or_create(&vec![("reason", "max_connections")])

@@ -6,6 +6,7 @@ mod jobs;
 mod request_id;
 mod routes;
 mod sleep_job;
+mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -48,6 +49,10 @@ impl Sockets {
 }
 
 pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
+        _ => None,
+    };
     let journal = lameduck_jobs::open(&args.jobs.journal)
         .await
         .with_context(|| format!("cannot open the job journal {:?}", args.jobs.journal))?;
@@ -113,7 +118,10 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
         .hand_over("admin", &admin_listener)
         .context("cannot prepare the admin socket for upgrades")?;
 
-    let server = Server::with_config(listener, config).with_upgrade(upgrade);
+    let mut server = Server::with_config(listener, config).with_upgrade(upgrade);
+    if let Some(tls) = tls {
+        server = server.with_tls(tls);
+    }
     let token = std::env::var("LAMEDUCK_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())

@@ -23,6 +23,7 @@ use super::{
     io::{ConnState, TrackedIo},
     registry::Registry,
     service::{BoxError, ConnService},
+    tls_io::TlsIo,
 };
 use crate::{
     lifecycle::{Drain, DrainExt, Lifecycle, Phase},
@@ -30,11 +31,22 @@ use crate::{
 };
 
 /// What every connection task gets.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Ctx {
     pub(crate) builder: Arc<Builder>,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) registry: Arc<Registry>,
+    /// Set when the server terminates TLS.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("lifecycle", &self.lifecycle)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) type Builder = auto::Builder<TokioExecutor>;
@@ -71,6 +83,7 @@ where
         builder,
         lifecycle,
         registry,
+        tls,
     } = ctx;
     let state = ConnState::new(lifecycle.clone(), registry, during_drain);
     let service = ConnService {
@@ -79,7 +92,56 @@ where
         drain: DrainExt(Arc::new(Drain::new(lifecycle.clone()))),
         peer,
     };
-    let io = TokioIo::new(TrackedIo::new(stream, state.clone()));
+    // Tracked below TLS: the timers see the bytes on the wire, so a slow or
+    // stalled handshake counts against the header-read timeout, as a slow
+    // request head does.
+    let io = TrackedIo::new(stream, state.clone());
+    let Some(tls) = tls else {
+        return serve_io(&builder, &lifecycle, &state, service, TokioIo::new(io)).await;
+    };
+    let limit = lifecycle
+        .config()
+        .header_read_timeout
+        .unwrap_or(std::time::Duration::MAX);
+    let handshake = tokio::select! {
+        res = tokio::time::timeout(limit, tls.accept(io)) => res,
+        () = lifecycle.reached(Phase::Forcing) => {
+            state.drain.done_waiting();
+            return;
+        }
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            let io = TokioIo::new(TlsIo::new(stream));
+            serve_io(&builder, &lifecycle, &state, service, io).await;
+        }
+        failed => {
+            lifecycle.stats().tls_handshake_failed();
+            state.drain.done_waiting();
+            match failed {
+                Ok(Err(err)) => tracing::debug!(error = %err, "tls.handshake_failed"),
+                _ => tracing::debug!(error = "timed out", "tls.handshake_failed"),
+            }
+        }
+    }
+}
+
+/// Serves an accepted (and, with TLS, handshaken) connection until it
+/// closes, the drain closes it or the deadline cuts it.
+async fn serve_io<I, S, B>(
+    builder: &Builder,
+    lifecycle: &Arc<Lifecycle>,
+    state: &Arc<ConnState>,
+    service: ConnService<S>,
+    io: I,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 

@@ -183,6 +183,10 @@ impl<T> TrackedIo<T> {
     pub(crate) fn new(inner: T, conn: Arc<ConnState>) -> Self {
         Self { inner, conn }
     }
+
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 fn cut() -> io::Error {

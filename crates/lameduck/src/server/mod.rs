@@ -10,6 +10,7 @@ mod io;
 mod registry;
 mod service;
 mod timers;
+mod tls_io;
 
 use std::{fmt, net::SocketAddr, os::fd::AsFd, sync::Arc};
 
@@ -85,6 +86,7 @@ pub struct Server {
     upgrades: Arc<Upgrades>,
     signals: bool,
     upgrade: Option<UpgradeConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl fmt::Debug for Server {
@@ -94,6 +96,7 @@ impl fmt::Debug for Server {
             .field("config", self.lifecycle.config())
             .field("signals", &self.signals)
             .field("upgrade", &self.upgrade)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -112,6 +115,7 @@ impl Server {
             upgrades: Arc::default(),
             signals: true,
             upgrade: None,
+            tls: None,
         }
     }
 
@@ -121,6 +125,37 @@ impl Server {
     /// is ignored (an `upgrade.ignored` line is logged).
     pub fn with_upgrade(mut self, config: UpgradeConfig) -> Self {
         self.upgrade = Some(config);
+        self
+    }
+
+    /// Terminates TLS with `config` (rustls; the crate re-exports it as
+    /// `lameduck::rustls`, so that versions match). HTTP/2 and HTTP/1.1 are
+    /// offered by ALPN unless the configuration names its own protocols,
+    /// and 0-RTT early data is turned off (it can be replayed). The
+    /// handshake counts against [`Config::header_read_timeout`]; a failed
+    /// one is counted in [`Totals::tls_handshakes_failed`](crate::Totals)
+    /// and logged at debug level (`tls.handshake_failed`). Every connection
+    /// the drain closes gets a TLS `close_notify` before its FIN.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use lameduck::{Server, rustls};
+    ///
+    /// # async fn run(certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// #              key: rustls::pki_types::PrivateKeyDer<'static>) -> Result<(), Box<dyn std::error::Error>> {
+    /// let tls = rustls::ServerConfig::builder()
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(certs, key)?;
+    /// let listener = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+    /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello over TLS" }));
+    /// Server::new(listener).with_tls(Arc::new(tls)).serve(app).await?;
+    /// # Ok(()) }
+    /// # let _ = run;
+    /// ```
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(crate::tls::acceptor(config));
         self
     }
 
@@ -173,6 +208,7 @@ impl Server {
             upgrades,
             signals,
             upgrade,
+            tls,
         } = self;
         let addr = listener.local_addr().map_err(Error::LocalAddr)?;
         let registry = Arc::new(registry::Registry::default());
@@ -205,6 +241,7 @@ impl Server {
             builder: Arc::new(builder),
             lifecycle: lifecycle.clone(),
             registry: registry.clone(),
+            tls,
         };
 
         tracing::info!(addr = %addr, pid = std::process::id(), "server.listening");
