@@ -78,20 +78,33 @@ impl Cert {
         Child::serve(BIN, &args)
     }
 
-    /// A TLS connection to `addr` offering `alpn`, trusting only this
-    /// certificate.
-    async fn connect(&self, addr: SocketAddr, alpn: &[&[u8]]) -> TlsStream<Observed> {
+    /// A client that offers `alpn` and trusts only this certificate; it
+    /// keeps the session tickets it is given, to resume with them.
+    fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();
         let mut config = ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// A TLS connection to `addr` offering `alpn`, trusting only this
+    /// certificate.
+    async fn connect(&self, addr: SocketAddr, alpn: &[&[u8]]) -> TlsStream<Observed> {
+        connect_with(self.client(alpn), addr).await
+    }
+}
+
+/// A TLS connection to `addr` with `config`.
+async fn connect_with(config: Arc<ClientConfig>, addr: SocketAddr) -> TlsStream<Observed> {
+    {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         timeout(
             10 * SEC,
-            TlsConnector::from(Arc::new(config)).connect(name, Observed::new(tcp)),
+            TlsConnector::from(config).connect(name, Observed::new(tcp)),
         )
         .await
         .expect("handshake in time")
@@ -491,4 +504,41 @@ fn bad_certificate_and_key_files_are_refused_with_the_file_named() {
     let (code, err) = refused(&["--tls-cert", path(&a.cert())]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--tls-key"), "{err}");
+}
+
+// Sessions resume across an upgrade: the successor inherited the ticket
+// keys (a memory-only file handed over with the sockets), so a client
+// that held a ticket from the old process gets an abbreviated handshake
+// from the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_across_an_upgrade() {
+    use lameduck::rustls::HandshakeKind;
+    let cert = Cert::new();
+    let server = cert.serve(&["--upgrade-probation", "0s"]);
+    let client = cert.client(&[b"http/1.1"]);
+    let mut first = connect_with(client.clone(), server.addr).await;
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Full)
+    );
+    // TLS 1.3 tickets come after the handshake: a response reads them.
+    assert!(
+        get_h1(&mut first, "/ping")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    drop(first);
+    let mut pids = vec![server.pid()];
+    server.upgrade(&mut pids, 30 * SEC);
+    let mut second = connect_with(client.clone(), server.addr).await;
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Resumed),
+        "the successor resumed a session of its predecessor"
+    );
+    let response = get_h1(&mut second, "/readyz").await;
+    assert!(
+        response.contains(&format!("\"pid\":{}", pids[1])),
+        "answered by the successor: {response}"
+    );
 }

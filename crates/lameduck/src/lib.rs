@@ -55,7 +55,7 @@ mod server;
 pub mod signal;
 pub mod sse;
 mod stats;
-mod tls;
+pub mod tls;
 pub mod ws;
 
 pub use config::{Config, DrainAnnounce, DrainSpread};

@@ -27,12 +27,19 @@ use crate::cli::ServeArgs;
 pub(crate) struct Sockets {
     service: Option<std::net::TcpListener>,
     admin: Option<std::net::TcpListener>,
+    /// The predecessor's TLS session-ticket keys, when it handed them over.
+    ticket_keys: Option<std::io::Result<lameduck::tls::TicketKeys>>,
 }
 
 impl Sockets {
     /// By name (`service`, `admin`) when `LISTEN_FDNAMES` gives them, else
     /// in order: the service's first, then the admin listener's.
     pub(crate) fn from_inherited(mut inherited: Inherited) -> Result<Self, String> {
+        // Read now, at the start of `main`, with the sockets; used only
+        // with `--tls-cert`.
+        let ticket_keys = Some(lameduck::tls::TicketKeys::inherit_or_generate(
+            &mut inherited,
+        ));
         let admin = inherited.take("admin");
         let service = inherited.take("service").or_else(|| inherited.take_first());
         let admin = admin.or_else(|| inherited.take_first());
@@ -44,13 +51,27 @@ impl Sockets {
                 inherited.names()
             ));
         }
-        Ok(Self { service, admin })
+        Ok(Self {
+            service,
+            admin,
+            ticket_keys,
+        })
     }
 }
 
 pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8> {
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
+        (Some(cert), Some(key)) => {
+            let mut config = tls::load(cert, key)?;
+            // Tickets sealed with keys the successor inherits: a client
+            // resumes its session across upgrades.
+            let keys = sockets
+                .ticket_keys
+                .context("no TLS ticket keys")?
+                .context("cannot read the TLS ticket keys handed over by the predecessor")?;
+            config.ticketer = keys.ticketer();
+            Some((Arc::new(config), keys))
+        }
         _ => None,
     };
     let journal = lameduck_jobs::open(&args.jobs.journal)
@@ -117,10 +138,14 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     upgrade
         .hand_over("admin", &admin_listener)
         .context("cannot prepare the admin socket for upgrades")?;
+    if let Some((_, keys)) = &tls {
+        keys.hand_over(&mut upgrade)
+            .context("cannot prepare the TLS ticket keys for upgrades")?;
+    }
 
     let mut server = Server::with_config(listener, config).with_upgrade(upgrade);
-    if let Some(tls) = tls {
-        server = server.with_tls(tls);
+    if let Some((config, _)) = tls {
+        server = server.with_tls(config);
     }
     let token = std::env::var("LAMEDUCK_ADMIN_TOKEN")
         .ok()

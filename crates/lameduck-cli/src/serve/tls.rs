@@ -1,7 +1,7 @@
 //! `--tls-cert` and `--tls-key`: the service's certificate chain and key,
 //! read at start (and by each successor at an upgrade).
 
-use std::{path::Path, sync::Arc};
+use std::path::Path;
 
 use anyhow::Context;
 use lameduck::rustls::{
@@ -11,7 +11,7 @@ use lameduck::rustls::{
 
 /// The TLS configuration of the chain in `cert` and the key in `key` (PEM
 /// files). Every error names the file it concerns.
-pub(crate) fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub(crate) fn load(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .with_context(|| {
@@ -38,5 +38,5 @@ pub(crate) fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Server
                 cert.display()
             )
         })?;
-    Ok(Arc::new(config))
+    Ok(config)
 }

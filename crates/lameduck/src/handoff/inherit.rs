@@ -43,6 +43,9 @@ pub enum InheritError {
 #[derive(Debug, Default)]
 pub struct Inherited {
     sockets: Vec<(Option<String>, TcpListener)>,
+    /// Named regular files (memory-only ones, such as TLS ticket keys)
+    /// handed over with the sockets.
+    files: Vec<(String, std::fs::File)>,
 }
 
 impl Inherited {
@@ -68,6 +71,15 @@ impl Inherited {
     /// Takes the first socket left, whatever its name.
     pub fn take_first(&mut self) -> Option<TcpListener> {
         (!self.sockets.is_empty()).then(|| self.sockets.remove(0).1)
+    }
+
+    /// Takes the file handed over as `name` (a regular or memory-only file
+    /// passed with the sockets, such as [`TICKET_KEYS`]).
+    ///
+    /// [`TICKET_KEYS`]: crate::tls::TICKET_KEYS
+    pub fn take_file(&mut self, name: &str) -> Option<std::fs::File> {
+        let i = self.files.iter().position(|(n, _)| n == name)?;
+        Some(self.files.remove(i).1)
     }
 
     /// The names of the sockets left, in fd order (`None` where
@@ -127,19 +139,47 @@ pub fn inherited_listeners() -> Result<Inherited, InheritError> {
         .map(|names| names.split(':').map(str::to_owned).collect())
         .unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();
-    let sockets = (0..n)
-        .map(|i| {
-            let fd = 3 + i as i32;
-            let listener = fds
-                .take_tcp_listener(i)
-                .and_then(|l| l.ok_or_else(|| std::io::Error::other("fd not passed")))
-                .map_err(|source| InheritError::NotTcp { fd, source })?;
-            listener
-                .set_nonblocking(true)
-                .map_err(|source| InheritError::NotTcp { fd, source })?;
-            let name = names.get(i).filter(|n| !n.is_empty()).cloned();
-            Ok((name, listener))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Inherited { sockets })
+    let mut files = Vec::new();
+    let mut sockets = Vec::with_capacity(n);
+    for i in 0..n {
+        let fd = 3 + i as i32;
+        let name = names.get(i).filter(|n| !n.is_empty()).cloned();
+        if let Some(name) = &name {
+            if let Some(file) = take_file(fd) {
+                files.push((name.clone(), file));
+                continue;
+            }
+        }
+        sockets.push(take_socket(&mut fds, i, fd, name)?);
+    }
+    Ok(Inherited { sockets, files })
+}
+
+/// A named descriptor that is a regular file (not a socket): opened anew
+/// through `/proc/self/fd` (close-on-exec, as std opens files), and the
+/// inherited descriptor closed, so that no child inherits it.
+fn take_file(fd: i32) -> Option<std::fs::File> {
+    let path = format!("/proc/self/fd/{fd}");
+    if !std::fs::metadata(&path).ok()?.file_type().is_file() {
+        return None;
+    }
+    let file = std::fs::File::open(&path).ok()?;
+    let _ = nix::unistd::close(fd);
+    Some(file)
+}
+
+fn take_socket(
+    fds: &mut listenfd::ListenFd,
+    i: usize,
+    fd: i32,
+    name: Option<String>,
+) -> Result<(Option<String>, TcpListener), InheritError> {
+    let listener = fds
+        .take_tcp_listener(i)
+        .and_then(|l| l.ok_or_else(|| std::io::Error::other("fd not passed")))
+        .map_err(|source| InheritError::NotTcp { fd, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| InheritError::NotTcp { fd, source })?;
+    Ok((name, listener))
 }

@@ -1,5 +1,5 @@
-//! TLS termination with rustls: what [`Server::with_tls`](crate::Server::with_tls)
-//! does to the configuration it is given.
+//! What [`Server::with_tls`](crate::Server::with_tls) does to the
+//! configuration it is given.
 
 use std::sync::Arc;
 
