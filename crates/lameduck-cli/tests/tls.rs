@@ -542,3 +542,84 @@ async fn sessions_resume_across_an_upgrade() {
         "answered by the successor: {response}"
     );
 }
+
+/// A client trusting every one of `certs`, resuming no session (a resumed
+/// one shows the certificate of the session it resumes, not the one the
+/// server has now).
+fn client_trusting(certs: &[&Cert]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots.add(c.der.clone()).unwrap();
+    }
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = lameduck::rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// The certificate the server presented on `tls`.
+fn presented(tls: &TlsStream<Observed>) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+// Certificates renewed in place (cert-manager rewrites the files) are
+// served to new connections without a restart, while an open connection
+// goes on; a version that does not parse keeps the one before and says
+// why. Then an upgrade's successor reads what is on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renewed_in_place_or_by_an_upgrade_are_served() {
+    let (a, b) = (Cert::new(), Cert::new());
+    let server = a.serve(&["--upgrade-probation", "0s"]);
+    let client = client_trusting(&[&a, &b]);
+    let mut open = connect_with(client.clone(), server.addr).await;
+    assert_eq!(presented(&open), a.der);
+
+    std::fs::copy(b.cert(), a.cert()).unwrap();
+    std::fs::copy(b.key(), a.key()).unwrap();
+    server.expect_event("tls.cert_reloaded", 10 * SEC);
+    let renewed = connect_with(client.clone(), server.addr).await;
+    assert_eq!(
+        presented(&renewed),
+        b.der,
+        "new connections get the new certificate"
+    );
+    assert!(
+        get_h1(&mut open, "/ping").await.starts_with("HTTP/1.1 200"),
+        "the open one goes on"
+    );
+
+    // (Copying the two files one after the other may have been seen half
+    // done, a key that does not match: that failure is not this one.)
+    let before = server.events("tls.cert_reload_failed").len();
+    std::fs::write(a.cert(), "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    let deadline = std::time::Instant::now() + 10 * SEC;
+    while server.events("tls.cert_reload_failed").len() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tls.cert_reload_failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = server.events("tls.cert_reload_failed").pop().unwrap();
+    assert!(failed.to_string().contains("cert.pem"), "{failed}");
+    let kept = connect_with(client.clone(), server.addr).await;
+    assert_eq!(
+        presented(&kept),
+        b.der,
+        "a broken file keeps the certificate before it"
+    );
+
+    // A third certificate on disk, then an upgrade: the successor serves it.
+    let c = Cert::new();
+    std::fs::copy(c.cert(), a.cert()).unwrap();
+    std::fs::copy(c.key(), a.key()).unwrap();
+    let mut pids = vec![server.pid()];
+    server.upgrade(&mut pids, 30 * SEC);
+    let upgraded = connect_with(client_trusting(&[&a, &b, &c]), server.addr).await;
+    assert_eq!(
+        presented(&upgraded),
+        c.der,
+        "the successor serves what is on disk"
+    );
+}
