@@ -623,3 +623,63 @@ async fn certificates_renewed_in_place_or_by_an_upgrade_are_served() {
         "the successor serves what is on disk"
     );
 }
+
+/// Runs `openssl s_client` against `addr` (trusting `cert`) with `args`,
+/// sending one request that closes the connection; its stdout.
+fn s_client(addr: SocketAddr, cert: &Cert, args: &[&str]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(cert.cert())
+        .args(["-ign_eof"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl (.ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let deadline = std::time::Instant::now() + 10 * SEC;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("openssl s_client did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    out
+}
+
+// The same, seen by OpenSSL: a session saved with `-sess_out` from the old
+// process is `Reused` by the successor with `-sess_in`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_reuses_its_session_across_an_upgrade() {
+    let cert = Cert::new();
+    let server = cert.serve(&["--upgrade-probation", "0s"]);
+    let session = cert.dir.path().join("session.pem");
+    let session = path(&session);
+    let addr = server.addr;
+    let first = tokio::task::block_in_place(|| s_client(addr, &cert, &["-sess_out", session]));
+    assert!(first.contains("New, TLSv1.3"), "{first}");
+    assert!(first.contains("HTTP/1.1 200"), "{first}");
+    let mut pids = vec![server.pid()];
+    server.upgrade(&mut pids, 30 * SEC);
+    let again = tokio::task::block_in_place(|| s_client(addr, &cert, &["-sess_in", session]));
+    assert!(again.contains("Reused, TLSv1.3"), "{again}");
+    assert!(again.contains("HTTP/1.1 200"), "{again}");
+}
