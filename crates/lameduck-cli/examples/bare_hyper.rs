@@ -2,7 +2,9 @@
 //! HTTP/1.1 + h2c) with the same `GET /ping` as `lameduck serve`, and no
 //! drain logic at all.
 //!
-//! Usage: `bare_hyper [ADDR]` (default 127.0.0.1:0); prints `listening ADDR`.
+//! Usage: `bare_hyper [ADDR] [--tls CERT KEY]` (default 127.0.0.1:0; with
+//! `--tls`, rustls through tokio-rustls, ALPN h2 and http/1.1); prints
+//! `listening ADDR`.
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -12,12 +14,18 @@ use hyper_util::{
 
 #[path = "shared/ping.rs"]
 mod shared;
+#[path = "shared/tls.rs"]
+mod tls;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let addr = args
+        .first()
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
         .unwrap_or_else(|| "127.0.0.1:0".into());
+    let tls = tls::from_args(&args).map(tokio_rustls::TlsAcceptor::from);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening {}", listener.local_addr()?);
     loop {
@@ -26,10 +34,25 @@ async fn main() -> std::io::Result<()> {
             Err(_) => continue,
         };
         let _ = stream.set_nodelay(true);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(shared::ping))
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let service = service_fn(shared::ping);
+            let _ = match tls {
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(_) => return,
+                },
+            };
         });
     }
 }

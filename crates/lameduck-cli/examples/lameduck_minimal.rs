@@ -2,18 +2,20 @@
 //! same `service_fn` as `bare_hyper`, so the ratio between the two is the
 //! cost of lameduck's connection tracking and nothing else.
 //!
-//! Usage: `lameduck_minimal [ADDR] [--no-header-timeout]`; prints
-//! `listening ADDR`.
+//! Usage: `lameduck_minimal [ADDR] [--no-header-timeout] [--tls CERT KEY]`;
+//! prints `listening ADDR`.
 
 #[path = "shared/ping.rs"]
 mod shared;
+#[path = "shared/tls.rs"]
+mod tls;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let addr = args
-        .iter()
-        .find(|a| !a.starts_with("--"))
+        .first()
+        .filter(|a| !a.starts_with("--"))
         .cloned()
         .unwrap_or_else(|| "127.0.0.1:0".into());
     let mut config = lameduck::Config::default();
@@ -22,8 +24,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening {}", listener.local_addr()?);
-    lameduck::Server::with_config(listener, config)
-        .serve(tower::service_fn(shared::ping))
-        .await?;
+    let mut server = lameduck::Server::with_config(listener, config);
+    if let Some(tls) = tls::from_args(&args) {
+        server = server.with_tls(tls);
+    }
+    server.serve(tower::service_fn(shared::ping)).await?;
     Ok(())
 }
