@@ -31,8 +31,8 @@ pub(crate) struct DrillArgs {
     #[arg(long, default_value_t = 0)]
     port: u16,
 
-    /// A service already running, as `http://HOST:PORT` (loopback or your
-    /// own staging hosts only).
+    /// A service already running, as `http://HOST:PORT` or
+    /// `https://HOST:PORT` (loopback or your own staging hosts only).
     #[arg(long, requires = "stop_by")]
     url: Option<String>,
 
@@ -66,6 +66,22 @@ pub(crate) struct DrillArgs {
     /// apart (`refused_after_stop`) and never fail.
     #[arg(long, value_delimiter = ',', value_parser = parse_class)]
     allow: Vec<Class>,
+
+    /// The spawned service speaks TLS (HTTP/1.1 by ALPN), as an
+    /// `https://` --url does; its certificate is checked against --ca, or
+    /// not at all with --insecure. The name checked is `localhost`.
+    #[arg(long, requires = "spawn")]
+    tls: bool,
+
+    /// PEM file of the CA (or self-signed certificate) to trust for a TLS
+    /// service.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+
+    /// Accept any certificate from a TLS service (the connection is still
+    /// TLS; who answers is not checked).
+    #[arg(long, conflicts_with = "ca")]
+    insecure: bool,
 
     /// `Host` header of every request (default: the --url's HOST:PORT, or
     /// 127.0.0.1:PORT for --spawn).
@@ -191,11 +207,18 @@ fn parse_class(s: &str) -> Result<Class, String> {
         .ok_or_else(|| format!("{s:?} is not a failure class"))
 }
 
-/// The address to connect to, and the authority as given (for `Host`).
-fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("--url {url:?}: expected http://HOST:PORT"))?;
+/// The address to connect to, the authority as given (for `Host`), and
+/// whether it is `https`.
+fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String, bool)> {
+    let (rest, https) = match url.strip_prefix("https://") {
+        Some(rest) => (rest, true),
+        None => (
+            url.strip_prefix("http://").with_context(|| {
+                format!("--url {url:?}: expected http://HOST:PORT or https://HOST:PORT")
+            })?,
+            false,
+        ),
+    };
     let authority = rest.split('/').next().unwrap_or(rest);
     let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(authority)
         .with_context(|| format!("--url {url:?}: cannot resolve {authority:?}"))?
@@ -208,19 +231,30 @@ fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String)> {
         .find(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(1)).is_ok())
         .or_else(|| addrs.first().copied())
         .with_context(|| format!("--url {url:?}: no address"))?;
-    Ok((addr, authority.to_owned()))
+    Ok((addr, authority.to_owned(), https))
 }
 
 pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
     let mut host = args.host.clone();
+    // The name a TLS service's certificate must carry, when it speaks TLS.
+    let mut tls_name = None;
     let target = match (&args.spawn, &args.url) {
-        (Some(command), _) => Target::Spawn {
-            command: command.clone(),
-            port: args.port,
-        },
+        (Some(command), _) => {
+            if args.tls {
+                tls_name = Some("localhost".to_owned());
+            }
+            Target::Spawn {
+                command: command.clone(),
+                port: args.port,
+            }
+        }
         (None, Some(url)) => Target::Running {
             addr: {
-                let (addr, authority) = parse_url(url)?;
+                let (addr, authority, https) = parse_url(url)?;
+                if https {
+                    let name = authority.rsplit_once(':').map_or(&*authority, |(h, _)| h);
+                    tls_name = Some(name.trim_matches(['[', ']']).to_owned());
+                }
                 host.get_or_insert(authority);
                 addr
             },
@@ -231,6 +265,13 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
         (None, None) => unreachable!("clap requires --spawn or --url"),
     };
     let mut drill = Drill::new(target);
+    if let Some(name) = tls_name {
+        let config = crate::drill_tls::client(args.ca.as_deref(), args.insecure)?;
+        drill.tls = Some(lameduck_drill::Tls::new(
+            config,
+            crate::drill_tls::server_name(&name)?,
+        ));
+    }
     drill.scenarios = args.scenarios.concat();
     drill.allow = args.allow.clone();
     drill.health = args.health.clone();

@@ -14,6 +14,7 @@ use clap::Parser;
 
 mod cli;
 mod drill;
+mod drill_tls;
 mod logging;
 mod serve;
 

@@ -958,3 +958,60 @@ async fn bad_arguments_are_clear_errors() {
     );
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "cannot bind\n");
 }
+
+// The drill speaks TLS: every scenario (and a restart) against `lameduck
+// serve --tls-cert --tls-key` over HTTPS and wss, trusting the service's
+// certificate with --ca, passes with nothing allowed; the report names the
+// protocol. Idle connections closed without close_notify would count as
+// `idle_reset`, so this also checks every close of the drain over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_scenarios_pass_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let json = dir.path().join("report.json");
+    let (serve, journal) = serve_command(dir.path());
+    let serve = format!(
+        "{serve} --tls-cert {} --tls-key {}",
+        cert_path.display(),
+        key_path.display()
+    );
+    let (json_s, ca) = (json.display().to_string(), cert_path.display().to_string());
+    let mut args = vec![
+        "--spawn",
+        &serve,
+        "--tls",
+        "--ca",
+        &ca,
+        "--scenario",
+        "all",
+        "--restarts",
+        "1",
+        "--after",
+        "1s",
+        "--json",
+        &json_s,
+    ];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(RESTART_SMALL);
+    let out = drill(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!running(&journal), "a lameduck process was left running");
+    let report = read_report(&json);
+    assert_eq!(report["passed"], true, "{}", text(&out));
+    assert!(
+        report["protocol"].as_str().unwrap().contains("TLS"),
+        "{}",
+        report["protocol"]
+    );
+    let count = |name: &str| report["counts"][name].as_u64().unwrap_or(0);
+    assert!(count("ok") > 100, "{}", text(&out));
+    assert!(count("idle_closed") > 0, "{}", text(&out));
+    assert_eq!(count("idle_reset"), 0, "{}", text(&out));
+}

@@ -135,6 +135,41 @@ pub struct Drill {
     /// Cancel it (on Ctrl-C, say) to end the drill early: what has not
     /// happened yet is skipped, and the report covers what did.
     pub interrupt: CancellationToken,
+    /// Speak TLS to the service (HTTP/1.1 by ALPN); plain TCP when `None`.
+    pub tls: Option<Tls>,
+}
+
+/// How a drill speaks TLS: the client configuration (which certificates
+/// it trusts) and the name the certificate must carry.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Tls {
+    /// The rustls client configuration.
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    /// The name checked against the service's certificate (and sent as
+    /// SNI).
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Tls {
+    /// TLS with `config`, expecting a certificate for `server_name`.
+    pub fn new(
+        config: std::sync::Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        Self {
+            config,
+            server_name,
+        }
+    }
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drill {
@@ -158,6 +193,7 @@ impl Drill {
             allow: Vec::new(),
             service_log: None,
             interrupt: CancellationToken::new(),
+            tls: None,
         }
     }
 
@@ -203,11 +239,12 @@ impl Drill {
             nofile,
             self.service_log.as_deref(),
             self.settings.host.as_deref(),
+            self.tls.as_ref(),
         )
         .await?;
         let rec = Arc::new(Recorder::new());
         let ctx = scenario::Ctx {
-            addr: live.addr,
+            dialer: live.dialer.clone(),
             host: live.host.as_str().into(),
             rec: rec.clone(),
             settings: Arc::new(self.settings.clone()),
@@ -296,7 +333,13 @@ impl Drill {
         let mut report = Report {
             target: match &self.target {
                 Target::Spawn { command, .. } => command.clone(),
+                Target::Running { addr, .. } if self.tls.is_some() => format!("https://{addr}"),
                 Target::Running { addr, .. } => format!("http://{addr}"),
+            },
+            protocol: if self.tls.is_some() {
+                "HTTP/1.1 over TLS (WebSockets: wss)".into()
+            } else {
+                "HTTP/1.1 (WebSockets: ws)".into()
             },
             scenarios: scenarios
                 .iter()

@@ -20,6 +20,9 @@ pub struct Report {
     pub target: String,
     /// The scenarios run.
     pub scenarios: Vec<String>,
+    /// The protocol every scenario spoke: `HTTP/1.1` or `HTTP/1.1 over
+    /// TLS` (WebSockets `ws` or `wss`).
+    pub protocol: String,
     /// What stopped the service: `SIGTERM` or the trigger command (empty
     /// when the drill only restarted it).
     pub trigger: String,

@@ -11,6 +11,7 @@ pub fn table(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "lameduck drill: {}", r.target);
     let _ = writeln!(out, "scenarios: {}", r.scenarios.join(", "));
+    let _ = writeln!(out, "protocol: {}", r.protocol);
     let ms = |ms: u64| format!("{:.2} s", ms as f64 / 1e3);
     for r in &r.restarts {
         let mut line = format!("restart {} ({}) at {}", r.n, r.means, ms(r.at_ms));

@@ -42,7 +42,7 @@ fn record(ctx: &Ctx, outcome: &Outcome, took: Duration, timed: bool) -> bool {
 
 /// A connection, counted as open while it lives.
 async fn connect(ctx: &Ctx) -> Option<KeepAlive> {
-    match KeepAlive::connect(ctx.addr).await {
+    match KeepAlive::dial(&ctx.dialer).await {
         Ok(conn) => {
             let conn = conn.with_host(&ctx.host);
             ctx.rec.open(Kind::Http, 1);

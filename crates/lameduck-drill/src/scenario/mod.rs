@@ -4,7 +4,7 @@ mod http;
 mod sse;
 mod ws;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -131,7 +131,8 @@ impl Default for Settings {
 /// What every client task gets.
 #[derive(Clone, Debug)]
 pub(crate) struct Ctx {
-    pub(crate) addr: SocketAddr,
+    /// How every client connects (plain or TLS).
+    pub(crate) dialer: crate::wire::Dialer,
     /// The `Host` header's value.
     pub(crate) host: Arc<str>,
     pub(crate) rec: Arc<Recorder>,

@@ -3,12 +3,14 @@
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
     task::JoinSet,
 };
 
 use super::Ctx;
-use crate::record::{Class, Kind};
+use crate::{
+    record::{Class, Kind},
+    wire::Conn,
+};
 
 /// How a stream ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -128,8 +130,8 @@ pub(super) async fn streams(ctx: &Ctx, clients: usize, tasks: &mut JoinSet<()>) 
 }
 
 /// A stream's request written, resuming after `last`; counted as open.
-async fn connect(ctx: &Ctx, last: Option<u64>) -> Option<TcpStream> {
-    let Ok(mut tcp) = TcpStream::connect(ctx.addr).await else {
+async fn connect(ctx: &Ctx, last: Option<u64>) -> Option<Conn> {
+    let Ok(mut tcp) = ctx.dialer.connect().await else {
         ctx.rec.count(Class::Refused);
         return None;
     };
@@ -148,7 +150,7 @@ async fn connect(ctx: &Ctx, last: Option<u64>) -> Option<TcpStream> {
     Some(tcp)
 }
 
-async fn read(ctx: &Ctx, tcp: &mut TcpStream, last: &mut Option<u64>) -> End {
+async fn read(ctx: &Ctx, tcp: &mut Conn, last: &mut Option<u64>) -> End {
     let mut buf = vec![0u8; 8192];
     let mut head = Vec::new();
     // The response head.

@@ -2,23 +2,27 @@
 //! messages, each echoed before the next is sent).
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::{net::TcpStream, task::JoinSet};
+use tokio::task::JoinSet;
 use tokio_tungstenite::{
     WebSocketStream, client_async_with_config,
     tungstenite::{Message, protocol::WebSocketConfig},
 };
 
 use super::Ctx;
-use crate::record::{Class, Kind};
+use crate::{
+    record::{Class, Kind},
+    wire::Conn,
+};
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Conn>;
 
 async fn open(ctx: &Ctx) -> Option<Ws> {
-    let Ok(tcp) = TcpStream::connect(ctx.addr).await else {
+    let Ok(tcp) = ctx.dialer.connect().await else {
         ctx.rec.count(Class::Refused);
         return None;
     };
-    let url = format!("ws://{}{}", ctx.host, ctx.settings.ws);
+    let scheme = if ctx.dialer.is_tls() { "wss" } else { "ws" };
+    let url = format!("{scheme}://{}{}", ctx.host, ctx.settings.ws);
     // The drill's messages are small, and it may hold thousands of idle
     // sockets: 4 KiB buffers, not the default 128 KiB each.
     let config = WebSocketConfig::default()

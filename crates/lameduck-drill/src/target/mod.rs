@@ -63,6 +63,8 @@ pub enum Target {
 #[derive(Debug)]
 pub(crate) struct Live {
     pub(crate) addr: SocketAddr,
+    /// How clients reach it (TLS when the drill speaks it).
+    pub(crate) dialer: crate::wire::Dialer,
     /// The `Host` of the drill's requests.
     pub(crate) host: String,
     /// The process the drill started; its pid is the group's id.
@@ -92,6 +94,7 @@ impl Live {
         nofile: u64,
         log: Option<&std::path::Path>,
         host: Option<&str>,
+        tls: Option<&crate::Tls>,
     ) -> Result<Self, DrillError> {
         let mut live = match target {
             Target::Spawn { command, port } => {
@@ -139,6 +142,7 @@ impl Live {
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
                 let mut live = Live {
                     addr,
+                    dialer: dialer(addr, tls),
                     host: host.map_or_else(|| addr.to_string(), str::to_owned),
                     pid: Some(child.id()),
                     child: Some(child),
@@ -160,6 +164,7 @@ impl Live {
                 restart_trigger,
             } => Live {
                 addr: *addr,
+                dialer: dialer(*addr, tls),
                 host: host.map_or_else(|| addr.to_string(), str::to_owned),
                 child: None,
                 watchdog: None,
@@ -181,7 +186,7 @@ impl Live {
             if let Some(status) = self.try_exit() {
                 return Err(DrillError::ExitedEarly(describe(status)));
             }
-            match http::get_from(self.addr, &self.host, health, Duration::from_secs(2)).await {
+            match http::get_from(&self.dialer, &self.host, health, Duration::from_secs(2)).await {
                 Ok(res) if res.status == 200 => return Ok(()),
                 Ok(res) => last = format!("status {}", res.status),
                 Err(e) => last = e.to_string(),
@@ -320,7 +325,7 @@ impl Live {
 
     /// `Err(why)` unless `health` answers 200 now (2 s at most).
     pub(crate) async fn healthy(&self, health: &str) -> Result<(), String> {
-        match http::get_from(self.addr, &self.host, health, Duration::from_secs(2)).await {
+        match http::get_from(&self.dialer, &self.host, health, Duration::from_secs(2)).await {
             Ok(res) if res.status == 200 => Ok(()),
             Ok(res) => Err(format!("status {}", res.status)),
             Err(e) => Err(e.to_string()),
@@ -437,4 +442,12 @@ fn free_port(port: u16) -> Result<u16, DrillError> {
         .local_addr()
         .map_err(|e| DrillError::Port(port, e))?
         .port())
+}
+
+/// Plain TCP to `addr`, or TLS with `tls`.
+fn dialer(addr: SocketAddr, tls: Option<&crate::Tls>) -> crate::wire::Dialer {
+    match tls {
+        Some(t) => crate::wire::Dialer::tls(addr, t.config.clone(), t.server_name.clone()),
+        None => crate::wire::Dialer::plain(addr),
+    }
 }

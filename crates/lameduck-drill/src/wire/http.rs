@@ -4,9 +4,10 @@ use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
     time::timeout,
 };
+
+use super::{Conn, Dialer};
 
 /// A parsed response.
 #[derive(Clone, Debug)]
@@ -63,7 +64,7 @@ pub enum Outcome {
 /// One keep-alive connection, one request at a time.
 #[derive(Debug)]
 pub struct KeepAlive {
-    stream: TcpStream,
+    stream: Conn,
     host: String,
     buf: Vec<u8>,
     /// Whether bytes of the current response were consumed already.
@@ -71,17 +72,26 @@ pub struct KeepAlive {
 }
 
 impl KeepAlive {
-    /// Connects to `addr`; requests carry `Host: addr`.
+    /// Connects to `addr` over plain TCP; requests carry `Host: addr`.
     ///
     /// # Errors
     ///
-    /// As [`TcpStream::connect`] (connection refused, typically).
+    /// As `TcpStream::connect` (connection refused, typically).
     pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        Self::dial(&Dialer::plain(addr)).await
+    }
+
+    /// Connects with `dialer` (TLS when it says so); requests carry
+    /// `Host: ADDR`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dialer::connect`].
+    pub async fn dial(dialer: &Dialer) -> io::Result<Self> {
+        let stream = dialer.connect().await?;
         Ok(Self {
             stream,
-            host: addr.to_string(),
+            host: dialer.addr().to_string(),
             buf: Vec::with_capacity(1024),
             began: false,
         })
@@ -134,8 +144,8 @@ impl KeepAlive {
         }
     }
 
-    /// The socket, for waiting on the server with nothing to send.
-    pub fn into_stream(self) -> TcpStream {
+    /// The connection, for waiting on the server with nothing to send.
+    pub fn into_stream(self) -> Conn {
         self.stream
     }
 
@@ -268,21 +278,22 @@ impl KeepAlive {
 ///
 /// When the connection is refused, or the response is lost.
 pub async fn get(addr: SocketAddr, path: &str, limit: Duration) -> io::Result<Response> {
-    get_from(addr, &addr.to_string(), path, limit).await
+    get_from(&Dialer::plain(addr), &addr.to_string(), path, limit).await
 }
 
-/// `GET path` with `Host: host` on a new connection, within `limit`.
+/// `GET path` with `Host: host` on a new connection of `dialer`, within
+/// `limit`.
 ///
 /// # Errors
 ///
 /// When the connection is refused, or the response is lost.
 pub async fn get_from(
-    addr: SocketAddr,
+    dialer: &Dialer,
     host: &str,
     path: &str,
     limit: Duration,
 ) -> io::Result<Response> {
-    let mut conn = timeout(limit, KeepAlive::connect(addr))
+    let mut conn = timeout(limit, KeepAlive::dial(dialer))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??
         .with_host(host);
