@@ -73,6 +73,13 @@ pub(crate) struct DrillArgs {
     #[arg(long, requires = "spawn")]
     tls: bool,
 
+    /// `load` clients (and the restart scenario's) speak HTTP/2: one
+    /// connection each, 4 streams at once (h2c with prior knowledge over
+    /// plain TCP, `h2` by ALPN over TLS). A stream refused by the server's
+    /// GOAWAY is sent again (`retried`); GOAWAYs are counted (`h2_goaway`).
+    #[arg(long)]
+    http2: bool,
+
     /// PEM file of the CA (or self-signed certificate) to trust for a TLS
     /// service.
     #[arg(long, value_name = "FILE")]
@@ -298,6 +305,7 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<u8> {
     s.ws_interval = args.ws_interval;
     s.sse_clients = args.sse_clients;
     s.host = host;
+    s.http2 = args.http2;
     s.restart_load = args.restart_load;
     s.restart_ws = args.restart_ws;
     s.restart_sse = args.restart_sse;

@@ -959,13 +959,15 @@ async fn bad_arguments_are_clear_errors() {
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "cannot bind\n");
 }
 
-// The drill speaks TLS: every scenario (and a restart) against `lameduck
-// serve --tls-cert --tls-key` over HTTPS and wss, trusting the service's
-// certificate with --ca, passes with nothing allowed; the report names the
-// protocol. Idle connections closed without close_notify would count as
-// `idle_reset`, so this also checks every close of the drain over TLS.
+// The drill speaks TLS and HTTP/2: every scenario (and a restart) against
+// `lameduck serve --tls-cert --tls-key`, the load over h2 (by ALPN) and
+// the rest over HTTPS and wss, trusting the service's certificate with
+// --ca, passes with nothing allowed; the HTTP/2 connections end by GOAWAY;
+// the report names the protocols. Idle connections closed without
+// close_notify would count as `idle_reset`, so this also checks every close
+// of the drain over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_scenarios_pass_over_tls() {
+async fn all_scenarios_pass_over_tls_and_http2() {
     let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
@@ -987,6 +989,7 @@ async fn all_scenarios_pass_over_tls() {
         "--spawn",
         &serve,
         "--tls",
+        "--http2",
         "--ca",
         &ca,
         "--scenario",
@@ -1005,12 +1008,10 @@ async fn all_scenarios_pass_over_tls() {
     assert!(!running(&journal), "a lameduck process was left running");
     let report = read_report(&json);
     assert_eq!(report["passed"], true, "{}", text(&out));
-    assert!(
-        report["protocol"].as_str().unwrap().contains("TLS"),
-        "{}",
-        report["protocol"]
-    );
+    let protocol = report["protocol"].as_str().unwrap();
+    assert!(protocol.contains("HTTP/2 over TLS"), "{protocol}");
     let count = |name: &str| report["counts"][name].as_u64().unwrap_or(0);
+    assert!(count("h2_goaway") > 0, "{}", text(&out));
     assert!(count("ok") > 100, "{}", text(&out));
     assert!(count("idle_closed") > 0, "{}", text(&out));
     assert_eq!(count("idle_reset"), 0, "{}", text(&out));

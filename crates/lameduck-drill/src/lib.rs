@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use record::{Class, Recorder};
 pub use report::Report;
-pub use scenario::{Scenario, Settings};
+pub use scenario::{H2_STREAMS, Scenario, Settings};
 pub use target::Target;
 
 use record::Kind;
@@ -336,10 +336,17 @@ impl Drill {
                 Target::Running { addr, .. } if self.tls.is_some() => format!("https://{addr}"),
                 Target::Running { addr, .. } => format!("http://{addr}"),
             },
-            protocol: if self.tls.is_some() {
-                "HTTP/1.1 over TLS (WebSockets: wss)".into()
-            } else {
-                "HTTP/1.1 (WebSockets: ws)".into()
+            protocol: match (self.tls.is_some(), self.settings.http2) {
+                (true, true) => {
+                    "load: HTTP/2 over TLS (h2); the rest: HTTP/1.1 over TLS (WebSockets: wss)"
+                        .into()
+                }
+                (true, false) => "HTTP/1.1 over TLS (WebSockets: wss)".into(),
+                (false, true) => {
+                    "load: HTTP/2 (h2c, prior knowledge); the rest: HTTP/1.1 (WebSockets: ws)"
+                        .into()
+                }
+                (false, false) => "HTTP/1.1 (WebSockets: ws)".into(),
             },
             scenarios: scenarios
                 .iter()

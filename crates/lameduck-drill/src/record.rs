@@ -33,8 +33,12 @@ pub enum Class {
     /// Not a failure.
     RefusedAfterStop,
     /// The request could not be written on a kept-alive connection the
-    /// server had closed; retried on a new one (what every HTTP client does).
+    /// server had closed, or (HTTP/2) its stream was refused by the
+    /// server's GOAWAY; retried on a new one (what every HTTP client does).
     Retried,
+    /// An HTTP/2 connection the server ended with GOAWAY (`--http2`). Not a
+    /// failure: the graceful end of an HTTP/2 connection.
+    H2Goaway,
     /// The request was written and not one byte of a response came back.
     Lost,
     /// A response began and the connection ended before it was complete.
@@ -81,12 +85,13 @@ pub enum Class {
 
 impl Class {
     /// Every class, in report order.
-    pub const ALL: [Class; 21] = [
+    pub const ALL: [Class; 22] = [
         Class::Ok,
         Class::Http5xx,
         Class::Refused,
         Class::RefusedAfterStop,
         Class::Retried,
+        Class::H2Goaway,
         Class::Lost,
         Class::Cut,
         Class::IdleClosed,
@@ -113,6 +118,7 @@ impl Class {
             Class::Refused => "refused",
             Class::RefusedAfterStop => "refused_after_stop",
             Class::Retried => "retried",
+            Class::H2Goaway => "h2_goaway",
             Class::Lost => "lost",
             Class::Cut => "cut",
             Class::IdleClosed => "idle_closed",

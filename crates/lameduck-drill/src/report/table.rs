@@ -65,6 +65,7 @@ pub fn table(r: &Report) -> String {
                 ("cut", c("cut")),
                 ("5xx", c("http_5xx")),
                 ("retried", c("retried")),
+                ("h2 GOAWAY", c("h2_goaway")),
             ],
         ),
         (

@@ -1,5 +1,6 @@
 //! The traffic the drill drives, one module per kind of client.
 
+mod h2;
 mod http;
 mod sse;
 mod ws;
@@ -101,7 +102,14 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// The `Host` of every request (default: the address, `IP:PORT`).
     pub host: Option<String>,
+    /// `load` clients (and those of `restart`) speak HTTP/2: one
+    /// connection each, [`H2_STREAMS`] streams at once (h2c with prior
+    /// knowledge over plain TCP, `h2` by ALPN over TLS).
+    pub http2: bool,
 }
+
+/// Streams in flight on one HTTP/2 `load` connection.
+pub const H2_STREAMS: usize = 4;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -124,6 +132,7 @@ impl Default for Settings {
             restart_sse: 10,
             request_timeout: Duration::from_secs(30),
             host: None,
+            http2: false,
         }
     }
 }
@@ -158,6 +167,7 @@ impl Ctx {
 /// Starts the clients of `scenario`; they run until `ctx.stop`.
 pub(crate) async fn start(scenario: Scenario, ctx: &Ctx, tasks: &mut JoinSet<()>) {
     match scenario {
+        Scenario::Load if ctx.settings.http2 => h2::load(ctx, ctx.settings.load_clients, tasks),
         Scenario::Load => http::load(ctx, ctx.settings.load_clients, tasks),
         Scenario::Inflight => http::inflight(ctx, tasks),
         Scenario::Idle => {
@@ -166,6 +176,11 @@ pub(crate) async fn start(scenario: Scenario, ctx: &Ctx, tasks: &mut JoinSet<()>
         }
         Scenario::Websocket => ws::chat(ctx, ctx.settings.ws_clients, false, tasks).await,
         Scenario::Sse => sse::streams(ctx, ctx.settings.sse_clients, tasks).await,
+        Scenario::Restart if ctx.settings.http2 => {
+            h2::load(ctx, ctx.settings.restart_load, tasks);
+            ws::chat(ctx, ctx.settings.restart_ws, true, tasks).await;
+            sse::streams(ctx, ctx.settings.restart_sse, tasks).await;
+        }
         Scenario::Restart => {
             http::load(ctx, ctx.settings.restart_load, tasks);
             ws::chat(ctx, ctx.settings.restart_ws, true, tasks).await;

@@ -49,6 +49,19 @@ impl Dialer {
         }
     }
 
+    /// The same, offering `h2` by ALPN instead (for HTTP/2 over TLS).
+    pub fn h2(&self) -> Self {
+        let tls = self.tls.as_ref().map(|(connector, name)| {
+            let mut config = ClientConfig::clone(connector.config());
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            (TlsConnector::from(Arc::new(config)), name.clone())
+        });
+        Self {
+            addr: self.addr,
+            tls,
+        }
+    }
+
     /// The address connected to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
