@@ -1016,3 +1016,60 @@ async fn all_scenarios_pass_over_tls_and_http2() {
     assert!(count("idle_closed") > 0, "{}", text(&out));
     assert_eq!(count("idle_reset"), 0, "{}", text(&out));
 }
+
+// A running TLS service reached by `--url https://localhost:PORT`, with
+// `--insecure` (no CA given: any certificate is accepted, the connection
+// is still TLS), stopped with `--pid`: the load passes; without --ca or
+// --insecure the drill refuses to start, saying what it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_https_service_is_drilled_by_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let server = lameduck_test_support::Child::serve(
+        BIN,
+        &[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://localhost:{}", server.addr.port());
+    let pid = server.pid().to_string();
+    let out = drill(&["--url", &url, "--pid", &pid, "--scenario", "load"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--ca FILE"), "{}", text(&out));
+
+    let json = dir.path().join("report.json");
+    let json_s = json.display().to_string();
+    let out = drill(&[
+        "--url",
+        &url,
+        "--insecure",
+        "--pid",
+        &pid,
+        "--scenario",
+        "load",
+        "--load-clients",
+        "4",
+        "--json",
+        &json_s,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = read_report(&json);
+    assert_eq!(report["passed"], true, "{}", text(&out));
+    assert!(
+        report["counts"]["ok"].as_u64().unwrap() > 10,
+        "{}",
+        text(&out)
+    );
+    assert!(report["target"].as_str().unwrap().starts_with("https://"));
+}
