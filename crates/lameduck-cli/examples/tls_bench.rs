@@ -174,12 +174,8 @@ async fn main() {
     }
     raise_fd_limit(16_384);
     let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-    let root = cert.der().clone();
+    let made = lameduck_test_support::TestCert::new_in(dir.path());
+    let root = CertificateDer::from(made.der);
 
     let server = serve(&bin, dir.path(), None);
     let addr = server.addr;

@@ -969,14 +969,11 @@ async fn bad_arguments_are_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_scenarios_pass_over_tls_and_http2() {
     let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let lameduck_test_support::TestCert {
+        cert: cert_path,
+        key: key_path,
+        ..
+    } = lameduck_test_support::TestCert::new_in(dir.path());
     let json = dir.path().join("report.json");
     let (serve, journal) = serve_command(dir.path());
     let serve = format!(
@@ -1024,14 +1021,11 @@ async fn all_scenarios_pass_over_tls_and_http2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_https_service_is_drilled_by_url() {
     let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let lameduck_test_support::TestCert {
+        cert: cert_path,
+        key: key_path,
+        ..
+    } = lameduck_test_support::TestCert::new_in(dir.path());
     let server = lameduck_test_support::Child::serve(
         BIN,
         &[

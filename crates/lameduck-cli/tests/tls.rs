@@ -45,14 +45,9 @@ struct Cert {
 impl Cert {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        let made = lameduck_test_support::TestCert::new_in(dir.path());
         Self {
-            der: cert.der().clone(),
+            der: CertificateDer::from(made.der),
             dir,
         }
     }

@@ -4,6 +4,7 @@
 //! Every wait here has a timeout, and a [`Child`] kills its process when
 //! dropped, so a failing test leaves nothing behind.
 
+mod cert;
 mod child;
 mod chromium;
 mod haproxy;
@@ -11,6 +12,7 @@ mod publisher;
 pub mod raw_ws;
 mod redis;
 
+pub use cert::TestCert;
 pub use child::{Child, is_alive, raise_fd_limit, rss_kib, wait_gone};
 pub use chromium::{Chromium, Page};
 pub use haproxy::{Haproxy, free_port};
