@@ -201,9 +201,10 @@ pub(crate) struct LimitArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct JobArgs {
-    /// Where accepted jobs are kept: `sqlite:PATH`, or `redis://HOST:PORT[/DB]`
+    /// Where accepted jobs are kept: `sqlite:PATH`, `redis://HOST:PORT[/DB]`
     /// (add `?prefix=NAME` to choose the key prefix; instances that share
-    /// work share it).
+    /// work share it), or `postgres://USER@HOST:PORT/DB` (add `?schema=NAME`;
+    /// default `lameduck`).
     #[arg(long, env = "LAMEDUCK_JOURNAL", default_value = "sqlite:./lameduck.db")]
     pub(crate) journal: String,
 

@@ -58,7 +58,7 @@ mod pool;
 pub use error::JournalError;
 pub use job::{Claimed, Enqueued, Job, JobId, JobState, Lease, NewJob, StateCounts, UnknownState};
 pub use journal::{
-    Journal, MAX_IDEMPOTENCY_KEY_LEN, MAX_KIND_LEN, RedisConfig, RedisJournal, SqliteConfig,
-    SqliteJournal, Synchronous, open,
+    Journal, MAX_IDEMPOTENCY_KEY_LEN, MAX_KIND_LEN, PostgresJournal, RedisConfig, RedisJournal,
+    SqliteConfig, SqliteJournal, Synchronous, open,
 };
 pub use pool::{JobContext, JobError, PoolConfig, PoolHandle, PoolReport, WorkerPool};

@@ -1,7 +1,10 @@
-//! One suite, written against the `Journal` trait, run against both
-//! backends: SQLite in a temp dir, and the real Redis server at `REDIS_URL`
+//! One suite, written against the `Journal` trait, run against every
+//! backend: SQLite in a temp dir; the real Redis server at `REDIS_URL`
 //! (default `redis://127.0.0.1:6379`), each test on its own key prefix,
-//! deleted afterwards. Redis tests fail, never skip, when Redis is absent.
+//! deleted afterwards; the real Postgres at `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`), each test in its own
+//! schema, dropped afterwards. Redis and Postgres tests fail, never skip,
+//! when the server is absent.
 
 use std::{
     collections::HashMap,
@@ -10,7 +13,8 @@ use std::{
 };
 
 use lameduck_jobs::{
-    JobId, JobState, Journal, JournalError, Lease, NewJob, RedisConfig, RedisJournal, SqliteJournal,
+    JobId, JobState, Journal, JournalError, Lease, NewJob, PostgresJournal, RedisConfig,
+    RedisJournal, SqliteJournal,
 };
 use serde_json::json;
 
@@ -25,10 +29,32 @@ struct Backend {
 enum Cleanup {
     Dir(#[allow(dead_code)] tempfile::TempDir),
     Redis { url: String, prefix: String },
+    Postgres { schema: String },
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        if let Cleanup::Postgres { schema } = self {
+            // A thread of its own: the test's runtime is being dropped.
+            let (url, schema) = (database_url(), schema.clone());
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok((client, conn)) =
+                        tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
         if let Cleanup::Redis { url, prefix } = self {
             let client = ::redis::Client::open(url.as_str()).expect("redis url");
             let mut conn = client.get_connection().expect("redis for cleanup");
@@ -82,6 +108,36 @@ async fn redis_backend() -> Backend {
         _cleanup: Cleanup::Redis {
             url: url.clone(),
             prefix: prefix.clone(),
+        },
+    }
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+async fn postgres_backend() -> Backend {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let url = database_url();
+    let schema = format!(
+        "lameduck_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    // Fail loudly, never skip, when Postgres is not there.
+    let open = || async {
+        Arc::new(
+            PostgresJournal::connect(&url, &schema)
+                .await
+                .unwrap_or_else(|e| panic!("Postgres at {url} is required for these tests: {e}")),
+        )
+    };
+    Backend {
+        a: open().await,
+        b: open().await,
+        _cleanup: Cleanup::Postgres {
+            schema: schema.clone(),
         },
     }
 }
@@ -516,6 +572,14 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::postgres_backend().await).await
+                }
+            )*
+        }
     };
 }
 
@@ -572,4 +636,51 @@ async fn sqlite_open_fails_cleanly() {
     assert!(err.is_unavailable(), "{err}");
     assert!(lameduck_jobs::open("sqlite:").await.is_err());
     assert!(lameduck_jobs::open("mysql://x").await.is_err());
+}
+
+// === Postgres only ===
+
+/// A schema of a later build that only added (a column, layout 2 readable
+/// by 1) is used as it is, jobs and all; one that raised `min_reader` past
+/// this build is refused at connect, before anything is misread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_a_later_additive_schema_and_refuses_a_contracting_one() {
+    let backend = postgres_backend().await;
+    let Cleanup::Postgres { schema } = &backend._cleanup else {
+        unreachable!()
+    };
+    let queued = backend
+        .a
+        .enqueue(NewJob::new("k", json!({"n": 1})))
+        .await
+        .unwrap();
+    let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE \"{schema}\".jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+             UPDATE \"{schema}\".meta SET value = 2 WHERE key = 'version';"
+        ))
+        .await
+        .unwrap();
+    let later = PostgresJournal::connect(&database_url(), schema)
+        .await
+        .unwrap();
+    let job = later.get(queued.id).await.unwrap().unwrap();
+    assert_eq!(job.payload, json!({"n": 1}));
+    let claimed = later.claim("w", LEASE, 1).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    client
+        .batch_execute(&format!(
+            "UPDATE \"{schema}\".meta SET value = 2 WHERE key = 'min_reader'"
+        ))
+        .await
+        .unwrap();
+    let refused = PostgresJournal::connect(&database_url(), schema).await;
+    assert!(
+        matches!(&refused, Err(JournalError::Corrupt(why)) if why.contains("version 2")),
+        "{refused:?}"
+    );
 }

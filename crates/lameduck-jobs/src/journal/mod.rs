@@ -1,5 +1,6 @@
-//! The [`Journal`] trait and its two backends.
+//! The [`Journal`] trait and its backends: SQLite, Redis and Postgres.
 
+mod postgres;
 mod redis;
 mod sqlite;
 
@@ -8,6 +9,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub use self::postgres::PostgresJournal;
 pub use self::redis::{RedisConfig, RedisJournal};
 pub use self::sqlite::{SqliteConfig, SqliteJournal, Synchronous};
 use crate::{Claimed, Enqueued, Job, JobId, JobState, JournalError, Lease, NewJob, StateCounts};
@@ -109,9 +111,11 @@ pub trait Journal: Send + Sync + fmt::Debug {
     async fn counts(&self) -> Result<StateCounts, JournalError>;
 }
 
-/// Opens the journal a URL names: `sqlite:PATH` (or `sqlite://PATH`) or
-/// `redis://HOST:PORT[/DB]` (`rediss://` too), with a `prefix` query
-/// parameter for Redis keys (default `lameduck`).
+/// Opens the journal a URL names: `sqlite:PATH` (or `sqlite://PATH`),
+/// `redis://HOST:PORT[/DB]` (`rediss://` too) with a `prefix` query
+/// parameter for Redis keys (default `lameduck`), or
+/// `postgres://USER@HOST:PORT/DB` (`postgresql://` too) with a `schema`
+/// query parameter (default `lameduck`).
 ///
 /// A SQLite file is opened (and migrated) at once; a Redis connection is made
 /// on first use, so a service starts while Redis is down and answers 503
@@ -125,7 +129,7 @@ pub trait Journal: Send + Sync + fmt::Debug {
 /// let url = format!("sqlite:{}", dir.path().join("jobs.db").display());
 /// let journal = lameduck_jobs::open(&url).await?;
 /// assert_eq!(journal.counts().await?.total(), 0);
-/// assert!(lameduck_jobs::open("postgres://x").await.is_err());
+/// assert!(lameduck_jobs::open("mysql://x").await.is_err());
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
@@ -144,8 +148,13 @@ pub async fn open(url: &str) -> Result<Arc<dyn Journal>, JournalError> {
         let config = RedisConfig::new(base).prefix(prefix);
         return Ok(Arc::new(RedisJournal::connect(config)?));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (base, schema) = split_query(url, "schema", "lameduck")?;
+        return Ok(Arc::new(PostgresJournal::connect(&base, &schema).await?));
+    }
     Err(JournalError::Invalid(format!(
-        "unknown journal {url:?} (expected sqlite:PATH or redis://HOST:PORT)"
+        "unknown journal {url:?} (expected sqlite:PATH, redis://HOST:PORT or \
+         postgres://USER@HOST:PORT/DB)"
     )))
 }
 
@@ -178,16 +187,22 @@ pub(crate) fn validate(job: &NewJob) -> Result<(), JournalError> {
 
 /// Takes `prefix=...` out of a Redis URL's query.
 fn split_prefix(url: &str) -> Result<(String, String), JournalError> {
+    split_query(url, "prefix", RedisConfig::DEFAULT_PREFIX)
+}
+
+/// Takes `name=...` out of a URL's query (`default` without it); the URL
+/// keeps its other parameters.
+fn split_query(url: &str, name: &str, default: &str) -> Result<(String, String), JournalError> {
     let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), RedisConfig::DEFAULT_PREFIX.to_owned()));
+        return Ok((url.to_owned(), default.to_owned()));
     };
-    let mut prefix = RedisConfig::DEFAULT_PREFIX.to_owned();
+    let mut prefix = default.to_owned();
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("prefix", value)) if !value.is_empty() => prefix = value.to_owned(),
-            Some(("prefix", _)) => {
-                return Err(JournalError::Invalid("empty Redis key prefix".into()));
+            Some((key, value)) if key == name && !value.is_empty() => prefix = value.to_owned(),
+            Some((key, _)) if key == name => {
+                return Err(JournalError::Invalid(format!("empty `{name}` in {url:?}")));
             }
             _ => rest.push(pair),
         }
