@@ -1,7 +1,8 @@
 //! The job durability contract (docs/jobs.md), checked on the real binary with
-//! a real SQLite file and the real Redis server: jobs survive a drain, a
-//! `kill -9` and a rolling deploy; bad input and a dead journal never get a
-//! 202. Every wait is bounded and every child is killed on drop.
+//! a real SQLite file, the real Redis server and the real Postgres: jobs
+//! survive a drain, a `kill -9` and a rolling deploy on every backend; bad
+//! input and a dead journal never get a 202. Every wait is bounded and every
+//! child is killed on drop.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -9,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lameduck_jobs::{JobId, JobState, Journal, SqliteJournal};
+use lameduck_jobs::{JobId, JobState, Journal};
 use lameduck_test_support::{Child, RedisServer, get, post_json, redis_url, send};
 use nix::sys::signal::Signal::{SIGKILL, SIGTERM};
 use serde_json::Value;
@@ -93,15 +94,92 @@ fn event_job(e: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no job.id in {e}"))
 }
 
+/// A journal of each backend for one test, removed afterwards: a SQLite
+/// file in a temp dir, a Redis key prefix, a Postgres schema.
+struct Store {
+    url: String,
+    _cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Redis(#[allow(dead_code)] RedisKeys),
+    Postgres(String),
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Cleanup::Postgres(schema) = self {
+            let _ = std::process::Command::new("psql")
+                .arg(database_url())
+                .args([
+                    "-qc",
+                    &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+                ])
+                .output();
+        }
+    }
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+impl Store {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            url: format!("sqlite:{}", dir.path().join("jobs.db").display()),
+            _cleanup: Cleanup::Dir(dir),
+        }
+    }
+
+    fn redis(name: &str) -> Self {
+        let keys = RedisKeys {
+            prefix: format!("lameduck-{name}-{}", std::process::id()),
+        };
+        Self {
+            url: format!("{}?prefix={}", redis_url(), keys.prefix),
+            _cleanup: Cleanup::Redis(keys),
+        }
+    }
+
+    fn postgres(name: &str) -> Self {
+        let schema = format!("lameduck_{name}_{}", std::process::id());
+        Self {
+            url: format!("{}?schema={schema}", database_url()),
+            _cleanup: Cleanup::Postgres(schema),
+        }
+    }
+
+    /// The journal, opened as another process would.
+    async fn open(&self) -> std::sync::Arc<dyn Journal> {
+        lameduck_jobs::open(&self.url).await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_releases_and_restart_resumes_on_sqlite() {
+    drain_releases_jobs_with_checkpoints_and_restart_resumes_them(Store::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_releases_and_restart_resumes_on_postgres() {
+    drain_releases_jobs_with_checkpoints_and_restart_resumes_them(Store::postgres("drain")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_releases_and_restart_resumes_on_redis() {
+    drain_releases_jobs_with_checkpoints_and_restart_resumes_them(Store::redis("drain")).await;
+}
+
 /// 20 sleep jobs (10 × 300 ms) are running; SIGTERM: each is released with
 /// its checkpoint within the drain, and the process exits 0. A new process on
-/// the same file completes all 20, resuming: per job, at most steps + 1 step
-/// executions in total, and the steps done before the drain are kept.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_releases_jobs_with_checkpoints_and_restart_resumes_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("jobs.db");
-    let journal = format!("sqlite:{}", db.display());
+/// the same journal completes all 20, resuming: per job, at most steps + 1
+/// step executions in total, and the steps done before the drain are kept.
+async fn drain_releases_jobs_with_checkpoints_and_restart_resumes_them(store: Store) {
+    let journal = store.url.clone();
     let args = ["--journal", &journal, "--jobs-concurrency", "32"];
 
     let mut first = Child::serve(BIN, &args);
@@ -135,9 +213,10 @@ async fn drain_releases_jobs_with_checkpoints_and_restart_resumes_them() {
         "every running job is released"
     );
 
-    // Between the two processes, the file itself says: pending, checkpointed.
+    // Between the two processes, the journal itself says: pending,
+    // checkpointed.
     {
-        let stored = SqliteJournal::open(&db).unwrap();
+        let stored = store.open().await;
         for &id in &ids {
             let j = stored.get(JobId(id)).await.unwrap().unwrap();
             assert_eq!(j.state, JobState::Pending, "job {id}");
@@ -188,14 +267,26 @@ async fn drain_releases_jobs_with_checkpoints_and_restart_resumes_them() {
     }
 }
 
-/// 1,000 jobs; `kill -9` while they are processed; a new process on the same
-/// file takes back the dead one's leases when they expire and completes
-/// every job: none lost, none dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_loses_no_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("jobs.db");
-    let journal = format!("sqlite:{}", db.display());
+async fn crash_loses_no_job_on_sqlite() {
+    crash_loses_no_job(Store::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loses_no_job_on_postgres() {
+    crash_loses_no_job(Store::postgres("crash")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loses_no_job_on_redis() {
+    crash_loses_no_job(Store::redis("crash")).await;
+}
+
+/// 1,000 jobs; `kill -9` while they are processed; a new process on the same
+/// journal takes back the dead one's leases when they expire and completes
+/// every job: none lost, none dead.
+async fn crash_loses_no_job(store: Store) {
+    let journal = store.url.clone();
     let args = [
         "--journal",
         &journal,
@@ -213,8 +304,12 @@ async fn crash_loses_no_job() {
     let mut first = first;
     first.expect_exit(Duration::from_secs(10));
 
-    let at_crash = SqliteJournal::open(&db).unwrap().counts().await.unwrap();
-    assert_eq!(at_crash.total(), 1000, "every accepted job is in the file");
+    let at_crash = store.open().await.counts().await.unwrap();
+    assert_eq!(
+        at_crash.total(),
+        1000,
+        "every accepted job is in the journal"
+    );
     assert!(
         at_crash.completed < 1000,
         "the crash came mid-way: {at_crash:?}"
@@ -258,17 +353,23 @@ impl Drop for RedisKeys {
     }
 }
 
-/// Two instances on one Redis prefix share 500 jobs; instance A drains while
-/// B runs. A's running jobs are released and B takes them at once (the
-/// lease is 120 s, longer than the test may take, so waiting for expiry
-/// would fail it); all 500 complete; and no job's steps ever ran in two
-/// processes at overlapping times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_deploy_on_redis_hands_jobs_over() {
-    let keys = RedisKeys {
-        prefix: format!("lameduck-roll-{}", std::process::id()),
-    };
-    let journal = format!("{}?prefix={}", redis_url(), keys.prefix);
+    rolling_deploy_hands_jobs_over(Store::redis("roll")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_deploy_on_postgres_hands_jobs_over() {
+    rolling_deploy_hands_jobs_over(Store::postgres("roll")).await;
+}
+
+/// Two instances on one journal share 500 jobs; instance A drains while B
+/// runs. A's running jobs are released and B takes them at once (the lease
+/// is 120 s, longer than the test may take, so waiting for expiry would
+/// fail it); all 500 complete; and no job's steps ever ran in two processes
+/// at overlapping times.
+async fn rolling_deploy_hands_jobs_over(store: Store) {
+    let journal = store.url.clone();
     let args = [
         "--journal",
         &journal,
