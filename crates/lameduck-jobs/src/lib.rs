@@ -62,3 +62,6 @@ pub use journal::{
     SqliteConfig, SqliteJournal, Synchronous, open,
 };
 pub use pool::{JobContext, JobError, PoolConfig, PoolHandle, PoolReport, WorkerPool};
+/// The Postgres driver of [`PostgresJournal`], for
+/// [`PostgresJournal::enqueue_in`]: use this one, so that the types match.
+pub use tokio_postgres;

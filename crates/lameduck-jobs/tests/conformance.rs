@@ -684,3 +684,32 @@ async fn postgres_reads_a_later_additive_schema_and_refuses_a_contracting_one() 
         "{refused:?}"
     );
 }
+
+/// An enqueue through one instance wakes the idle workers of another at
+/// once (`LISTEN/NOTIFY`), not at their next poll: the waiter is parked
+/// with an hour-long poll before each enqueue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_enqueues_wake_the_workers_of_every_instance() {
+    let backend = postgres_backend().await;
+    let (a, b) = (backend.a.clone(), backend.b.clone());
+    // The listener connects in the background, and counts a notice when it
+    // is listening.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.notices() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..5 {
+        let seen = b.notices();
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.wait_for_jobs(seen, Duration::from_secs(3600)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        a.enqueue(NewJob::new("k", json!(i))).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken by the enqueue's notice, not by the hour-long poll")
+            .unwrap();
+    }
+}

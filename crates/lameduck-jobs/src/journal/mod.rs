@@ -109,6 +109,21 @@ pub trait Journal: Send + Sync + fmt::Debug {
 
     /// How many jobs are in each state.
     async fn counts(&self) -> Result<StateCounts, JournalError>;
+
+    /// How many "jobs may be ready" notices this journal object has seen
+    /// (enqueues anywhere, for a backend that announces them; always 0 for
+    /// one that does not). Taken before a claim that finds nothing, it
+    /// lets [`Journal::wait_for_jobs`] tell whether one came in between.
+    fn notices(&self) -> u64 {
+        0
+    }
+
+    /// Resolves when a notice newer than `seen` arrives, or after `poll`
+    /// (the safety net: a notice can be lost with its connection).
+    async fn wait_for_jobs(&self, seen: u64, poll: Duration) {
+        let _ = seen;
+        tokio::time::sleep(poll).await;
+    }
 }
 
 /// Opens the journal a URL names: `sqlite:PATH` (or `sqlite://PATH`),

@@ -285,6 +285,7 @@ impl WorkerPool {
                 next_sweep = Instant::now() + sweep_every;
             }
             let want = slots.available_permits() + 1;
+            let notices = journal.notices();
             // Not raced against `stop`: a claim dropped half-way could
             // still take jobs, which would then wait for lease expiry.
             let claimed = match journal.claim(&config.owner, config.lease, want).await {
@@ -313,7 +314,7 @@ impl WorkerPool {
                 drop(first);
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = sleep(config.poll_interval) => {}
+                    () = journal.wait_for_jobs(notices, config.poll_interval) => {}
                     () = self.wake.notified() => {}
                 }
                 continue;

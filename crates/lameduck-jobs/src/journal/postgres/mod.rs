@@ -10,6 +10,7 @@
 //! wait on each other or take the same job. Times (ready, lease expiry) are
 //! the database's clock, so instances with skewed clocks agree.
 
+mod notices;
 mod schema;
 
 use std::{fmt, time::Duration};
@@ -45,6 +46,16 @@ pub struct PostgresJournal {
     /// The schema, quoted, for statements.
     s: String,
     schema: String,
+    /// The `NOTIFY` channel of this journal.
+    channel: String,
+    notices: std::sync::Arc<notices::Notices>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresJournal {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 impl fmt::Debug for PostgresJournal {
@@ -57,6 +68,17 @@ impl fmt::Debug for PostgresJournal {
 
 const COLUMNS: &str = "id, kind, payload, state, attempts, max_attempts, checkpoint, result, \
      last_error, owner, fence, lease_expires_at, ready_at, created_at, updated_at, idempotency_key";
+
+/// Stores a job and, in the same transaction, tells idle workers of every
+/// instance (`NOTIFY`, delivered at commit; Postgres folds identical
+/// notices of one transaction into one). `$6` is the channel.
+const ENQUEUE: &str = "WITH inserted AS (
+        INSERT INTO {s}.jobs (kind, payload, state, max_attempts, ready_at,
+            idempotency_key, created_at, updated_at)
+        VALUES ($1, $2, 'pending', $3, {s}.now_ms() + $4, $5, {s}.now_ms(), {s}.now_ms())
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id)
+    SELECT id, pg_notify($6, '') FROM inserted";
 
 /// Longest wait for a connection from the pool, or for a new one.
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
@@ -86,6 +108,13 @@ impl PostgresJournal {
             .parse()
             .map_err(|e| JournalError::Invalid(format!("Postgres URL {url:?}: {e}")))?;
         config.connect_timeout(CONNECT_WAIT);
+        let notices = std::sync::Arc::new(notices::Notices::default());
+        let channel = notices::channel(schema);
+        let listener = tokio::spawn(notices::listen(
+            config.clone(),
+            channel.clone(),
+            notices.clone(),
+        ));
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -104,6 +133,9 @@ impl PostgresJournal {
             pool,
             s: schema::quote(schema),
             schema: schema.to_owned(),
+            channel,
+            notices,
+            listener,
         };
         let mut client = journal.client().await?;
         schema::migrate(&mut client, schema).await?;
@@ -113,6 +145,87 @@ impl PostgresJournal {
     /// The schema the journal lives in.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// Enqueues `job` inside the caller's own transaction (or on any
+    /// client): commit, and the job exists and idle workers are told (the
+    /// notice is delivered at commit); roll back, and it never did. The
+    /// `tokio_postgres` to use is the one this crate re-exports
+    /// (`lameduck_jobs::tokio_postgres`), so that the types match.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Invalid`] for a bad job, [`JournalError::Unavailable`]
+    /// when a statement fails (the caller's transaction is then aborted, as
+    /// with any failed statement in it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lameduck_jobs::{Journal, NewJob, PostgresJournal, tokio_postgres};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let url = std::env::var("DATABASE_URL").unwrap_or("postgres://postgres@127.0.0.1:5432/test".into());
+    /// let journal = PostgresJournal::connect(&url, "doc_in_tx").await?;
+    /// let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    /// tokio::spawn(conn);
+    ///
+    /// // Rolled back with the order it belongs to: the job never existed.
+    /// let tx = client.transaction().await.unwrap();
+    /// let gone = journal.enqueue_in(&tx, NewJob::new("invoice", serde_json::json!({"order": 7}))).await?;
+    /// tx.rollback().await.unwrap();
+    /// assert!(journal.get(gone.id).await?.is_none());
+    ///
+    /// // Committed with it: the job is there.
+    /// let tx = client.transaction().await.unwrap();
+    /// let kept = journal.enqueue_in(&tx, NewJob::new("invoice", serde_json::json!({"order": 8}))).await?;
+    /// tx.commit().await.unwrap();
+    /// assert!(journal.get(kept.id).await?.is_some());
+    /// # Ok::<_, lameduck_jobs::JournalError>(()) }).unwrap();
+    /// ```
+    pub async fn enqueue_in(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        job: NewJob,
+    ) -> Result<Enqueued, JournalError> {
+        crate::journal::validate(&job)?;
+        let payload = job.payload.to_string();
+        let delay = ms(job.delay) as i64;
+        let max_attempts = job.max_attempts as i32;
+        let inserted = client
+            .query(
+                &self.sql(ENQUEUE),
+                &[
+                    &job.kind,
+                    &payload,
+                    &max_attempts,
+                    &delay,
+                    &job.idempotency_key,
+                    &self.channel,
+                ],
+            )
+            .await
+            .map_err(pg("enqueueing"))?;
+        if let Some(row) = inserted.first() {
+            return Ok(Enqueued {
+                id: JobId(row.get::<_, i64>(0) as u64),
+                created: true,
+            });
+        }
+        let rows = client
+            .query(
+                &self.sql("SELECT id FROM {s}.jobs WHERE idempotency_key = $1"),
+                &[&job.idempotency_key],
+            )
+            .await
+            .map_err(pg("reading an idempotency key"))?;
+        let row = rows.first().ok_or_else(|| {
+            JournalError::Corrupt("an idempotency key conflicted with no job".into())
+        })?;
+        Ok(Enqueued {
+            id: JobId(row.get::<_, i64>(0) as u64),
+            created: false,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, JournalError> {
@@ -229,49 +342,8 @@ fn job_from_row(row: &Row) -> Result<Job, JournalError> {
 #[async_trait]
 impl Journal for PostgresJournal {
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, JournalError> {
-        crate::journal::validate(&job)?;
-        let payload = job.payload.to_string();
-        let delay = ms(job.delay) as i64;
-        let max_attempts = job.max_attempts as i32;
-        let inserted = self
-            .query(
-                "enqueueing",
-                "INSERT INTO {s}.jobs (kind, payload, state, max_attempts, ready_at,
-                     idempotency_key, created_at, updated_at)
-                 VALUES ($1, $2, 'pending', $3, {s}.now_ms() + $4, $5, {s}.now_ms(), {s}.now_ms())
-                 ON CONFLICT (idempotency_key) DO NOTHING
-                 RETURNING id",
-                &[
-                    &job.kind,
-                    &payload,
-                    &max_attempts,
-                    &delay,
-                    &job.idempotency_key,
-                ],
-            )
-            .await?;
-        if let Some(row) = inserted.first() {
-            return Ok(Enqueued {
-                id: JobId(row.get::<_, i64>(0) as u64),
-                created: true,
-            });
-        }
-        // The key was used: the first job (committed, since the insert
-        // waited for any transaction holding the key).
-        let rows = self
-            .query(
-                "reading an idempotency key",
-                "SELECT id FROM {s}.jobs WHERE idempotency_key = $1",
-                &[&job.idempotency_key],
-            )
-            .await?;
-        let row = rows.first().ok_or_else(|| {
-            JournalError::Corrupt("an idempotency key conflicted with no job".into())
-        })?;
-        Ok(Enqueued {
-            id: JobId(row.get::<_, i64>(0) as u64),
-            created: false,
-        })
+        let client = self.client().await?;
+        self.enqueue_in(&**client, job).await
     }
 
     async fn claim(
@@ -475,5 +547,13 @@ impl Journal for PostgresJournal {
             );
         }
         Ok(counts)
+    }
+
+    fn notices(&self) -> u64 {
+        self.notices.count()
+    }
+
+    async fn wait_for_jobs(&self, seen: u64, poll: Duration) {
+        self.notices.wait(seen, poll).await;
     }
 }
