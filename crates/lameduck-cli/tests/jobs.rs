@@ -562,6 +562,13 @@ async fn bad_job_requests_are_refused_and_write_nothing() {
     assert_eq!((one.status, two.status), (202, 202));
     assert_eq!(one.json()["id"], two.json()["id"]);
     assert_eq!(two.json()["created"], false);
+    // The same key for another job: 422, naming the first, nothing stored.
+    let other = post_json(addr, "/jobs", &key, &sleep_job(2, 1), HTTP)
+        .await
+        .unwrap();
+    assert_eq!(other.status, 422, "{}", String::from_utf8_lossy(&other.body));
+    assert_eq!(other.json()["job"], one.json()["id"]);
+    assert!(other.json()["error"].is_string());
     let listed = get(addr, "/jobs", HTTP).await.unwrap().json();
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
 }

@@ -20,6 +20,13 @@ pub enum JournalError {
     /// No such job.
     #[error("no job {0}")]
     NotFound(JobId),
+    /// The idempotency key was first used for another job (another kind
+    /// or payload); nothing was written.
+    #[error("the idempotency key was used for job {first}, with another payload")]
+    KeyConflict {
+        /// The job the key went to.
+        first: JobId,
+    },
     /// The request itself is wrong (an empty kind, zero attempts, ...).
     #[error("invalid job: {0}")]
     Invalid(String),

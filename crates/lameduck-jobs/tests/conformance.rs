@@ -379,12 +379,19 @@ async fn idempotency_key_gives_one_job(b: Backend) {
         b.a.enqueue(job(1).idempotency_key("order-7"))
             .await
             .unwrap();
+    // A retry (the same job, through another instance): the first job.
     let again =
-        b.b.enqueue(job(99).idempotency_key("order-7"))
+        b.b.enqueue(job(1).idempotency_key("order-7"))
             .await
             .unwrap();
     assert_eq!(first.id, again.id);
     assert!(first.created && !again.created);
+    // The key reused for another payload: refused, naming the first job.
+    let reused = b.b.enqueue(job(99).idempotency_key("order-7")).await;
+    assert!(
+        matches!(reused, Err(JournalError::KeyConflict { first: f }) if f == first.id),
+        "{reused:?}"
+    );
     let got = b.a.get(first.id).await.unwrap().unwrap();
     assert_eq!(got.payload, json!({"n": 1}), "the first payload is kept");
     assert_eq!(got.idempotency_key.as_deref(), Some("order-7"));
@@ -393,7 +400,7 @@ async fn idempotency_key_gives_one_job(b: Backend) {
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let j = if i % 2 == 0 { b.a.clone() } else { b.b.clone() };
-            tokio::spawn(async move { j.enqueue(job(i).idempotency_key("burst")).await.unwrap() })
+            tokio::spawn(async move { j.enqueue(job(7).idempotency_key("burst")).await.unwrap() })
         })
         .collect();
     let mut ids = Vec::new();
@@ -640,8 +647,8 @@ async fn sqlite_open_fails_cleanly() {
 
 // === Postgres only ===
 
-/// A schema of a later build that only added (a column, layout 2 readable
-/// by 1) is used as it is, jobs and all; one that raised `min_reader` past
+/// A schema of a later build that only added (a column, version 99 that
+/// this build may read) is used as it is, jobs and all; one that raised `min_reader` past
 /// this build is refused at connect, before anything is misread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reads_a_later_additive_schema_and_refuses_a_contracting_one() {
@@ -661,7 +668,7 @@ async fn postgres_reads_a_later_additive_schema_and_refuses_a_contracting_one() 
     client
         .batch_execute(&format!(
             "ALTER TABLE \"{schema}\".jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
-             UPDATE \"{schema}\".meta SET value = 2 WHERE key = 'version';"
+             UPDATE \"{schema}\".meta SET value = 99 WHERE key = 'version';"
         ))
         .await
         .unwrap();
@@ -674,13 +681,13 @@ async fn postgres_reads_a_later_additive_schema_and_refuses_a_contracting_one() 
     assert_eq!(claimed.len(), 1);
     client
         .batch_execute(&format!(
-            "UPDATE \"{schema}\".meta SET value = 2 WHERE key = 'min_reader'"
+            "UPDATE \"{schema}\".meta SET value = 99 WHERE key = 'min_reader'"
         ))
         .await
         .unwrap();
     let refused = PostgresJournal::connect(&database_url(), schema).await;
     assert!(
-        matches!(&refused, Err(JournalError::Corrupt(why)) if why.contains("version 2")),
+        matches!(&refused, Err(JournalError::Corrupt(why)) if why.contains("version 99")),
         "{refused:?}"
     );
 }

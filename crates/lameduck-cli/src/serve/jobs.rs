@@ -166,6 +166,14 @@ async fn submit(
             }
             response
         }
+        Err(JournalError::KeyConflict { first }) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": "the Idempotency-Key was used for another job",
+                "job": first,
+            })),
+        )
+            .into_response(),
         Err(e) => journal_error(&e, &headers),
     }
 }

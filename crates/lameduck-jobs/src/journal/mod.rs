@@ -173,6 +173,20 @@ pub async fn open(url: &str) -> Result<Arc<dyn Journal>, JournalError> {
     )))
 }
 
+/// A stable 64-bit digest (FNV-1a) of a job's kind and payload, kept with
+/// its idempotency key: a retry with the same key and the same job is told
+/// the first job's id, one with another job is refused. The payload is
+/// serialized with its keys in order, so equal JSON gives equal digests.
+pub(crate) fn payload_digest(job: &NewJob) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let payload = job.payload.to_string();
+    for b in job.kind.bytes().chain([0xff]).chain(payload.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h as i64
+}
+
 /// Longest job kind accepted.
 pub const MAX_KIND_LEN: usize = 128;
 /// Longest idempotency key accepted.

@@ -71,11 +71,12 @@ const COLUMNS: &str = "id, kind, payload, state, attempts, max_attempts, checkpo
 
 /// Stores a job and, in the same transaction, tells idle workers of every
 /// instance (`NOTIFY`, delivered at commit; Postgres folds identical
-/// notices of one transaction into one). `$6` is the channel.
+/// notices of one transaction into one). `$6` is the channel, `$7` the
+/// payload digest of a keyed job.
 const ENQUEUE: &str = "WITH inserted AS (
         INSERT INTO {s}.jobs (kind, payload, state, max_attempts, ready_at,
-            idempotency_key, created_at, updated_at)
-        VALUES ($1, $2, 'pending', $3, {s}.now_ms() + $4, $5, {s}.now_ms(), {s}.now_ms())
+            idempotency_key, created_at, updated_at, payload_digest)
+        VALUES ($1, $2, 'pending', $3, {s}.now_ms() + $4, $5, {s}.now_ms(), {s}.now_ms(), $7)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id)
     SELECT id, pg_notify($6, '') FROM inserted";
@@ -192,6 +193,8 @@ impl PostgresJournal {
         let payload = job.payload.to_string();
         let delay = ms(job.delay) as i64;
         let max_attempts = job.max_attempts as i32;
+        let digest = crate::journal::payload_digest(&job);
+        let keyed_digest = job.idempotency_key.as_ref().map(|_| digest);
         let inserted = client
             .query(
                 &self.sql(ENQUEUE),
@@ -202,6 +205,7 @@ impl PostgresJournal {
                     &delay,
                     &job.idempotency_key,
                     &self.channel,
+                    &keyed_digest,
                 ],
             )
             .await
@@ -214,7 +218,7 @@ impl PostgresJournal {
         }
         let rows = client
             .query(
-                &self.sql("SELECT id FROM {s}.jobs WHERE idempotency_key = $1"),
+                &self.sql("SELECT id, payload_digest FROM {s}.jobs WHERE idempotency_key = $1"),
                 &[&job.idempotency_key],
             )
             .await
@@ -222,8 +226,15 @@ impl PostgresJournal {
         let row = rows.first().ok_or_else(|| {
             JournalError::Corrupt("an idempotency key conflicted with no job".into())
         })?;
+        let first = JobId(row.get::<_, i64>(0) as u64);
+        if row
+            .get::<_, Option<i64>>(1)
+            .is_some_and(|first| first != digest)
+        {
+            return Err(JournalError::KeyConflict { first });
+        }
         Ok(Enqueued {
-            id: JobId(row.get::<_, i64>(0) as u64),
+            id: first,
             created: false,
         })
     }

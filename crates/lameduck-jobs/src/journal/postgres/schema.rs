@@ -9,11 +9,12 @@ use crate::JournalError;
 /// schema's quoted name. Append only; expand before contract (a step that
 /// only adds keeps `min_reader`, so the previous build reads on beside the
 /// next during an upgrade or a rolling deploy).
-const MIGRATIONS: &[(&str, i32)] = &[(
-    // 1: jobs, the indexes the claim, the lease sweep and the listing use,
-    // and the database's clock in milliseconds (leases expire by it, so
-    // instances with skewed clocks agree).
-    "CREATE TABLE {s}.jobs (
+const MIGRATIONS: &[(&str, i32)] = &[
+    (
+        // 1: jobs, the indexes the claim, the lease sweep and the listing use,
+        // and the database's clock in milliseconds (leases expire by it, so
+        // instances with skewed clocks agree).
+        "CREATE TABLE {s}.jobs (
         id               BIGSERIAL PRIMARY KEY,
         kind             TEXT    NOT NULL,
         payload          TEXT    NOT NULL,
@@ -37,8 +38,15 @@ const MIGRATIONS: &[(&str, i32)] = &[(
     CREATE INDEX jobs_state ON {s}.jobs (state, id);
     CREATE FUNCTION {s}.now_ms() RETURNS BIGINT LANGUAGE sql VOLATILE
         AS 'SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT';",
-    1,
-)];
+        1,
+    ),
+    (
+        // 2: the digest of a keyed job's kind and payload, to tell a retry
+        // from a key reused for another job. Only adds.
+        "ALTER TABLE {s}.jobs ADD COLUMN payload_digest BIGINT;",
+        1,
+    ),
+];
 
 /// The schema version this build writes.
 pub(super) const VERSION: i32 = MIGRATIONS.len() as i32;

@@ -237,10 +237,14 @@ impl Journal for RedisJournal {
             .arg(job.payload.to_string())
             .arg(job.max_attempts)
             .arg(ms(job.delay))
-            .arg(job.idempotency_key.as_deref().unwrap_or(""));
+            .arg(job.idempotency_key.as_deref().unwrap_or(""))
+            .arg(crate::journal::payload_digest(&job).to_string());
         let mut conn = self.conn.clone();
         let (id, created): (u64, i64) =
             self.bounded("enqueue", inv.invoke_async(&mut conn)).await?;
+        if created == 2 {
+            return Err(JournalError::KeyConflict { first: JobId(id) });
+        }
         Ok(Enqueued {
             id: JobId(id),
             created: created == 1,

@@ -229,12 +229,18 @@ pub(super) fn apply(conn: &Connection, op: Op, now: u64) -> OpResult {
 }
 
 fn enqueue(conn: &Connection, job: NewJob, now: u64) -> OpResult {
+    let digest = crate::journal::payload_digest(&job);
     if let Some(key) = &job.idempotency_key {
-        let existing: Option<i64> = conn
-            .prepare_cached("SELECT id FROM jobs WHERE idempotency_key = ?1")?
-            .query_row(params![key], |row| row.get(0))
+        let existing: Option<(i64, Option<i64>)> = conn
+            .prepare_cached("SELECT id, payload_digest FROM jobs WHERE idempotency_key = ?1")?
+            .query_row(params![key], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
-        if let Some(id) = existing {
+        if let Some((id, first)) = existing {
+            if first.is_some_and(|first| first != digest) {
+                return Err(OpError::Refused(JournalError::KeyConflict {
+                    first: JobId(id as u64),
+                }));
+            }
             return Ok(Reply::Enqueued(Enqueued {
                 id: JobId(id as u64),
                 created: false,
@@ -245,8 +251,8 @@ fn enqueue(conn: &Connection, job: NewJob, now: u64) -> OpResult {
     let ready_at = now.saturating_add(crate::job::ms(job.delay));
     conn.prepare_cached(
         "INSERT INTO jobs (kind, payload, state, max_attempts, ready_at, idempotency_key,
-             created_at, updated_at)
-         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6)",
+             created_at, updated_at, payload_digest)
+         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7)",
     )?
     .execute(params![
         job.kind,
@@ -254,7 +260,8 @@ fn enqueue(conn: &Connection, job: NewJob, now: u64) -> OpResult {
         job.max_attempts,
         ready_at as i64,
         job.idempotency_key,
-        now as i64
+        now as i64,
+        job.idempotency_key.as_ref().map(|_| digest)
     ])?;
     Ok(Reply::Enqueued(Enqueued {
         id: JobId(conn.last_insert_rowid() as u64),

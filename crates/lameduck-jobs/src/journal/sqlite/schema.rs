@@ -30,6 +30,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_ready ON jobs (ready_at, id) WHERE state = 'pending';
     CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE state = 'running';
     CREATE INDEX jobs_state ON jobs (state, id);",
+    // 2: the digest of a keyed job's kind and payload, to tell a retry from
+    // a key reused for another job. Only adds (NULL for older jobs, which
+    // count as the same job).
+    "ALTER TABLE jobs ADD COLUMN payload_digest INTEGER;",
 ];
 
 /// The schema version this build writes.
