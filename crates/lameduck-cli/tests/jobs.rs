@@ -566,7 +566,12 @@ async fn bad_job_requests_are_refused_and_write_nothing() {
     let other = post_json(addr, "/jobs", &key, &sleep_job(2, 1), HTTP)
         .await
         .unwrap();
-    assert_eq!(other.status, 422, "{}", String::from_utf8_lossy(&other.body));
+    assert_eq!(
+        other.status,
+        422,
+        "{}",
+        String::from_utf8_lossy(&other.body)
+    );
     assert_eq!(other.json()["job"], one.json()["id"]);
     assert!(other.json()["error"].is_string());
     let listed = get(addr, "/jobs", HTTP).await.unwrap().json();

@@ -4,7 +4,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:job:<id>` | HASH | kind, payload, state, attempts, max_attempts, fence, owner, lease_expires_at, ready_at, checkpoint, result, last_error, idempotency_key, created_at, updated_at |
+//! | `P:job:<id>` | HASH | kind, payload, state, attempts, max_attempts, fence, owner, lease_expires_at, ready_at, checkpoint, result, last_error, idempotency_key, payload_digest (of a keyed job's kind and payload), created_at, updated_at |
 //! | `P:ready` | ZSET | pending job ids, scored by ready-at (ms) |
 //! | `P:leases` | ZSET | running job ids, scored by lease expiry (ms) |
 //! | `P:state:<state>` | ZSET | job ids in that state, scored by id (counts and paging) |
