@@ -222,6 +222,11 @@ pub(crate) struct JobArgs {
     /// given back (with their last checkpoint).
     #[arg(long, env = "LAMEDUCK_JOBS_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub(crate) jobs_drain_timeout: Duration,
+
+    /// Completed and dead jobs older than this are deleted, with their
+    /// idempotency keys (in batches, at each lease sweep); `0` keeps them.
+    #[arg(long, env = "LAMEDUCK_JOBS_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub(crate) jobs_retention: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -494,7 +499,7 @@ mod tests {
                 "--keep-alive-timeout", "--request-timeout", "--max-header-bytes",
                 "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",
                 "--journal", "--jobs-concurrency", "--jobs-lease",
-                "--jobs-drain-timeout", "--log-level", "--log-format",
+                "--jobs-drain-timeout", "--jobs-retention", "--log-level", "--log-format",
                 "--upgrade-timeout", "--upgrade-probation", "--topics", "--topic-retention", "--topic-idempotency-window", "--tls-cert", "--tls-key",
             ][..]),
             value in "\\PC{0,24}",

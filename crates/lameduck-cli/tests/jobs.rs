@@ -630,3 +630,34 @@ async fn journal_down_means_503_never_202() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Retention on the binary: with `--jobs-retention 1s`, a completed job is
+/// deleted at a later lease sweep (every half lease), its counts with it;
+/// a pending one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_deleted_after_the_retention() {
+    let store = Store::sqlite();
+    let args = [
+        "--journal",
+        &store.url,
+        "--jobs-retention",
+        "1s",
+        "--jobs-lease",
+        "2s",
+    ];
+    let server = Child::serve(BIN, &args);
+    let addr = server.addr;
+    let id = submit(addr, &sleep_job(1, 1)).await;
+    wait_count(addr, "completed", 1, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = get(addr, &format!("/jobs/{id}"), HTTP).await.unwrap();
+        if res.status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job {id} never purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counts(addr).await["completed"], 0);
+    assert!(!server.events("job.purged").is_empty());
+}

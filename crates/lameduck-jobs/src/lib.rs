@@ -61,7 +61,7 @@ pub use journal::{
     Journal, MAX_IDEMPOTENCY_KEY_LEN, MAX_KIND_LEN, PostgresJournal, RedisConfig, RedisJournal,
     SqliteConfig, SqliteJournal, Synchronous, open,
 };
-pub use pool::{JobContext, JobError, PoolConfig, PoolHandle, PoolReport, WorkerPool};
+pub use pool::{JobContext, JobError, PURGE_BATCH, PoolConfig, PoolHandle, PoolReport, WorkerPool};
 /// The Postgres driver of [`PostgresJournal`], for
 /// [`PostgresJournal::enqueue_in`]: use this one, so that the types match.
 pub use tokio_postgres;

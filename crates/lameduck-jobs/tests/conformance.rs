@@ -561,6 +561,47 @@ async fn race_completes_each_job_exactly_once(b: Backend) {
     assert_eq!(seen, JOBS);
 }
 
+/// Retention: finished jobs (completed, dead) older than the cut are
+/// deleted, oldest first and at most `max` a call, with their idempotency
+/// keys (a key can then be used again); pending and running ones, and
+/// younger ones, stay; counts follow.
+async fn purge_deletes_old_finished_jobs_and_their_keys(b: Backend) {
+    let done = b.a.enqueue(job(1).idempotency_key("p-1")).await.unwrap();
+    let mut dying = job(2);
+    dying.max_attempts = 1;
+    let dead = b.a.enqueue(dying).await.unwrap();
+    let claimed = b.a.claim("w", LEASE, 2).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    for c in &claimed {
+        if c.job.id == done.id {
+            b.a.complete(&c.lease, None).await.unwrap();
+        } else {
+            let state = b.a.fail(&c.lease, "boom", Duration::ZERO).await.unwrap();
+            assert_eq!(state, JobState::Dead);
+        }
+    }
+    let pending = b.a.enqueue(job(3)).await.unwrap();
+    let running = b.a.enqueue(job(4)).await.unwrap();
+    b.a.claim("w", LEASE, 1).await.unwrap();
+
+    // Young: nothing is old enough.
+    assert_eq!(b.b.purge(Duration::from_secs(3600), 10).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // At most `max` a call, oldest first.
+    assert_eq!(b.b.purge(Duration::from_millis(10), 1).await.unwrap(), 1);
+    assert!(b.a.get(done.id).await.unwrap().is_none());
+    assert!(b.a.get(dead.id).await.unwrap().is_some());
+    assert_eq!(b.b.purge(Duration::from_millis(10), 10).await.unwrap(), 1);
+    assert!(b.a.get(dead.id).await.unwrap().is_none());
+    assert!(b.a.get(pending.id).await.unwrap().is_some());
+    assert!(b.a.get(running.id).await.unwrap().is_some());
+    let counts = b.a.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.dead, counts.total()), (0, 0, 2));
+    // The key went with its job: a new job takes it.
+    let again = b.a.enqueue(job(9).idempotency_key("p-1")).await.unwrap();
+    assert!(again.created && again.id != done.id);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -603,6 +644,7 @@ conformance!(
     invalid_jobs_write_nothing,
     list_pages_by_state,
     race_completes_each_job_exactly_once,
+    purge_deletes_old_finished_jobs_and_their_keys,
 );
 
 // === SQLite only ===

@@ -114,6 +114,8 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     pool_config.concurrency = usize::from(args.jobs.jobs_concurrency);
     pool_config.lease = args.jobs.jobs_lease;
     pool_config.drain_timeout = args.jobs.jobs_drain_timeout;
+    pool_config.retention =
+        (!args.jobs.jobs_retention.is_zero()).then_some(args.jobs.jobs_retention);
     let pool =
         WorkerPool::with_config(journal.clone(), pool_config).handler("sleep", sleep_job::run);
 

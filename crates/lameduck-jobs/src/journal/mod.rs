@@ -110,6 +110,12 @@ pub trait Journal: Send + Sync + fmt::Debug {
     /// How many jobs are in each state.
     async fn counts(&self) -> Result<StateCounts, JournalError>;
 
+    /// Deletes up to `max` completed or dead jobs last updated more than
+    /// `older_than` ago (oldest ids first), with their idempotency keys,
+    /// which can then be used again. Returns how many were deleted; call
+    /// again while it returns `max`.
+    async fn purge(&self, older_than: Duration, max: usize) -> Result<usize, JournalError>;
+
     /// How many "jobs may be ready" notices this journal object has seen
     /// (enqueues anywhere, for a backend that announces them; always 0 for
     /// one that does not). Taken before a claim that finds nothing, it

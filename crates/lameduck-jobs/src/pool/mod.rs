@@ -51,11 +51,19 @@ pub struct PoolConfig {
     pub retry_max: Duration,
     /// Who claims, as recorded on leases: unique per process.
     pub owner: String,
+    /// Completed and dead jobs older than this are deleted (with their
+    /// idempotency keys) at each lease sweep, in batches of
+    /// [`PURGE_BATCH`]; `None` keeps them.
+    pub retention: Option<Duration>,
 }
+
+/// Jobs deleted by one purge statement; a sweep runs at most 10.
+pub const PURGE_BATCH: usize = 1000;
 
 impl Default for PoolConfig {
     /// 4 workers, 30 s leases, 20 s to drain, 200 ms polls, retries from
-    /// 1 s to 5 min, owner `lameduck-<pid>-<start time hex>`.
+    /// 1 s to 5 min, owner `lameduck-<pid>-<start time hex>`, finished jobs
+    /// kept 7 days.
     fn default() -> Self {
         Self {
             concurrency: 4,
@@ -65,6 +73,7 @@ impl Default for PoolConfig {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             owner: default_owner(),
+            retention: Some(Duration::from_secs(7 * 86_400)),
         }
     }
 }
@@ -270,7 +279,7 @@ impl WorkerPool {
             kinds = ?handlers.keys().collect::<Vec<_>>(),
             "job.pool_started"
         );
-        sweep(&*journal).await;
+        sweep(&*journal, config.retention).await;
         let mut next_sweep = Instant::now() + sweep_every;
         let mut errors = 0u32;
 
@@ -281,7 +290,7 @@ impl WorkerPool {
                 permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             if Instant::now() >= next_sweep {
-                sweep(&*journal).await;
+                sweep(&*journal, config.retention).await;
                 next_sweep = Instant::now() + sweep_every;
             }
             let want = slots.available_permits() + 1;
@@ -384,10 +393,31 @@ impl WorkerPool {
 }
 
 /// Takes back jobs whose lease expired (their worker died).
-async fn sweep(journal: &dyn Journal) {
+async fn sweep(journal: &dyn Journal, retention: Option<Duration>) {
     match journal.reclaim_expired().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(reclaimed = n, "job.reclaimed"),
         Err(e) => tracing::warn!(error = %e, "job.reclaim_failed"),
+    }
+    let Some(retention) = retention else { return };
+    // Bounded: a backlog is worked off over several sweeps, never in one
+    // long statement that would hold the journal.
+    let mut purged = 0;
+    for _ in 0..10 {
+        match journal.purge(retention, PURGE_BATCH).await {
+            Ok(n) => {
+                purged += n;
+                if n < PURGE_BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "job.purge_failed");
+                break;
+            }
+        }
+    }
+    if purged > 0 {
+        tracing::info!(purged, "job.purged");
     }
 }

@@ -542,6 +542,22 @@ impl Journal for PostgresJournal {
         rows.iter().map(job_from_row).collect()
     }
 
+    async fn purge(&self, older_than: Duration, max: usize) -> Result<usize, JournalError> {
+        let (older, max) = (ms(older_than) as i64, max.min(i64::MAX as usize) as i64);
+        let rows = self
+            .query(
+                "purging old jobs",
+                "DELETE FROM {s}.jobs WHERE id IN (
+                     SELECT id FROM {s}.jobs
+                     WHERE state IN ('completed', 'dead') AND updated_at < {s}.now_ms() - $1
+                     ORDER BY id LIMIT $2)
+                 RETURNING id",
+                &[&older, &max],
+            )
+            .await?;
+        Ok(rows.len())
+    }
+
     async fn counts(&self) -> Result<StateCounts, JournalError> {
         let rows = self
             .query(

@@ -71,6 +71,7 @@ struct Scripts {
     fail: Script,
     release: Script,
     reclaim: Script,
+    purge: Script,
 }
 
 impl Scripts {
@@ -86,6 +87,7 @@ impl Scripts {
             fail: with_common(include_str!("scripts/fail.lua")),
             release: with_common(include_str!("scripts/release.lua")),
             reclaim: with_common(include_str!("scripts/reclaim.lua")),
+            purge: with_common(include_str!("scripts/purge.lua")),
         }
     }
 }
@@ -383,6 +385,16 @@ impl Journal for RedisJournal {
             }
         };
         self.load(&ids).await
+    }
+
+    async fn purge(&self, older_than: Duration, max: usize) -> Result<usize, JournalError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let mut inv = self.scripts.purge.prepare_invoke();
+        inv.arg(&self.prefix).arg(ms(older_than)).arg(max);
+        let mut conn = self.conn.clone();
+        self.bounded("purge", inv.invoke_async(&mut conn)).await
     }
 
     async fn counts(&self) -> Result<StateCounts, JournalError> {

@@ -340,6 +340,17 @@ impl Journal for SqliteJournal {
         }
     }
 
+    async fn purge(&self, older_than: Duration, max: usize) -> Result<usize, JournalError> {
+        let op = Op::Purge {
+            older_ms: crate::job::ms(older_than),
+            max,
+        };
+        match self.call(op).await? {
+            Reply::Reclaimed(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn counts(&self) -> Result<StateCounts, JournalError> {
         match self.call(Op::Counts).await? {
             Reply::Counts(c) => Ok(c),

@@ -37,6 +37,10 @@ pub(super) enum Op {
     },
     Release(Lease),
     Reclaim,
+    Purge {
+        older_ms: u64,
+        max: usize,
+    },
     Get(JobId),
     List {
         state: Option<JobState>,
@@ -178,6 +182,20 @@ pub(super) fn apply(conn: &Connection, op: Op, now: u64) -> OpResult {
                      WHERE state = 'running' AND lease_expires_at <= ?1",
                 )?
                 .execute(params![now as i64])?;
+            Ok(Reply::Reclaimed(n))
+        }
+        Op::Purge { older_ms, max } => {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM jobs WHERE id IN (
+                         SELECT id FROM jobs
+                         WHERE state IN ('completed', 'dead') AND updated_at < ?1
+                         ORDER BY id LIMIT ?2)",
+                )?
+                .execute(params![
+                    now.saturating_sub(older_ms) as i64,
+                    max.min(i64::MAX as usize) as i64
+                ])?;
             Ok(Reply::Reclaimed(n))
         }
         Op::Get(id) => {
