@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Job journal throughput: durable enqueues from 64 submitters (SQLite with
-# group commit, SQLite with one commit per job, Redis) and claim+complete
-# with 8 workers, all in one run. Usage: bench/jobs.sh [JOBS] [ROUNDS]
-# Needs Redis at $REDIS_URL (default redis://127.0.0.1:6379). The SQLite
+# group commit, SQLite with one commit per job, Redis, Postgres) and
+# claim+complete with 8 workers, one job a claim and up to 32 a claim, all
+# in one run. Usage: bench/jobs.sh [JOBS] [ROUNDS]
+# Needs Redis at $REDIS_URL (default redis://127.0.0.1:6379) and Postgres at
+# $DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test). The SQLite
 # files go under $TMPDIR: keep it on a real disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,11 +1,14 @@
 //! Journal throughput, every backend in one run:
 //!
 //! - durable enqueues from 64 concurrent submitters: SQLite with group
-//!   commit, SQLite with one commit (one fsync) per job, Redis;
-//! - claim + complete with 8 workers, one job per claim.
+//!   commit, SQLite with one commit (one fsync) per job, Redis, Postgres;
+//! - claim + complete with 8 workers, one job per claim, and again with
+//!   claims of up to 32 jobs (the batch against one at a time, same run).
 //!
 //! `cargo run --release -p lameduck-jobs --example journal_bench -- [JOBS] [REDIS_URL]`
-//! (defaults: 20000 jobs, `$REDIS_URL` or `redis://127.0.0.1:6379`). The
+//! (defaults: 20000 jobs, `$REDIS_URL` or `redis://127.0.0.1:6379`;
+//! Postgres at `$DATABASE_URL` or `postgres://postgres@127.0.0.1:5432/test`,
+//! in a schema of its own, dropped at the end). The
 //! SQLite file goes in a temp dir under `$TMPDIR` (use a real disk: on tmpfs
 //! an fsync costs nothing and group commit shows no gain).
 
@@ -14,7 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lameduck_jobs::{Journal, NewJob, RedisConfig, RedisJournal, SqliteConfig, SqliteJournal};
+use lameduck_jobs::{
+    Journal, NewJob, PostgresJournal, RedisConfig, RedisJournal, SqliteConfig, SqliteJournal,
+};
 
 const SUBMITTERS: usize = 64;
 const WORKERS: usize = 8;
@@ -33,11 +38,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
 
     println!(
-        "backend                      | enqueue/s (64 submitters) | claim+complete/s (8 workers)"
+        "| backend | enqueue/s (64 submitters) | claim+complete/s (8 workers, 1 a claim) | claim+complete/s (8 workers, up to 32 a claim) |"
     );
-    println!(
-        "-----------------------------|---------------------------|-----------------------------"
-    );
+    println!("|---|---|---|---|");
 
     let dir = tempfile::tempdir()?;
     let group = Arc::new(SqliteJournal::open_with(SqliteConfig::new(
@@ -52,7 +55,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         RedisConfig::new(&redis_url).prefix(&prefix),
     )?);
 
-    let runs: [(&str, Arc<dyn Journal>, usize); 3] = [
+    let database_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("lameduck_bench_{}", std::process::id());
+    let postgres = Arc::new(PostgresJournal::connect(&database_url, &schema).await?);
+
+    let runs: [(&str, Arc<dyn Journal>, usize); 4] = [
         ("sqlite, group commit", group, jobs),
         (
             "sqlite, commit per job",
@@ -60,12 +68,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (jobs / 10).max(SUBMITTERS),
         ),
         ("redis", redis, jobs),
+        ("postgres", postgres, jobs),
     ];
     let mut rates = Vec::new();
     for (name, journal, n) in runs {
         let enqueue = rate(n, enqueue_all(journal.clone(), n).await?);
-        let drain = rate(n, claim_complete_all(journal.clone(), n).await?);
-        println!("{name:<28} | {enqueue:>25.0} | {drain:>28.0}");
+        let single = rate(n, claim_complete_all(journal.clone(), n, 1).await?);
+        enqueue_all(journal.clone(), n).await?;
+        let batch = rate(n, claim_complete_all(journal.clone(), n, 32).await?);
+        println!("| {name} | {enqueue:.0} | {single:.0} | {batch:.0} |");
         rates.push(enqueue);
     }
     println!();
@@ -74,6 +85,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rates[0] / rates[1]
     );
     cleanup(&redis_url, &prefix)?;
+    let (client, conn) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await?;
     Ok(())
 }
 
@@ -108,6 +124,7 @@ async fn enqueue_all(
 async fn claim_complete_all(
     journal: Arc<dyn Journal>,
     n: usize,
+    per_claim: usize,
 ) -> Result<Duration, Box<dyn std::error::Error>> {
     let start = Instant::now();
     let tasks: Vec<_> = (0..WORKERS)
@@ -117,12 +134,16 @@ async fn claim_complete_all(
                 let owner = format!("bench-{w}");
                 let mut done = 0usize;
                 loop {
-                    let claimed = journal.claim(&owner, Duration::from_secs(60), 1).await?;
-                    let Some(c) = claimed.into_iter().next() else {
+                    let claimed = journal
+                        .claim(&owner, Duration::from_secs(60), per_claim)
+                        .await?;
+                    if claimed.is_empty() {
                         break;
-                    };
-                    journal.complete(&c.lease, None).await?;
-                    done += 1;
+                    }
+                    for c in claimed {
+                        journal.complete(&c.lease, None).await?;
+                        done += 1;
+                    }
                 }
                 Ok::<_, lameduck_jobs::JournalError>(done)
             })
