@@ -11,7 +11,9 @@ use std::{
 };
 
 use lameduck_jobs::{JobId, JobState, Journal};
-use lameduck_test_support::{Child, RedisServer, get, post_json, redis_url, send};
+use lameduck_test_support::{
+    Child, PostgresServer, RedisServer, database_url, get, post_json, redis_url, send,
+};
 use nix::sys::signal::Signal::{SIGKILL, SIGTERM};
 use serde_json::Value;
 
@@ -119,11 +121,6 @@ impl Drop for Cleanup {
                 .output();
         }
     }
-}
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 impl Store {
@@ -660,4 +657,48 @@ async fn finished_jobs_are_deleted_after_the_retention() {
     }
     assert_eq!(counts(addr).await["completed"], 0);
     assert!(!server.events("job.purged").is_empty());
+}
+
+/// With Postgres gone (a private cluster stopped at once, as in a crash),
+/// a submission gets 503 with Retry-After, never 202, and the service keeps
+/// serving its other routes; when Postgres is back on the same port and
+/// data, jobs are accepted again (the pool replaces broken connections),
+/// and the job accepted before is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_means_503_never_202() {
+    let mut pg = tokio::task::block_in_place(PostgresServer::start);
+    let journal = pg.url();
+    let server = Child::serve(BIN, &["--journal", &journal]);
+    let addr = server.addr;
+    let first = submit(addr, &sleep_job(1, 1)).await;
+
+    tokio::task::block_in_place(|| pg.stop());
+    for _ in 0..3 {
+        let res = post_json(addr, "/jobs", &[], &sleep_job(1, 1), HTTP)
+            .await
+            .unwrap();
+        assert_eq!(res.status, 503, "{}", String::from_utf8_lossy(&res.body));
+        assert!(res.header("retry-after").is_some());
+        assert!(res.json()["error"].is_string());
+        assert_eq!(get(addr, "/ping", HTTP).await.unwrap().status, 200);
+        assert_eq!(get(addr, "/jobs/counts", HTTP).await.unwrap().status, 503);
+    }
+
+    tokio::task::block_in_place(|| pg.resume());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = post_json(addr, "/jobs", &[], &sleep_job(1, 1), HTTP)
+            .await
+            .unwrap();
+        if res.status == 202 {
+            break;
+        }
+        assert_eq!(res.status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "jobs not accepted after Postgres came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(job(addr, first).await["id"], first);
 }

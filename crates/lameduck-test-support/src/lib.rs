@@ -8,6 +8,7 @@ mod cert;
 mod child;
 mod chromium;
 mod haproxy;
+mod postgres;
 mod publisher;
 pub mod raw_ws;
 mod redis;
@@ -17,6 +18,7 @@ pub use child::{Child, is_alive, raise_fd_limit, rss_kib, wait_gone};
 pub use chromium::{Chromium, Page};
 pub use haproxy::{Haproxy, free_port};
 pub use lameduck_drill::wire::http::{KeepAlive, Outcome, Response, get, post_json, send};
+pub use postgres::{PostgresServer, database_url};
 pub use publisher::{Published, TopicPublisher, assert_one_to};
 pub use redis::{RedisServer, redis_url};
 
