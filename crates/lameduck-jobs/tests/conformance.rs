@@ -762,3 +762,41 @@ async fn postgres_enqueues_wake_the_workers_of_every_instance() {
             .unwrap();
     }
 }
+
+/// SQLite reads do not wait behind the writer: with another process holding
+/// the file's write lock (so the writer thread is stuck in its busy wait),
+/// `get`, `list` and `counts` answer from the last commit at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reads_do_not_wait_behind_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let journal = Arc::new(SqliteJournal::open(&path).unwrap());
+    let first = journal.enqueue(job(1)).await.unwrap();
+
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // A write now waits for the lock (the busy timeout, seconds).
+    let blocked = tokio::spawn({
+        let journal = journal.clone();
+        async move { journal.enqueue(job(2)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!blocked.is_finished(), "the write waits for the lock");
+    let quick = Duration::from_millis(500);
+    let got = tokio::time::timeout(quick, journal.get(first.id))
+        .await
+        .expect("get answers while the writer waits")
+        .unwrap();
+    assert!(got.is_some());
+    let counts = tokio::time::timeout(quick, journal.counts())
+        .await
+        .expect("counts answer while the writer waits")
+        .unwrap();
+    assert_eq!(counts.total(), 1, "the last commit");
+    tokio::time::timeout(quick, journal.list(None, None, 10))
+        .await
+        .expect("list answers while the writer waits")
+        .unwrap();
+    locker.execute_batch("ROLLBACK").unwrap();
+    blocked.await.unwrap().unwrap();
+}

@@ -11,9 +11,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// A free loopback port (bound, then released: another process could take
-/// it in between, which loopback tests accept).
+/// A free loopback port for a server a test starts later, below the
+/// kernel's ephemeral range: a port from that range (what binding port 0
+/// gives) can be taken meanwhile by any client socket of the test, and a
+/// fleet test opens thousands. Bound, then released; another process could
+/// still take it in between, which loopback tests accept.
 pub fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 11_000 {
+        for _ in 0..200 {
+            let port = fastrand::u16(10_000..low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

@@ -93,6 +93,10 @@ struct Request {
 /// ```
 pub struct SqliteJournal {
     tx: mpsc::Sender<Request>,
+    /// Reads (`get`, `list`, `counts`) go through a connection of their
+    /// own: in WAL mode they see the last commit and never wait behind the
+    /// writer's transaction or its fsync.
+    reader: std::sync::Arc<std::sync::Mutex<Connection>>,
     path: PathBuf,
 }
 
@@ -120,6 +124,9 @@ impl SqliteJournal {
             Connection::open(&path).map_err(|e| JournalError::unavailable(context(), e))?;
         configure(&conn, &config).map_err(|e| JournalError::unavailable(context(), e))?;
         schema::migrate(&mut conn)?;
+        let reader =
+            Connection::open(&path).map_err(|e| JournalError::unavailable(context(), e))?;
+        configure(&reader, &config).map_err(|e| JournalError::unavailable(context(), e))?;
 
         let (tx, rx) = mpsc::channel();
         let max_batch = config.max_batch.max(1);
@@ -127,7 +134,27 @@ impl SqliteJournal {
             .name("lameduck-journal".into())
             .spawn(move || write_loop(conn, rx, max_batch))
             .map_err(|e| JournalError::unavailable("starting the journal writer thread", e))?;
-        Ok(Self { tx, path })
+        Ok(Self {
+            tx,
+            reader: std::sync::Arc::new(std::sync::Mutex::new(reader)),
+            path,
+        })
+    }
+
+    /// Runs a read-only `op` on the reader connection, off the async
+    /// threads.
+    async fn read(&self, op: Op) -> Result<Reply, JournalError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+            match ops::apply(&conn, op, now_ms()) {
+                Ok(reply) => Ok(reply),
+                Err(OpError::Refused(e)) => Err(e),
+                Err(OpError::Sql(e)) => Err(JournalError::unavailable("SQLite journal read", e)),
+            }
+        })
+        .await
+        .map_err(|e| JournalError::unavailable("SQLite journal read", e.to_string()))?
     }
 
     async fn call(&self, op: Op) -> Result<Reply, JournalError> {
@@ -315,7 +342,7 @@ impl Journal for SqliteJournal {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, JournalError> {
-        match self.call(Op::Get(id)).await? {
+        match self.read(Op::Get(id)).await? {
             Reply::Job(j) => Ok(j.map(|j| *j)),
             other => Err(unexpected(other)),
         }
@@ -328,7 +355,7 @@ impl Journal for SqliteJournal {
         limit: usize,
     ) -> Result<Vec<Job>, JournalError> {
         match self
-            .call(Op::List {
+            .read(Op::List {
                 state,
                 after,
                 limit,
@@ -352,7 +379,7 @@ impl Journal for SqliteJournal {
     }
 
     async fn counts(&self) -> Result<StateCounts, JournalError> {
-        match self.call(Op::Counts).await? {
+        match self.read(Op::Counts).await? {
             Reply::Counts(c) => Ok(c),
             other => Err(unexpected(other)),
         }
