@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 type Starts = Arc<Mutex<Vec<(u64, Instant)>>>;
 
+/// A backend's name, the pool's journal object and the enqueuer's.
+type Backend = (&'static str, Arc<dyn Journal>, Arc<dyn Journal>);
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -97,7 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = dir.path().join("jobs.db");
     let prefix = format!("lameduck-latency-{}", std::process::id());
     let schema = format!("lameduck_latency_{}", std::process::id());
-    let backends: Vec<(&str, Arc<dyn Journal>, Arc<dyn Journal>)> = vec![
+    let backends: Vec<Backend> = vec![
         (
             "SQLite (poll)",
             Arc::new(SqliteJournal::open(&db)?),
