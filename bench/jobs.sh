@@ -10,10 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${1:-20000}
 rounds=${2:-3}
-cargo build --release -q -p lameduck-jobs --example journal_bench --example start_latency
+cargo build --release -q -p lameduck-jobs --example journal_bench --example start_latency --example pool_throughput
 for r in $(seq 1 "$rounds"); do
   echo "== round $r: journal_bench $jobs"
   target/release/examples/journal_bench "$jobs"
 done
 echo "== enqueue -> start latency from another instance"
 target/release/examples/start_latency 200
+echo "== end to end through the worker pool"
+target/release/examples/pool_throughput 100000 8 64
