@@ -17,7 +17,15 @@ use crate::record::{Class, Kind};
 pub(super) fn load(ctx: &Ctx, clients: usize, tasks: &mut JoinSet<()>) {
     let dialer = ctx.dialer.h2();
     let scheme = if dialer.is_tls() { "https" } else { "http" };
-    let uri = format!("{scheme}://{}{}", ctx.host, ctx.settings.ping);
+    // `--host` and `--ping` come from the command line: a URI they do not
+    // make is reported as lost requests, one a client, not a panic.
+    let Ok(uri) = format!("{scheme}://{}{}", ctx.host, ctx.settings.ping).parse::<http::Uri>()
+    else {
+        for _ in 0..clients {
+            ctx.rec.count(Class::Lost);
+        }
+        return;
+    };
     for _ in 0..clients {
         let (ctx, dialer, uri) = (ctx.clone(), dialer.clone(), uri.clone());
         tasks.spawn(async move {
@@ -67,14 +75,18 @@ fn refused(e: &h2::Error) -> bool {
 
 /// One stream at a time on `send` until the connection ends (true when it
 /// ended by GOAWAY) or the drill stops.
-async fn streams_of(ctx: Ctx, mut send: SendRequest<Bytes>, uri: String) -> bool {
+async fn streams_of(ctx: Ctx, mut send: SendRequest<Bytes>, uri: http::Uri) -> bool {
     while !ctx.stop.is_cancelled() {
         send = match send.ready().await {
             Ok(send) => send,
             // Nothing sent: the connection is going away.
             Err(e) => return e.is_go_away(),
         };
-        let request = http::Request::get(&uri).body(()).expect("a valid request");
+        // A parsed URI and no headers: building cannot fail.
+        let Ok(request) = http::Request::get(uri.clone()).body(()) else {
+            ctx.rec.count(Class::Lost);
+            return false;
+        };
         let started = Instant::now();
         let Ok((response, _)) = send.send_request(request, true) else {
             return true;
