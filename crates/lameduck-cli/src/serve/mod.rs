@@ -27,19 +27,17 @@ use crate::cli::ServeArgs;
 pub(crate) struct Sockets {
     service: Option<std::net::TcpListener>,
     admin: Option<std::net::TcpListener>,
-    /// The predecessor's TLS session-ticket keys, when it handed them over.
-    ticket_keys: Option<std::io::Result<lameduck::tls::TicketKeys>>,
+    /// The file of TLS session-ticket keys the predecessor handed over.
+    ticket_keys: Option<std::fs::File>,
 }
 
 impl Sockets {
     /// By name (`service`, `admin`) when `LISTEN_FDNAMES` gives them, else
     /// in order: the service's first, then the admin listener's.
     pub(crate) fn from_inherited(mut inherited: Inherited) -> Result<Self, String> {
-        // Read now, at the start of `main`, with the sockets; used only
-        // with `--tls-cert`.
-        let ticket_keys = Some(lameduck::tls::TicketKeys::inherit_or_generate(
-            &mut inherited,
-        ));
+        // Taken with the sockets; read (or new keys made) only with
+        // `--tls-cert`.
+        let ticket_keys = inherited.take_file(lameduck::tls::TICKET_KEYS);
         let admin = inherited.take("admin");
         let service = inherited.take("service").or_else(|| inherited.take_first());
         let admin = admin.or_else(|| inherited.take_first());
@@ -65,10 +63,13 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
             let mut config = tls::load(cert, key)?;
             // Tickets sealed with keys the successor inherits: a client
             // resumes its session across upgrades.
-            let keys = sockets
-                .ticket_keys
-                .context("no TLS ticket keys")?
-                .context("cannot read the TLS ticket keys handed over by the predecessor")?;
+            let keys = match &sockets.ticket_keys {
+                Some(file) => lameduck::tls::TicketKeys::read(file)
+                    .context("cannot read the TLS ticket keys handed over by the predecessor")?,
+                None => {
+                    lameduck::tls::TicketKeys::generate().context("cannot make TLS ticket keys")?
+                }
+            };
             config.ticketer = keys.ticketer();
             Some((Arc::new(config), keys))
         }

@@ -171,13 +171,23 @@ impl TicketKeys {
     /// starting with new keys would quietly cost every client a full
     /// handshake), or as [`TicketKeys::generate`].
     pub fn inherit_or_generate(inherited: &mut Inherited) -> io::Result<Self> {
-        let Some(file) = inherited.take_file(TICKET_KEYS) else {
-            return Self::generate();
-        };
+        match inherited.take_file(TICKET_KEYS) {
+            Some(file) => Self::read(&file),
+            None => Self::generate(),
+        }
+    }
+
+    /// The keys in `file`, as a predecessor handed them over (what
+    /// [`Inherited::take_file`] gives for [`TICKET_KEYS`]).
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read or holds no keys of this version, or
+    /// as [`TicketKeys::generate`].
+    pub fn read(file: &File) -> io::Result<Self> {
         let mut record = [0u8; RECORD_LEN];
         file.read_exact_at(&mut record, 0)?;
-        let keys = decode(&record)?;
-        Self::with(keys, SystemRandom::new())
+        Self::with(decode(&record)?, SystemRandom::new())
     }
 
     fn with(keys: Keys, random: SystemRandom) -> io::Result<Self> {
