@@ -21,6 +21,9 @@ use lameduck_jobs::{
     Journal, NewJob, PostgresJournal, RedisConfig, RedisJournal, SqliteConfig, SqliteJournal,
 };
 
+#[path = "shared/stores.rs"]
+mod shared;
+
 const SUBMITTERS: usize = 64;
 const WORKERS: usize = 8;
 
@@ -32,10 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(20_000);
-    let redis_url = args
-        .next()
-        .or_else(|| std::env::var("REDIS_URL").ok())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let redis_url = args.next().unwrap_or_else(shared::redis_url);
 
     println!(
         "| backend | enqueue/s (64 submitters) | claim+complete/s (8 workers, 1 a claim) | claim+complete/s (8 workers, up to 32 a claim) |"
@@ -55,8 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         RedisConfig::new(&redis_url).prefix(&prefix),
     )?);
 
-    let database_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let database_url = shared::database_url();
     let schema = format!("lameduck_bench_{}", std::process::id());
     let postgres = Arc::new(PostgresJournal::connect(&database_url, &schema).await?);
 
@@ -84,12 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "group commit / commit per job (enqueue): {:.1}x",
         rates[0] / rates[1]
     );
-    cleanup(&redis_url, &prefix)?;
-    let (client, conn) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await?;
+    shared::clean(&database_url, &schema, &redis_url, &prefix).await?;
     Ok(())
 }
 
@@ -155,15 +149,4 @@ async fn claim_complete_all(
     }
     assert_eq!(done, n, "every job claimed and completed once");
     Ok(start.elapsed())
-}
-
-fn cleanup(url: &str, prefix: &str) -> redis::RedisResult<()> {
-    let mut conn = redis::Client::open(url)?.get_connection()?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query(&mut conn)?;
-    for chunk in keys.chunks(1000) {
-        let _: () = redis::cmd("DEL").arg(chunk).query(&mut conn)?;
-    }
-    Ok(())
 }

@@ -18,6 +18,9 @@ use lameduck_jobs::{
 };
 use tokio_util::sync::CancellationToken;
 
+#[path = "shared/stores.rs"]
+mod shared;
+
 const SUBMITTERS: u64 = 64;
 
 async fn run(journal: Arc<dyn Journal>, jobs: u64, workers: usize) -> f64 {
@@ -73,9 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if workers.is_empty() {
         workers = vec![8, 64];
     }
-    let redis_url = std::env::var("REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
-    let database_url =
-        std::env::var("DATABASE_URL").unwrap_or("postgres://postgres@127.0.0.1:5432/test".into());
+    let (redis_url, database_url) = (shared::redis_url(), shared::database_url());
     println!("{jobs} no-op jobs, enqueued by {SUBMITTERS} submitters while the pool runs them");
     println!("| backend | workers | jobs/s (first enqueue to last completion) |");
     println!("|---|---|---|");
@@ -104,22 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let rate = run(journal, jobs, w).await;
             println!("| {name} | {w} | {rate:.0} |");
         }
-        let (client, conn) = lameduck_jobs::tokio_postgres::connect(
-            &database_url,
-            lameduck_jobs::tokio_postgres::NoTls,
-        )
-        .await?;
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .await?;
-        let mut conn = redis::Client::open(redis_url.as_str())?.get_connection()?;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:*"))
-            .query(&mut conn)?;
-        for chunk in keys.chunks(1000) {
-            let _: () = redis::cmd("DEL").arg(chunk).query(&mut conn)?;
-        }
+        shared::clean(&database_url, &schema, &redis_url, &prefix).await?;
     }
     Ok(())
 }

@@ -20,6 +20,9 @@ use lameduck_jobs::{
 };
 use tokio_util::sync::CancellationToken;
 
+#[path = "shared/stores.rs"]
+mod shared;
+
 type Starts = Arc<Mutex<Vec<(u64, Instant)>>>;
 
 /// A backend's name, the pool's journal object and the enqueuer's.
@@ -93,9 +96,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(200);
-    let redis_url = std::env::var("REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
-    let database_url =
-        std::env::var("DATABASE_URL").unwrap_or("postgres://postgres@127.0.0.1:5432/test".into());
+    let (redis_url, database_url) = (shared::redis_url(), shared::database_url());
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("jobs.db");
     let prefix = format!("lameduck-latency-{}", std::process::id());
@@ -141,19 +142,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             percentile(&load, 0.99)
         );
     }
-    let (client, conn) =
-        lameduck_jobs::tokio_postgres::connect(&database_url, lameduck_jobs::tokio_postgres::NoTls)
-            .await?;
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await?;
-    let mut conn = redis::Client::open(redis_url.as_str())?.get_connection()?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query(&mut conn)?;
-    for chunk in keys.chunks(1000) {
-        let _: () = redis::cmd("DEL").arg(chunk).query(&mut conn)?;
-    }
+    shared::clean(&database_url, &schema, &redis_url, &prefix).await?;
     Ok(())
 }
