@@ -68,6 +68,21 @@ fn stores(retention: Retention) -> Vec<(&'static str, Arc<dyn Store>, Backing)> 
     ]
 }
 
+/// Publishes the numbers of `range` to `t`, one after the other, each as
+/// its text; their positions.
+async fn publish_numbers(
+    store: &dyn Store,
+    t: &TopicName,
+    range: std::ops::RangeInclusive<u64>,
+) -> Vec<Position> {
+    let mut positions = Vec::new();
+    for i in range {
+        let published = store.publish(t, NewMessage::new(i.to_string())).await;
+        positions.push(published.unwrap().position);
+    }
+    positions
+}
+
 fn topic(name: &str) -> TopicName {
     TopicName::new(name).unwrap()
 }
@@ -172,16 +187,7 @@ async fn idempotency_and_refusals_store_nothing() {
 async fn a_recovered_resume_has_no_gap_and_no_duplicate() {
     for (kind, store, _backing) in stores(Retention::default()) {
         let t = topic("feed");
-        let mut positions = Vec::new();
-        for i in 1..=50 {
-            positions.push(
-                store
-                    .publish(&t, NewMessage::new(i.to_string()))
-                    .await
-                    .unwrap()
-                    .position,
-            );
-        }
+        let positions = publish_numbers(&*store, &t, 1..=50).await;
         let mut events = Box::pin(subscribe(
             store.clone(),
             t.clone(),
@@ -196,12 +202,7 @@ async fn a_recovered_resume_has_no_gap_and_no_duplicate() {
         let publisher = {
             let (store, t) = (store.clone(), t.clone());
             tokio::spawn(async move {
-                for i in 51..=200 {
-                    store
-                        .publish(&t, NewMessage::new(i.to_string()))
-                        .await
-                        .unwrap();
-                }
+                publish_numbers(&*store, &t, 51..=200).await;
             })
         };
         for want in 21..=200 {
@@ -237,16 +238,7 @@ async fn a_fresh_subscription_starts_at_the_head() {
 async fn an_unrecoverable_resume_says_so() {
     for (kind, store, _backing) in stores(Retention::new(3, Duration::from_secs(3600))) {
         let t = topic("short");
-        let mut positions = Vec::new();
-        for i in 1..=10 {
-            positions.push(
-                store
-                    .publish(&t, NewMessage::new(i.to_string()))
-                    .await
-                    .unwrap()
-                    .position,
-            );
-        }
+        let positions = publish_numbers(&*store, &t, 1..=10).await;
         let head = store.head(&t).await.unwrap();
         assert_eq!((head.first, head.last), (8, 10), "{kind}: three kept");
         let epoch = head.epoch;
@@ -288,12 +280,7 @@ async fn a_subscriber_left_behind_is_told_it_lagged() {
             matches!(next_event(&mut events).await, Event::Start { .. }),
             "{kind}"
         );
-        for i in 1..=10 {
-            store
-                .publish(&t, NewMessage::new(i.to_string()))
-                .await
-                .unwrap();
-        }
+        publish_numbers(&*store, &t, 1..=10).await;
         assert!(
             matches!(next_event(&mut events).await, Event::Lagged { at } if at.offset == 0),
             "{kind}"
@@ -511,16 +498,7 @@ async fn sqlite_migrates_a_file_of_the_previous_schema() {
 async fn messages_older_than_the_retention_age_are_dropped() {
     for (kind, store, _backing) in stores(Retention::new(1_000, Duration::from_millis(300))) {
         let t = topic("aging");
-        let mut old = Vec::new();
-        for i in 1..=3 {
-            old.push(
-                store
-                    .publish(&t, NewMessage::new(i.to_string()))
-                    .await
-                    .unwrap()
-                    .position,
-            );
-        }
+        let old = publish_numbers(&*store, &t, 1..=3).await;
         tokio::time::sleep(Duration::from_millis(600)).await;
         store.publish(&t, NewMessage::new("4")).await.unwrap();
         let head = store.head(&t).await.unwrap();
@@ -636,17 +614,7 @@ async fn a_flushed_redis_starts_a_new_epoch() {
     let store: Arc<dyn Store> =
         Arc::new(RedisStore::connect(RedisStoreConfig::new(redis.url())).unwrap());
     let t = topic("flushed");
-    let mut seen = None;
-    for i in 1..=5 {
-        seen = Some(
-            store
-                .publish(&t, NewMessage::new(i.to_string()))
-                .await
-                .unwrap()
-                .position,
-        );
-    }
-    let seen = seen.unwrap();
+    let seen = *publish_numbers(&*store, &t, 1..=5).await.last().unwrap();
     assert_eq!(resume_of(store.clone(), &t, seen).await, Resume::Recovered);
     assert_eq!(command(&redis, "FLUSHALL"), "OK");
     let head = head_when_up(&*store, &t).await;
@@ -734,16 +702,7 @@ async fn offsets_until(
 async fn fanout_subscribers_get_everything_once_in_order() {
     for (kind, store, _backing) in stores(Retention::default()) {
         let t = topic("shared");
-        let mut early = Vec::new();
-        for i in 1..=20 {
-            early.push(
-                store
-                    .publish(&t, NewMessage::new(i.to_string()))
-                    .await
-                    .unwrap()
-                    .position,
-            );
-        }
+        let early = publish_numbers(&*store, &t, 1..=20).await;
         let fanout = Arc::new(Fanout::new(store.clone(), config()));
         let mut readers = Vec::new();
         for i in 0..40usize {
