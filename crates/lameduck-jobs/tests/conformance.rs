@@ -410,6 +410,37 @@ async fn idempotency_key_gives_one_job(b: Backend) {
     assert!(ids.iter().all(|e| e.id == ids[0].id));
     assert_eq!(ids.iter().filter(|e| e.created).count(), 1);
     assert_eq!(b.a.counts().await.unwrap().total(), 2);
+
+    // Concurrent enqueues of one key with two payloads (a backend that
+    // writes concurrent enqueues together sees them in one group): one
+    // job; the calls with its payload get it, the others a conflict.
+    let tasks: Vec<_> = (0..16u64)
+        .map(|i| {
+            let j = if i % 2 == 0 { b.a.clone() } else { b.b.clone() };
+            let n = i % 3;
+            tokio::spawn(async move { (n, j.enqueue(job(n).idempotency_key("mixed")).await) })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    let created: Vec<_> = answers
+        .iter()
+        .filter_map(|(n, a)| a.as_ref().ok().filter(|e| e.created).map(|e| (*n, e.id)))
+        .collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    let (winner, id) = created[0];
+    for (n, answer) in &answers {
+        match answer {
+            Ok(e) => assert!(*n == winner && e.id == id, "{answers:?}"),
+            Err(JournalError::KeyConflict { first }) => {
+                assert!(*n != winner && *first == id, "{answers:?}")
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(b.a.counts().await.unwrap().total(), 3);
 }
 
 async fn invalid_jobs_write_nothing(b: Backend) {
@@ -418,6 +449,8 @@ async fn invalid_jobs_write_nothing(b: Backend) {
         NewJob::new("k".repeat(129), json!({})),
         job(1).max_attempts(0),
         job(1).idempotency_key(""),
+        NewJob::new("nul\0kind", json!({})),
+        job(1).idempotency_key("nul\0key"),
         job(1).idempotency_key("x".repeat(256)),
     ];
     for j in bad {

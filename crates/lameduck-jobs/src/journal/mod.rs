@@ -205,6 +205,17 @@ pub(crate) fn validate(job: &NewJob) -> Result<(), JournalError> {
             "kind must be 1 to {MAX_KIND_LEN} bytes"
         )));
     }
+    // Postgres text cannot hold NUL; refused on every backend alike.
+    if job.kind.contains('\0')
+        || job
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.contains('\0'))
+    {
+        return Err(JournalError::Invalid(
+            "kind and idempotency key must not contain NUL".into(),
+        ));
+    }
     if job.max_attempts == 0 {
         return Err(JournalError::Invalid(
             "max_attempts must be at least 1".into(),

@@ -1,6 +1,7 @@
 //! The worker pool: claims jobs, runs their handlers, renews their leases,
 //! and on drain stops claiming and gives back what it cannot finish.
 
+mod claim;
 mod context;
 mod supervise;
 
@@ -20,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::{
     sync::{Notify, Semaphore},
-    time::{Instant, sleep},
+    time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -281,7 +282,21 @@ impl WorkerPool {
         );
         sweep(&*journal, config.retention).await;
         let mut next_sweep = Instant::now() + sweep_every;
-        let mut errors = 0u32;
+        let claims = Arc::new(claim::Claims::new(
+            supervise::Run {
+                journal: journal.clone(),
+                handlers,
+                config: config.clone(),
+                stats: stats.clone(),
+                stop: stop.clone(),
+                force,
+                ending: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            },
+            self.wake.clone(),
+            tracker.clone(),
+            drain,
+        ));
+        let in_flight = Arc::new(Semaphore::new(claim::CLAIMS_IN_FLIGHT));
 
         while !stop.is_cancelled() {
             let first = tokio::select! {
@@ -289,74 +304,21 @@ impl WorkerPool {
                 () = stop.cancelled() => break,
                 permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
+            let claiming = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                permit = in_flight.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
             if Instant::now() >= next_sweep {
                 sweep(&*journal, config.retention).await;
                 next_sweep = Instant::now() + sweep_every;
             }
-            let want = slots.available_permits() + 1;
-            let notices = journal.notices();
-            // Not raced against `stop`: a claim dropped half-way could
-            // still take jobs, which would then wait for lease expiry.
-            let claimed = match journal.claim(&config.owner, config.lease, want).await {
-                Ok(claimed) => {
-                    if errors > 0 {
-                        tracing::info!(after_errors = errors, "job.journal_recovered");
-                    }
-                    errors = 0;
-                    claimed
-                }
-                Err(e) => {
-                    errors += 1;
-                    if errors == 1 || errors.is_power_of_two() {
-                        tracing::warn!(error = %e, errors, "job.claim_failed");
-                    }
-                    drop(first);
-                    let pause = config.poll_interval.saturating_mul(errors.min(25));
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = sleep(pause) => {}
-                    }
-                    continue;
-                }
-            };
-            if claimed.is_empty() {
-                drop(first);
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = journal.wait_for_jobs(notices, config.poll_interval) => {}
-                    () = self.wake.notified() => {}
-                }
-                continue;
+            // Every slot free now: only this loop takes slots.
+            let mut free = vec![first];
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                free.push(permit);
             }
-            let mut first = Some(first);
-            for job in claimed {
-                // We asked for no more jobs than free slots, and only this
-                // loop takes slots: a slot is always there. Should that ever
-                // change, the job goes back rather than wait for its lease.
-                let permit = match first.take() {
-                    Some(p) => p,
-                    None => match slots.clone().try_acquire_owned() {
-                        Ok(p) => p,
-                        Err(_) => {
-                            supervise::give_back(&*journal, &job.lease, "no free slot").await;
-                            continue;
-                        }
-                    },
-                };
-                let guard = drain.as_ref().map(lameduck::Drain::track_job);
-                tracker.spawn(supervise::supervise(
-                    supervise::Run {
-                        journal: journal.clone(),
-                        handlers: handlers.clone(),
-                        config: config.clone(),
-                        stats: stats.clone(),
-                        stop: stop.clone(),
-                        force: force.clone(),
-                    },
-                    job,
-                    (permit, guard),
-                ));
-            }
+            tracker.spawn(claims.clone().claim(free, claiming));
         }
 
         tracker.close();

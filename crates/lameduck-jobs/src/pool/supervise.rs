@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::{
-    sync::OwnedSemaphorePermit,
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::{Instant, sleep, sleep_until},
 };
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,7 @@ use crate::{Claimed, Journal, JournalError, Lease};
 const END_WRITE_TRIES: u32 = 5;
 
 /// What every job of a pool shares.
+#[derive(Clone)]
 pub(super) struct Run {
     pub(super) journal: Arc<dyn Journal>,
     pub(super) handlers: Arc<HashMap<String, Handler>>,
@@ -25,6 +26,12 @@ pub(super) struct Run {
     pub(super) stats: Arc<Stats>,
     pub(super) stop: CancellationToken,
     pub(super) force: CancellationToken,
+    /// Permits for writes that end a job (complete, fail, release): a
+    /// job's slot is handed on as soon as its handler returns, and the
+    /// write holds one of these instead, so the next job runs while the
+    /// last one's write commits. As many as slots: a journal that falls
+    /// behind holds the slots back.
+    pub(super) ending: Arc<Semaphore>,
 }
 
 enum Ending {
@@ -39,7 +46,8 @@ enum Ending {
 /// server's counts.
 type Held = (OwnedSemaphorePermit, Option<lameduck::JobGuard>);
 
-pub(super) async fn supervise(run: Run, claimed: Claimed, _held: Held) {
+pub(super) async fn supervise(run: Run, claimed: Claimed, held: Held) {
+    let (slot, _guard) = held;
     let Claimed { job, mut lease } = claimed;
     let (id, kind, attempt) = (job.id, job.kind.clone(), job.attempts);
     let Some(handler) = run.handlers.get(&kind).cloned() else {
@@ -98,6 +106,13 @@ pub(super) async fn supervise(run: Run, claimed: Claimed, _held: Held) {
     };
 
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    let _ending = run
+        .ending
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    drop(slot);
     let stats = &run.stats;
     let inc =
         |c: &std::sync::atomic::AtomicU64| c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
