@@ -156,6 +156,85 @@ impl Store {
     }
 }
 
+/// A journal that a later build has changed in a way this one cannot read
+/// (its schema's `min_reader`, or the Redis key layout's, is above this
+/// build's): `serve` refuses to start, exits 1 and says why, on every
+/// backend, rather than misread the jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_journal_it_cannot_read() {
+    let stores = [
+        Store::sqlite(),
+        Store::redis("unreadable"),
+        Store::postgres("unreadable"),
+    ];
+    for store in &stores {
+        drop(store.open().await);
+        if let Some(path) = store.url.strip_prefix("sqlite:") {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            conn.execute_batch(
+                "UPDATE meta SET value = 99 WHERE key = 'min_reader'; PRAGMA user_version = 99;",
+            )
+            .unwrap();
+        } else if let Some((url, prefix)) = store.url.split_once("?prefix=") {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("HSET")
+                .arg(format!("{prefix}:jobs:layout"))
+                .arg("version")
+                .arg(99)
+                .arg("min_reader")
+                .arg(99)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        } else {
+            let (url, schema) = store.url.split_once("?schema=").unwrap();
+            let (client, conn) =
+                lameduck_jobs::tokio_postgres::connect(url, lameduck_jobs::tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            client
+                .batch_execute(&format!(
+                    "UPDATE \"{schema}\".meta SET value = 99 WHERE key IN ('version', 'min_reader')"
+                ))
+                .await
+                .unwrap();
+        }
+        let mut serve = std::process::Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--journal", &store.url])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = serve.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = serve.kill();
+                let _ = serve.wait();
+                panic!("serve kept running on an unreadable journal {}", store.url);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{}: {stderr}", store.url);
+        assert!(stderr.contains("cannot read"), "{}: {stderr}", store.url);
+        assert!(stderr.contains("99"), "{}: {stderr}", store.url);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_releases_and_restart_resumes_on_sqlite() {
     drain_releases_jobs_with_checkpoints_and_restart_resumes_them(Store::sqlite()).await;

@@ -112,6 +112,11 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// Not claimable before this much time has passed.
     pub delay: Duration,
+    /// The version of the payload's layout (from 1): a producer that
+    /// changes what it puts in a kind's payload raises it, and a worker
+    /// leaves alone the versions it does not know
+    /// ([`WorkerPool::versioned_handler`](crate::WorkerPool::versioned_handler)).
+    pub payload_version: u32,
 }
 
 impl NewJob {
@@ -125,9 +130,16 @@ impl NewJob {
             kind: kind.into(),
             payload,
             idempotency_key: None,
+            payload_version: 1,
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             delay: Duration::ZERO,
         }
+    }
+
+    /// Sets the payload's version (1 when not set).
+    pub fn payload_version(mut self, version: u32) -> Self {
+        self.payload_version = version;
+        self
     }
 
     /// Sets the idempotency key.
@@ -197,6 +209,9 @@ pub struct Job {
     pub updated_at_ms: u64,
     /// The key it was enqueued with.
     pub idempotency_key: Option<String>,
+    /// The version of the payload's layout (1 for jobs stored before
+    /// versions were kept).
+    pub payload_version: u32,
 }
 
 /// The right to run one job, given by a claim. Every write a worker makes

@@ -635,6 +635,35 @@ async fn purge_deletes_old_finished_jobs_and_their_keys(b: Backend) {
     assert!(again.created && again.id != done.id);
 }
 
+/// A job's payload version is stored and read back (1 when not given);
+/// a retry naming another version is another job.
+async fn payload_versions_are_kept(b: Backend) {
+    let old = b.a.enqueue(job(1)).await.unwrap();
+    let new = b.a.enqueue(job(2).payload_version(3)).await.unwrap();
+    assert_eq!(b.b.get(old.id).await.unwrap().unwrap().payload_version, 1);
+    assert_eq!(b.b.get(new.id).await.unwrap().unwrap().payload_version, 3);
+    let claimed = b.b.claim("w", LEASE, 2).await.unwrap();
+    let versions: Vec<u32> = claimed.iter().map(|c| c.job.payload_version).collect();
+    assert_eq!(versions, [1, 3]);
+    let listed = b.a.list(None, None, 10).await.unwrap();
+    assert_eq!(listed[1].payload_version, 3);
+
+    let first = b.a.enqueue(job(5).idempotency_key("v")).await.unwrap();
+    let retry = b.b.enqueue(job(5).idempotency_key("v")).await.unwrap();
+    assert_eq!((retry.id, retry.created), (first.id, false));
+    let other =
+        b.b.enqueue(job(5).payload_version(2).idempotency_key("v"))
+            .await;
+    assert!(
+        matches!(other, Err(JournalError::KeyConflict { first: f }) if f == first.id),
+        "{other:?}"
+    );
+    assert!(matches!(
+        b.a.enqueue(job(6).payload_version(0)).await,
+        Err(JournalError::Invalid(_))
+    ));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -678,6 +707,7 @@ conformance!(
     list_pages_by_state,
     race_completes_each_job_exactly_once,
     purge_deletes_old_finished_jobs_and_their_keys,
+    payload_versions_are_kept,
 );
 
 // === SQLite only ===
@@ -701,13 +731,80 @@ async fn sqlite_survives_reopen_and_refuses_newer_schema() {
     assert_eq!(got.checkpoint, Some(json!({"step": 2})));
     drop(j);
 
+    // A later build's step that only adds (a column, and the version):
+    // this build reads and writes on.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.pragma_update(None, "user_version", 999).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+         PRAGMA user_version = 99;",
+    )
+    .unwrap();
+    drop(conn);
+    let j = SqliteJournal::open(&path).unwrap();
+    assert_eq!(
+        j.get(id).await.unwrap().unwrap().checkpoint,
+        Some(json!({"step": 2}))
+    );
+    let more = j.enqueue(job(2)).await.unwrap();
+    assert!(j.get(more.id).await.unwrap().is_some());
+    drop(j);
+
+    // One that contracts: this build is too old to read it.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE meta SET value = 99 WHERE key = 'min_reader'", [])
+        .unwrap();
     drop(conn);
     match SqliteJournal::open(&path) {
-        Err(JournalError::Corrupt(msg)) => assert!(msg.contains("999"), "{msg}"),
+        Err(JournalError::Corrupt(msg)) => assert!(msg.contains("version 99"), "{msg}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// A Redis key layout of a later build is used when it says this build
+/// can read it, and refused by `open` otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_reads_a_later_layout_and_refuses_one_it_cannot_read() {
+    let backend = redis_backend().await;
+    let Cleanup::Redis { url, prefix } = &backend._cleanup else {
+        unreachable!()
+    };
+    let journal_url = format!("{url}?prefix={prefix}");
+    let open = || lameduck_jobs::open(&journal_url);
+    let queued = open().await.unwrap().enqueue(job(1)).await.unwrap();
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let layout = format!("{prefix}:jobs:layout");
+    let recorded: (u32, u32) = ::redis::cmd("HMGET")
+        .arg(&layout)
+        .arg("version")
+        .arg("min_reader")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(recorded, (1, 1), "a new prefix records this build's layout");
+
+    let _: () = ::redis::cmd("HSET")
+        .arg(&layout)
+        .arg("version")
+        .arg(99)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let later = open().await.unwrap();
+    assert!(later.get(queued.id).await.unwrap().is_some());
+
+    let _: () = ::redis::cmd("HSET")
+        .arg(&layout)
+        .arg("min_reader")
+        .arg(99)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let refused = open().await;
+    assert!(
+        matches!(&refused, Err(JournalError::Corrupt(why)) if why.contains("layout 99")),
+        "{refused:?}"
+    );
 }
 
 /// An unwritable path is an error at open, not a panic.

@@ -31,6 +31,50 @@ fn fast_config() -> PoolConfig {
     c
 }
 
+// A job of a payload version newer than its handler reads is left for a
+// worker that knows it: given back with its attempt not counted, never
+// failed; a pool that reads that version runs it, and sees its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_versions_a_worker_does_not_know_go_back_unspent() {
+    let (_dir, j) = journal();
+    let id = j
+        .enqueue(NewJob::new("mail", json!({"to": ["a", "b"]})).payload_version(2))
+        .await
+        .unwrap()
+        .id;
+    let old = WorkerPool::with_config(j.clone(), fast_config())
+        .handler("mail", |_| async { Ok(json!("read as version 1")) });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(old.run(stop.clone()));
+    // Claimed and given back several times (10 ms apart, the retry base).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while j.get(id).await.unwrap().unwrap().fence < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the old pool never claimed the job"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    let report = running.await.unwrap();
+    assert_eq!((report.completed, report.failed), (0, 0));
+    let job = wait_state(&j, id, JobState::Pending).await;
+    assert_eq!(job.attempts, 0);
+    assert_eq!(job.max_attempts, NewJob::DEFAULT_MAX_ATTEMPTS);
+
+    let new = WorkerPool::with_config(j.clone(), fast_config()).versioned_handler(
+        "mail",
+        2,
+        |ctx| async move { Ok(json!({ "version": ctx.payload_version() })) },
+    );
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(new.run(stop.clone()));
+    let done = wait_state(&j, id, JobState::Completed).await;
+    assert_eq!(done.result, Some(json!({"version": 2})));
+    stop.cancel();
+    running.await.unwrap();
+}
+
 /// Waits (10 s at most) until job `id` is in `state`.
 async fn wait_state(j: &SqliteJournal, id: JobId, state: JobState) -> lameduck_jobs::Job {
     let deadline = Instant::now() + Duration::from_secs(10);

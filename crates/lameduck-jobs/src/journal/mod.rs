@@ -138,9 +138,11 @@ pub trait Journal: Send + Sync + fmt::Debug {
 /// `postgres://USER@HOST:PORT/DB` (`postgresql://` too) with a `schema`
 /// query parameter (default `lameduck`).
 ///
-/// A SQLite file is opened (and migrated) at once; a Redis connection is made
-/// on first use, so a service starts while Redis is down and answers 503
-/// until it is back.
+/// A SQLite file is opened (and migrated) at once. The schema (or Redis key
+/// layout) found is checked: one of a later build that this build cannot
+/// read is refused ([`JournalError::Corrupt`]). A service starts while
+/// Redis is down (its layout is then checked at the next start) and
+/// answers 503 until it is back.
 ///
 /// # Examples
 ///
@@ -167,7 +169,16 @@ pub async fn open(url: &str) -> Result<Arc<dyn Journal>, JournalError> {
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         let (base, prefix) = split_prefix(url)?;
         let config = RedisConfig::new(base).prefix(prefix);
-        return Ok(Arc::new(RedisJournal::connect(config)?));
+        let journal = RedisJournal::connect(config)?;
+        match journal.check_layout().await {
+            // Started while Redis is down: it answers 503 until Redis is
+            // back; the layout is checked at the next start.
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "job.journal_layout_unchecked");
+            }
+            other => other?,
+        }
+        return Ok(Arc::new(journal));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let (base, schema) = split_query(url, "schema", "lameduck")?;
@@ -183,10 +194,17 @@ pub async fn open(url: &str) -> Result<Arc<dyn Journal>, JournalError> {
 /// its idempotency key: a retry with the same key and the same job is told
 /// the first job's id, one with another job is refused. The payload is
 /// serialized with its keys in order, so equal JSON gives equal digests.
+/// A version other than 1 is part of it (version 1 is left out, so that
+/// keys stored before versions were kept still match their retries).
 pub(crate) fn payload_digest(job: &NewJob) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let payload = job.payload.to_string();
-    for b in job.kind.bytes().chain([0xff]).chain(payload.bytes()) {
+    let version = match job.payload_version {
+        1 => String::new(),
+        v => format!("v{v}"),
+    };
+    let bytes = job.kind.bytes().chain([0xff]).chain(version.bytes());
+    for b in bytes.chain(payload.bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -214,6 +232,11 @@ pub(crate) fn validate(job: &NewJob) -> Result<(), JournalError> {
     {
         return Err(JournalError::Invalid(
             "kind and idempotency key must not contain NUL".into(),
+        ));
+    }
+    if job.payload_version == 0 || job.payload_version > i32::MAX as u32 {
+        return Err(JournalError::Invalid(
+            "payload_version must be 1 to 2147483647".into(),
         ));
     }
     if job.max_attempts == 0 {

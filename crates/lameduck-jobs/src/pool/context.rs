@@ -103,6 +103,11 @@ impl JobContext {
         &self.job.payload
     }
 
+    /// The version of the payload's layout (from 1).
+    pub fn payload_version(&self) -> u32 {
+        self.job.payload_version
+    }
+
     /// Which attempt this is, from 1 (a release on drain does not count).
     pub fn attempt(&self) -> u32 {
         self.job.attempts

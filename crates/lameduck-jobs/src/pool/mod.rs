@@ -32,6 +32,13 @@ use crate::Journal;
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, JobError>> + Send>>;
 type Handler = Arc<dyn Fn(JobContext) -> BoxFuture + Send + Sync>;
 
+/// A kind's handler, and the newest payload version it reads.
+#[derive(Clone)]
+pub(crate) struct Registered {
+    handler: Handler,
+    max_version: u32,
+}
+
 /// Settings of a [`WorkerPool`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -162,7 +169,7 @@ impl Stats {
 /// ```
 pub struct WorkerPool {
     journal: Arc<dyn Journal>,
-    handlers: HashMap<String, Handler>,
+    handlers: HashMap<String, Registered>,
     config: PoolConfig,
     wake: Arc<Notify>,
 }
@@ -207,17 +214,62 @@ impl WorkerPool {
         }
     }
 
-    /// Registers the handler for jobs of `kind`. A claimed job whose kind
-    /// has no handler fails (and is retried, then dead), so that a rolling
-    /// deploy adding a kind should add the handler before the producers.
-    pub fn handler<F, Fut>(mut self, kind: impl Into<String>, f: F) -> Self
+    /// Registers the handler for jobs of `kind` with payload version 1
+    /// ([`NewJob::payload_version`](crate::NewJob::payload_version)). A
+    /// claimed job whose kind has no handler fails (and is retried, then
+    /// dead), so that a rolling deploy adding a kind should add the handler
+    /// before the producers.
+    pub fn handler<F, Fut>(self, kind: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, JobError>> + Send + 'static,
+    {
+        self.versioned_handler(kind, 1, f)
+    }
+
+    /// Registers the handler for jobs of `kind` with payload versions 1 to
+    /// `max_version` ([`JobContext::payload_version`] tells which). A job
+    /// of a later version, enqueued by a newer build during a rolling
+    /// deploy, is left to the workers that know it: it goes back to the
+    /// journal after [`PoolConfig::retry_base`], its attempt not counted.
+    /// So a deploy changing a payload ships the workers that read both
+    /// versions first, and the producers of the new one after.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lameduck_jobs::{JobContext, JobError, SqliteJournal, WorkerPool};
+    ///
+    /// # fn build() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let journal = std::sync::Arc::new(SqliteJournal::open(dir.path().join("jobs.db"))?);
+    /// // Version 1 had `{"to": ADDRESS}`; version 2 has `{"to": [ADDRESSES]}`.
+    /// let pool = WorkerPool::new(journal).versioned_handler("email", 2, |ctx: JobContext| async move {
+    ///     let to: Vec<String> = match ctx.payload_version() {
+    ///         1 => vec![ctx.payload()["to"].as_str().unwrap_or_default().to_owned()],
+    ///         _ => serde_json::from_value(ctx.payload()["to"].clone()).map_err(JobError::failed)?,
+    ///     };
+    ///     Ok(serde_json::json!({ "sent": to.len() }))
+    /// });
+    /// # Ok(()) }
+    /// # build().unwrap();
+    /// ```
+    pub fn versioned_handler<F, Fut>(
+        mut self,
+        kind: impl Into<String>,
+        max_version: u32,
+        f: F,
+    ) -> Self
     where
         F: Fn(JobContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, JobError>> + Send + 'static,
     {
         self.handlers.insert(
             kind.into(),
-            Arc::new(move |ctx| Box::pin(f(ctx)) as BoxFuture),
+            Registered {
+                handler: Arc::new(move |ctx| Box::pin(f(ctx)) as BoxFuture),
+                max_version,
+            },
         );
         self
     }

@@ -9,7 +9,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Handler, JobContext, JobError, PoolConfig, Stats};
+use super::{JobContext, JobError, PoolConfig, Registered, Stats};
 use crate::{Claimed, Journal, JournalError, Lease};
 
 /// Writes that end a job are retried this many times while the journal is
@@ -21,7 +21,7 @@ const END_WRITE_TRIES: u32 = 5;
 #[derive(Clone)]
 pub(super) struct Run {
     pub(super) journal: Arc<dyn Journal>,
-    pub(super) handlers: Arc<HashMap<String, Handler>>,
+    pub(super) handlers: Arc<HashMap<String, Registered>>,
     pub(super) config: Arc<PoolConfig>,
     pub(super) stats: Arc<Stats>,
     pub(super) stop: CancellationToken,
@@ -50,7 +50,11 @@ pub(super) async fn supervise(run: Run, claimed: Claimed, held: Held) {
     let (slot, _guard) = held;
     let Claimed { job, mut lease } = claimed;
     let (id, kind, attempt) = (job.id, job.kind.clone(), job.attempts);
-    let Some(handler) = run.handlers.get(&kind).cloned() else {
+    let Some(Registered {
+        handler,
+        max_version,
+    }) = run.handlers.get(&kind).cloned()
+    else {
         let retry_in = run.config.backoff(attempt);
         let msg = format!("no handler for kind {kind:?} in this worker");
         tracing::warn!(job.id = %id, job.kind = %kind, "job.no_handler");
@@ -62,6 +66,22 @@ pub(super) async fn supervise(run: Run, claimed: Claimed, held: Held) {
         let _ = end_write(|| run.journal.fail(&lease, &msg, retry_in), "fail").await;
         return;
     };
+
+    if job.payload_version > max_version {
+        tracing::warn!(
+            job.id = %id, job.kind = %kind, payload_version = job.payload_version,
+            max_version, "job.payload_version_unknown"
+        );
+        // Held a while before it goes back, so that this worker does not
+        // claim it again at once while a worker that knows the version
+        // may be free.
+        tokio::select! {
+            () = run.stop.cancelled() => {}
+            () = sleep(run.config.retry_base) => {}
+        }
+        give_back(&*run.journal, &lease, "payload version unknown").await;
+        return;
+    }
 
     let started = Instant::now();
     let cancel = run.stop.child_token();

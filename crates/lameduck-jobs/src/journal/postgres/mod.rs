@@ -85,7 +85,8 @@ impl fmt::Debug for PostgresJournal {
 const MAX_GROUP: usize = 512;
 
 const COLUMNS: &str = "id, kind, payload, state, attempts, max_attempts, checkpoint, result, \
-     last_error, owner, fence, lease_expires_at, ready_at, created_at, updated_at, idempotency_key";
+     last_error, owner, fence, lease_expires_at, ready_at, created_at, updated_at, idempotency_key, \
+     payload_version";
 
 /// Longest wait for a connection from the pool, or for a new one.
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
@@ -431,6 +432,7 @@ fn job_from_row(row: &Row) -> Result<Job, JournalError> {
         created_at_ms: row.try_get::<_, i64>(13).map_err(corrupt)? as u64,
         updated_at_ms: row.try_get::<_, i64>(14).map_err(corrupt)? as u64,
         idempotency_key: row.try_get(15).map_err(corrupt)?,
+        payload_version: row.try_get::<_, i32>(16).map_err(corrupt)? as u32,
     })
 }
 

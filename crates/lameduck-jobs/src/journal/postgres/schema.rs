@@ -46,6 +46,11 @@ const MIGRATIONS: &[(&str, i32)] = &[
         "ALTER TABLE {s}.jobs ADD COLUMN payload_digest BIGINT;",
         1,
     ),
+    (
+        // 3: the version of each job's payload. Only adds.
+        "ALTER TABLE {s}.jobs ADD COLUMN payload_version INTEGER NOT NULL DEFAULT 1;",
+        1,
+    ),
 ];
 
 /// The schema version this build writes.

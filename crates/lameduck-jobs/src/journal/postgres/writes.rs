@@ -16,12 +16,14 @@ use crate::{Enqueued, JobId, JournalError, Lease, NewJob, job::ms};
 /// with the same key the first wins, as it would one after the other.
 pub(super) const ENQUEUE: &str = "WITH input AS MATERIALIZED (
         SELECT nextval($1::text::regclass) AS id, {s}.now_ms() AS now, t.*
-        FROM unnest($2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::bigint[])
-            WITH ORDINALITY AS t(kind, payload, max_attempts, delay, key, digest, n)),
+        FROM unnest($2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::bigint[],
+                $9::int[])
+            WITH ORDINALITY AS t(kind, payload, max_attempts, delay, key, digest, version, n)),
     inserted AS (
         INSERT INTO {s}.jobs (id, kind, payload, state, max_attempts, ready_at,
-            idempotency_key, created_at, updated_at, payload_digest)
-        SELECT id, kind, payload, 'pending', max_attempts, now + delay, key, now, now, digest
+            idempotency_key, created_at, updated_at, payload_digest, payload_version)
+        SELECT id, kind, payload, 'pending', max_attempts, now + delay, key, now, now, digest,
+            version
         FROM input ORDER BY n
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id),
@@ -55,7 +57,9 @@ impl Db {
         let mut delays = Vec::with_capacity(jobs.len());
         let mut keys = Vec::with_capacity(jobs.len());
         let mut digests = Vec::with_capacity(jobs.len());
+        let mut versions = Vec::with_capacity(jobs.len());
         for job in jobs {
+            versions.push(job.payload_version as i32);
             kinds.push(job.kind.as_str());
             payloads.push(job.payload.to_string());
             attempts.push(job.max_attempts.min(i32::MAX as u32) as i32);
@@ -79,6 +83,7 @@ impl Db {
                     &keys,
                     &digests,
                     &self.channel,
+                    &versions,
                 ],
             )
             .await

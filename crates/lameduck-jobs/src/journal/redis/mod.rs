@@ -4,7 +4,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:job:<id>` | HASH | kind, payload, state, attempts, max_attempts, fence, owner, lease_expires_at, ready_at, checkpoint, result, last_error, idempotency_key, payload_digest (of a keyed job's kind and payload), created_at, updated_at |
+//! | `P:job:<id>` | HASH | kind, payload, state, attempts, max_attempts, fence, owner, lease_expires_at, ready_at, checkpoint, result, last_error, idempotency_key, payload_digest (of a keyed job's kind and payload), payload_version, created_at, updated_at |
+//! | `P:jobs:layout` | HASH | `version` of this key layout, and `min_reader`, the oldest build's layout that can read it |
 //! | `P:ready` | ZSET | pending job ids, scored by ready-at (ms) |
 //! | `P:leases` | ZSET | running job ids, scored by lease expiry (ms) |
 //! | `P:state:<state>` | ZSET | job ids in that state, scored by id (counts and paging) |
@@ -61,6 +62,11 @@ impl RedisConfig {
         self
     }
 }
+
+/// The key layout this build writes (`P:jobs:layout`). Raise it with a
+/// change a build of this layout could misread, and set `min_reader` to
+/// it only once the change is one older builds cannot read.
+const LAYOUT_VERSION: u32 = 1;
 
 struct Scripts {
     enqueue: Script,
@@ -155,6 +161,43 @@ impl RedisJournal {
         &self.prefix
     }
 
+    /// Checks that this build can read the key layout under the prefix,
+    /// recording its own when the prefix is new: a process of a later
+    /// build may have changed it during a rolling deploy. [`open`](crate::open)
+    /// calls it, so that a service refuses to start rather than misread.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Corrupt`] for a layout this build cannot read,
+    /// [`JournalError::Unavailable`] when Redis does not answer.
+    pub async fn check_layout(&self) -> Result<(), JournalError> {
+        let key = format!("{}:jobs:layout", self.prefix);
+        let script = Script::new(
+            "redis.call('HSETNX', KEYS[1], 'version', ARGV[1])
+             redis.call('HSETNX', KEYS[1], 'min_reader', ARGV[1])
+             return redis.call('HMGET', KEYS[1], 'version', 'min_reader')",
+        );
+        let mut invoke = script.prepare_invoke();
+        invoke.key(&key).arg(LAYOUT_VERSION);
+        let mut conn = self.conn.clone();
+        let (version, min_reader): (Option<u32>, Option<u32>) = self
+            .bounded("reading the key layout", invoke.invoke_async(&mut conn))
+            .await?;
+        let (Some(version), Some(min_reader)) = (version, min_reader) else {
+            return Err(JournalError::Corrupt(format!(
+                "{key} is not a layout record"
+            )));
+        };
+        if min_reader > LAYOUT_VERSION {
+            return Err(JournalError::Corrupt(format!(
+                "the jobs under Redis prefix {:?} have key layout {version}, which this build \
+                 (layout {LAYOUT_VERSION}) cannot read: it needs at least layout {min_reader}",
+                self.prefix
+            )));
+        }
+        Ok(())
+    }
+
     /// Runs `fut` with the journal's timeout, mapping errors to
     /// [`JournalError::Unavailable`].
     async fn bounded<T>(
@@ -240,7 +283,8 @@ impl Journal for RedisJournal {
             .arg(job.max_attempts)
             .arg(ms(job.delay))
             .arg(job.idempotency_key.as_deref().unwrap_or(""))
-            .arg(crate::journal::payload_digest(&job).to_string());
+            .arg(crate::journal::payload_digest(&job).to_string())
+            .arg(job.payload_version);
         let mut conn = self.conn.clone();
         let (id, created): (u64, i64) =
             self.bounded("enqueue", inv.invoke_async(&mut conn)).await?;
@@ -457,5 +501,6 @@ fn job_from_map(id: JobId, m: &HashMap<String, String>) -> Result<Job, JournalEr
         created_at_ms: field(m, "created_at")?,
         updated_at_ms: field(m, "updated_at")?,
         idempotency_key: m.get("idempotency_key").cloned(),
+        payload_version: opt_field(m, "payload_version")?.unwrap_or(1),
     })
 }

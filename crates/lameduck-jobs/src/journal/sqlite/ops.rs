@@ -87,7 +87,8 @@ impl From<JournalError> for OpError {
 type OpResult = Result<Reply, OpError>;
 
 const COLUMNS: &str = "id, kind, payload, state, attempts, max_attempts, checkpoint, result, \
-     last_error, owner, fence, lease_expires_at, ready_at, created_at, updated_at, idempotency_key";
+     last_error, owner, fence, lease_expires_at, ready_at, created_at, updated_at, idempotency_key, \
+     payload_version";
 
 pub(super) fn apply(conn: &Connection, op: Op, now: u64) -> OpResult {
     match op {
@@ -269,8 +270,8 @@ fn enqueue(conn: &Connection, job: NewJob, now: u64) -> OpResult {
     let ready_at = now.saturating_add(crate::job::ms(job.delay));
     conn.prepare_cached(
         "INSERT INTO jobs (kind, payload, state, max_attempts, ready_at, idempotency_key,
-             created_at, updated_at, payload_digest)
-         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7)",
+             created_at, updated_at, payload_digest, payload_version)
+         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
     )?
     .execute(params![
         job.kind,
@@ -279,7 +280,8 @@ fn enqueue(conn: &Connection, job: NewJob, now: u64) -> OpResult {
         ready_at as i64,
         job.idempotency_key,
         now as i64,
-        job.idempotency_key.as_ref().map(|_| digest)
+        job.idempotency_key.as_ref().map(|_| digest),
+        job.payload_version
     ])?;
     Ok(Reply::Enqueued(Enqueued {
         id: JobId(conn.last_insert_rowid() as u64),
@@ -404,6 +406,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Job, JournalError>> {
             created_at_ms: row.get::<_, i64>(13).map_err(corrupt)? as u64,
             updated_at_ms: row.get::<_, i64>(14).map_err(corrupt)? as u64,
             idempotency_key: row.get(15).map_err(corrupt)?,
+            payload_version: row.get(16).map_err(corrupt)?,
         })
     };
     Ok(build())
