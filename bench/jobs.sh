@@ -18,4 +18,7 @@ done
 echo "== enqueue -> start latency from another instance"
 target/release/examples/start_latency 200
 echo "== end to end through the worker pool"
-target/release/examples/pool_throughput 100000 8 64
+for r in $(seq 1 "$rounds"); do
+  echo "== round $r: pool_throughput 100000 8 64"
+  target/release/examples/pool_throughput 100000 8 64
+done
