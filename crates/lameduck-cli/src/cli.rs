@@ -86,6 +86,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "LAMEDUCK_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub(crate) admin_listen: SocketAddr,
 
+    /// Sources allowed on the admin listener, as CIDR or addresses
+    /// (repeatable, or comma-separated in the variable); default loopback
+    /// only. Others get 403 before any token is looked at, `/metrics`
+    /// included, and each refused address is logged once a minute.
+    #[arg(long = "admin-allow", env = "LAMEDUCK_ADMIN_ALLOW", value_delimiter = ',', value_parser = crate::serve::parse_net)]
+    pub(crate) admin_allow: Vec<ipnet::IpNet>,
+
     /// Program started on SIGHUP to take over the listening socket (default:
     /// this binary, as it is on disk now), with the same arguments.
     #[arg(long, env = "LAMEDUCK_UPGRADE_BINARY")]
@@ -494,7 +501,7 @@ mod tests {
         #[test]
         fn any_flag_value_parses_or_is_refused(
             flag in proptest::sample::select(&[
-                "--listen", "--admin-listen", "--drain-timeout", "--drain-announce", "--drain-spread", "--drain-announce-min", "--drain-announce-quiet",
+                "--listen", "--admin-listen", "--admin-allow", "--drain-timeout", "--drain-announce", "--drain-spread", "--drain-announce-min", "--drain-announce-quiet",
                 "--max-connections", "--max-in-flight", "--header-read-timeout",
                 "--keep-alive-timeout", "--request-timeout", "--max-header-bytes",
                 "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",

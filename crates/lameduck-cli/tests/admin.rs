@@ -275,3 +275,60 @@ async fn a_second_instance_cannot_take_the_admin_address() {
     }
     assert_eq!(get(first.addr, "/ping", 5 * SEC).await.unwrap().status, 200);
 }
+
+/// Sends `request` to `to` from the source address `from`; the status and
+/// the whole answer (the admin listener closes after one request).
+async fn send_from(from: &str, to: SocketAddr, request: &str) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut tcp = timeout(5 * SEC, socket.connect(to)).await.unwrap().unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    timeout(
+        5 * SEC,
+        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    (status, answer)
+}
+
+// `--admin-allow`: a source outside the list gets 403 on every admin route,
+// before the token is looked at (a right token does not help), and is
+// logged once however often it asks; listed sources are served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_sources_outside_the_allowlist_get_403_before_the_token() {
+    let (mut command, dir) = Child::serve_command(BIN, &[]);
+    command.args(["--admin-allow", "127.0.0.1/32"]);
+    command.env("LAMEDUCK_ADMIN_TOKEN", "s3cret");
+    let server = Child::spawn(command, dir);
+    let admin = server.admin_addr.expect("admin address");
+    let scrape = "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n";
+    let drain = "POST /admin/drain HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\n\
+                 Content-Length: 0\r\n\r\n";
+
+    let (status, answer) = send_from("127.0.0.2", admin, scrape).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("--admin-allow"), "{answer}");
+    let (status, answer) = send_from("127.0.0.2", admin, drain).await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, _) = send_from("127.0.0.1", admin, scrape).await;
+    assert_eq!(status, 200);
+
+    let m = metrics(admin).await;
+    assert_eq!(m["lameduck_admin_refused_sources_total"], 2.0);
+    assert_eq!(
+        m["lameduck_phase{phase=\"serving\"}"], 1.0,
+        "the drain was refused"
+    );
+    let logged = server.events("admin.refused_source");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["peer"], "127.0.0.2", "{logged:?}");
+}

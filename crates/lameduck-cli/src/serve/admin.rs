@@ -28,7 +28,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::routes::error;
+use super::{admin_allow::AdminAllow, routes::error};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Admin {
@@ -36,6 +36,7 @@ pub(crate) struct Admin {
     pub(crate) journal: Arc<dyn Journal>,
     /// `None`: the drain and upgrade endpoints are disabled.
     pub(crate) token: Option<Arc<str>>,
+    pub(crate) allow: Arc<AdminAllow>,
 }
 
 pub(crate) fn routes(admin: Admin) -> Router {
@@ -61,14 +62,25 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// accepted but whose request it has not read yet, and during an upgrade
 /// that loses scrapes: the socket is shared with the successor, which
 /// would have served them.
-pub(crate) async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    allow: Arc<AdminAllow>,
+    stop: CancellationToken,
+) {
     let conns = TaskTracker::new();
+    let refuse = Router::new().fallback(|| async {
+        error(
+            StatusCode::FORBIDDEN,
+            "this source is not allowed on the admin listener (--admin-allow)",
+        )
+    });
     loop {
         let stream = tokio::select! {
             biased;
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, most likely: retrying at once
                     // would spin.
@@ -78,7 +90,13 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, stop: Cancellation
                 }
             },
         };
-        let service = TowerToHyperService::new(app.clone());
+        let (stream, peer) = stream;
+        let app = if allow.admits(peer.ip()) {
+            app.clone()
+        } else {
+            refuse.clone()
+        };
+        let service = TowerToHyperService::new(app);
         conns.spawn(async move {
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -204,6 +222,12 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         "jobs_running",
         "Jobs running in this process",
         counts.jobs as u64,
+    );
+    counter(
+        &mut registry,
+        "admin_refused_sources",
+        "Admin connections refused because their source is outside --admin-allow",
+        admin.allow.refused(),
     );
     counter(
         &mut registry,

@@ -2,6 +2,7 @@
 //! API.
 
 mod admin;
+mod admin_allow;
 mod jobs;
 mod request_id;
 mod routes;
@@ -17,6 +18,8 @@ use lameduck::{
     ws::WsConfig,
 };
 use lameduck_jobs::{PoolConfig, WorkerPool};
+
+pub(crate) use admin_allow::parse_net;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
@@ -154,13 +157,26 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
         .ok()
         .filter(|t| !t.is_empty())
         .map(Arc::from);
+    let allow = Arc::new(admin_allow::AdminAllow::new(
+        if args.admin_allow.is_empty() {
+            admin_allow::loopback()
+        } else {
+            args.admin_allow.clone()
+        },
+    ));
     let admin_app = admin::routes(admin::Admin {
         handle: server.handle(),
         journal: journal.clone(),
         token,
+        allow: allow.clone(),
     });
     let admin_done = CancellationToken::new();
-    let admin_server = tokio::spawn(admin::serve(admin_listener, admin_app, admin_done.clone()));
+    let admin_server = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_app,
+        allow,
+        admin_done.clone(),
+    ));
 
     let ws = routes::WsLimits {
         config: ws,
