@@ -183,6 +183,16 @@ pub(crate) struct LimitArgs {
     #[arg(long, env = "LAMEDUCK_MAX_IN_FLIGHT", default_value_t = 0)]
     pub(crate) max_in_flight: u32,
 
+    /// Requests past --max-in-flight that wait, first come first served,
+    /// for a place (0: refused at once). Queued requests are served across
+    /// a drain.
+    #[arg(long, env = "LAMEDUCK_MAX_IN_FLIGHT_QUEUE", default_value_t = 0)]
+    pub(crate) max_in_flight_queue: u32,
+
+    /// Longest wait in that queue; then 503 with Retry-After.
+    #[arg(long, env = "LAMEDUCK_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) queue_timeout: Duration,
+
     /// Time a client has to send a complete HTTP/1 request head, from its
     /// first byte (or from connecting, for the first request): slowloris.
     /// 0 turns it off.
@@ -502,7 +512,7 @@ mod tests {
         fn any_flag_value_parses_or_is_refused(
             flag in proptest::sample::select(&[
                 "--listen", "--admin-listen", "--admin-allow", "--drain-timeout", "--drain-announce", "--drain-spread", "--drain-announce-min", "--drain-announce-quiet",
-                "--max-connections", "--max-in-flight", "--header-read-timeout",
+                "--max-connections", "--max-in-flight", "--max-in-flight-queue", "--queue-timeout", "--header-read-timeout",
                 "--keep-alive-timeout", "--request-timeout", "--max-header-bytes",
                 "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",
                 "--journal", "--jobs-concurrency", "--jobs-lease",

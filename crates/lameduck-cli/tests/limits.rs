@@ -95,6 +95,145 @@ async fn requests_past_the_in_flight_limit_get_503() {
     server.drains_cleanly();
 }
 
+/// `n` parallel `GET path` (each on its own connection); their statuses
+/// and `Retry-After` headers, in the order they were sent.
+async fn burst(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(u16, Option<String>)>> {
+    let mut sent = Vec::new();
+    for _ in 0..n {
+        sent.push(tokio::spawn(async move {
+            let res = get(addr, path, 30 * SEC).await.unwrap();
+            (res.status, res.header("retry-after").map(str::to_owned))
+        }));
+        // In this order into the queue.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sent
+}
+
+// --max-in-flight 2 --max-in-flight-queue 10: twelve parallel slow requests
+// are all served (two at once, ten waiting in order); a thirteenth finds
+// the queue full and gets 503 at once (Retry-After: 1); the metrics count
+// the waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_waits_in_the_queue_and_past_it_gets_503() {
+    let server = Child::serve(
+        BIN,
+        &[
+            "--max-in-flight",
+            "2",
+            "--max-in-flight-queue",
+            "10",
+            "--queue-timeout",
+            "20s",
+        ],
+    );
+    let addr = server.addr;
+    let twelve = burst(addr, "/slow?ms=400", 12).await;
+    let res = get(addr, "/ping", 5 * SEC).await.unwrap();
+    assert_eq!(res.status, 503, "the queue is full");
+    assert_eq!(res.header("retry-after"), Some("1"));
+    assert!(res.json()["error"].is_string());
+    for (i, r) in twelve.into_iter().enumerate() {
+        assert_eq!(r.await.unwrap(), (200, None), "request {i}");
+    }
+    assert_eq!(get(addr, "/ping", 5 * SEC).await.unwrap().status, 200);
+    let admin = server.admin_addr.expect("admin address");
+    let metrics = String::from_utf8(get(admin, "/metrics", 5 * SEC).await.unwrap().body).unwrap();
+    assert!(
+        metrics.contains("lameduck_queue_waited_total 10\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lameduck_rejected_total{reason=\"max_in_flight\"} 1\n"),
+        "{metrics}"
+    );
+    server.drains_cleanly();
+}
+
+// With --queue-timeout 100ms, requests still queued after it get 503 with
+// Retry-After (the timeout rounded up to a second); the ones in flight
+// finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_past_the_queue_timeout_get_503() {
+    let server = Child::serve(
+        BIN,
+        &[
+            "--max-in-flight",
+            "2",
+            "--max-in-flight-queue",
+            "10",
+            "--queue-timeout",
+            "100ms",
+        ],
+    );
+    let addr = server.addr;
+    let sent = burst(addr, "/slow?ms=2000", 5).await;
+    let answers: Vec<_> = futures_util::future::join_all(sent)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
+    assert_eq!((ok, refused.len()), (2, 3), "{answers:?}");
+    assert!(
+        refused.iter().all(|a| a.1.as_deref() == Some("1")),
+        "{answers:?}"
+    );
+    let admin = server.admin_addr.expect("admin address");
+    let metrics = String::from_utf8(get(admin, "/metrics", 5 * SEC).await.unwrap().body).unwrap();
+    assert!(
+        metrics.contains("lameduck_rejected_total{reason=\"queue_timeout\"} 3\n"),
+        "{metrics}"
+    );
+    server.drains_cleanly();
+}
+
+// Requests waiting in the queue when SIGTERM comes were accepted: the drain
+// serves every one (no 503, no reset), reports them as queued in
+// shutdown.progress, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_are_served_across_a_drain() {
+    let server = Child::serve(
+        BIN,
+        &[
+            "--max-in-flight",
+            "1",
+            "--max-in-flight-queue",
+            "10",
+            "--queue-timeout",
+            "20s",
+            "--drain-announce",
+            "0s",
+            "--drain-timeout",
+            "20s",
+        ],
+    );
+    let addr = server.addr;
+    let sent = burst(addr, "/slow?ms=500", 6).await;
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let progress = server
+        .wait_for_event("shutdown.progress", 10 * SEC)
+        .expect("shutdown.progress while requests wait");
+    for (i, r) in sent.into_iter().enumerate() {
+        assert_eq!(r.await.unwrap(), (200, None), "request {i}");
+    }
+    assert!(progress["queued"].as_u64().is_some(), "{progress}");
+    let queued_seen = server
+        .events("shutdown.progress")
+        .iter()
+        .filter_map(|e| e["queued"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(queued_seen >= 1, "a progress event saw the queue");
+    let mut server = server;
+    assert_eq!(server.expect_exit(30 * SEC).code(), Some(0));
+}
+
 // A request head over --max-header-bytes gets 431; a body over the route's
 // limit gets 413.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

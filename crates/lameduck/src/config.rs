@@ -74,10 +74,18 @@ pub struct Config {
     /// `503 Service Unavailable` with `Retry-After: 1` and closed, never left
     /// hanging in the queue (default 25,000; `None`: no limit).
     pub max_connections: Option<usize>,
-    /// Requests handled at once. Past it, a request is answered 503 with
-    /// `Retry-After: 1` without reaching the application (default `None`:
-    /// no limit; it costs one shared counter per request when set).
+    /// Requests handled at once. Past it, a request waits in a queue of
+    /// [`Config::max_in_flight_queue`] places, or is answered 503 with
+    /// `Retry-After` without reaching the application (default `None`: no
+    /// limit; it costs one shared semaphore per request when set).
     pub max_in_flight: Option<usize>,
+    /// Requests that may wait, first come first served, for a place under
+    /// [`Config::max_in_flight`] (default 0: refused at once). A queued
+    /// request counts as in flight: a drain serves it, never drops it.
+    pub max_in_flight_queue: usize,
+    /// Longest wait in that queue; past it, 503 with `Retry-After` (this
+    /// timeout rounded up to seconds). Default 1 s.
+    pub queue_timeout: Duration,
     /// Largest HTTP/1 request head (request line and headers); larger ones
     /// get `431 Request Header Fields Too Large` (default 64 KiB, at least
     /// 8 KiB).
@@ -220,6 +228,8 @@ impl Default for Config {
             connect_info: false,
             max_connections: Some(25_000),
             max_in_flight: None,
+            max_in_flight_queue: 0,
+            queue_timeout: Duration::from_secs(1),
             max_header_bytes: 64 * 1024,
         }
     }
@@ -290,6 +300,18 @@ impl Config {
     /// Sets [`Config::max_in_flight`].
     pub fn max_in_flight(mut self, value: Option<usize>) -> Self {
         self.max_in_flight = value;
+        self
+    }
+
+    /// Sets [`Config::max_in_flight_queue`].
+    pub fn max_in_flight_queue(mut self, value: usize) -> Self {
+        self.max_in_flight_queue = value;
+        self
+    }
+
+    /// Sets [`Config::queue_timeout`].
+    pub fn queue_timeout(mut self, value: Duration) -> Self {
+        self.queue_timeout = value;
         self
     }
 

@@ -44,6 +44,7 @@
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
+mod admission;
 mod config;
 mod error;
 mod handle;

@@ -57,6 +57,10 @@ pub struct Counts {
     pub in_flight: usize,
     /// Background jobs running under a [`crate::JobGuard`].
     pub jobs: usize,
+    /// Requests waiting for a place under [`crate::Config::max_in_flight`]
+    /// (see [`crate::Config::max_in_flight_queue`]); counted in `in_flight`
+    /// too, as a drain waits for them.
+    pub queued: usize,
 }
 
 impl Counts {
@@ -87,8 +91,16 @@ pub struct Totals {
     pub cut: u64,
     /// Connections refused with 503 past [`crate::Config::max_connections`].
     pub rejected_connections: u64,
-    /// Requests refused with 503 past [`crate::Config::max_in_flight`].
+    /// Requests refused with 503 past [`crate::Config::max_in_flight`]:
+    /// the queue was full, or they waited the whole
+    /// [`crate::Config::queue_timeout`].
     pub rejected_requests: u64,
+    /// Of `rejected_requests`, those that waited the whole queue timeout.
+    pub queue_timeouts: u64,
+    /// Requests that waited in the queue, then were served.
+    pub queue_waited: u64,
+    /// Their total wait, in microseconds.
+    pub queue_wait_micros: u64,
     /// TLS handshakes that failed (a bad client hello, no common protocol,
     /// a client that went away) or did not finish within the header-read
     /// timeout.
@@ -135,6 +147,8 @@ impl Sharded {
 
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
+    /// The in-flight limit and its queue, when `max_in_flight` is set.
+    admission: Option<crate::admission::Admission>,
     by_kind: [AtomicUsize; 3],
     sse: AtomicUsize,
     in_flight: Sharded,
@@ -152,12 +166,27 @@ pub(crate) struct Stats {
     /// Requests other than health probes received while announcing (only
     /// counted then).
     announce_traffic: AtomicU64,
-    /// In-flight requests as one shared counter, kept only when
-    /// `max_in_flight` is set (the limit needs an exact, current value).
-    in_flight_limited: AtomicUsize,
 }
 
 impl Stats {
+    pub(crate) fn new(config: &crate::Config) -> Self {
+        Self {
+            admission: config.max_in_flight.map(|max| {
+                crate::admission::Admission::new(
+                    max,
+                    config.max_in_flight_queue,
+                    config.queue_timeout,
+                )
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// The in-flight limit, when there is one.
+    pub(crate) fn admission(&self) -> Option<&crate::admission::Admission> {
+        self.admission.as_ref()
+    }
+
     pub(crate) fn counts(&self) -> Counts {
         Counts {
             http1: self.by_kind[0].load(Relaxed),
@@ -168,10 +197,16 @@ impl Stats {
             // sum is meaningful, and it is never negative once settled.
             in_flight: self.in_flight.sum().max(0) as usize,
             jobs: self.jobs.load(Relaxed),
+            queued: self.admission.as_ref().map_or(0, |a| a.stats().queued),
         }
     }
 
     pub(crate) fn totals(&self) -> Totals {
+        let queue = self
+            .admission
+            .as_ref()
+            .map(crate::admission::Admission::stats)
+            .unwrap_or_default();
         Totals {
             connections: self.connections.load(Relaxed),
             accepted_during_drain: self.accepted_during_drain.load(Relaxed),
@@ -182,6 +217,9 @@ impl Stats {
             cut: self.cut.load(Relaxed),
             rejected_connections: self.rejected_connections.load(Relaxed),
             rejected_requests: self.rejected_requests.load(Relaxed),
+            queue_timeouts: queue.timed_out,
+            queue_waited: queue.waited,
+            queue_wait_micros: queue.waited_us,
             tls_handshakes_failed: self.tls_handshakes_failed.load(Relaxed),
         }
     }
@@ -214,19 +252,9 @@ impl Stats {
         self.rejected_connections.fetch_add(1, Relaxed) + 1
     }
 
-    /// Takes a place under the in-flight limit; `false` (and the request
-    /// counted as rejected) when there is none.
-    pub(crate) fn try_admit(&self, max: usize) -> bool {
-        if self.in_flight_limited.fetch_add(1, Relaxed) >= max {
-            self.in_flight_limited.fetch_sub(1, Relaxed);
-            self.rejected_requests.fetch_add(1, Relaxed);
-            return false;
-        }
-        true
-    }
-
-    pub(crate) fn release_admitted(&self) {
-        self.in_flight_limited.fetch_sub(1, Relaxed);
+    /// Counts a request refused under the in-flight limit.
+    pub(crate) fn request_rejected(&self) {
+        self.rejected_requests.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn conns_cut(&self, n: usize) {

@@ -277,11 +277,34 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         .inc_by(totals.rejected_connections);
     rejected
         .get_or_create(&vec![("reason", "max_in_flight")])
-        .inc_by(totals.rejected_requests);
+        .inc_by(totals.rejected_requests - totals.queue_timeouts);
+    rejected
+        .get_or_create(&vec![("reason", "queue_timeout")])
+        .inc_by(totals.queue_timeouts);
     registry.register(
         "rejected",
         "Connections and requests refused by a limit",
         rejected,
+    );
+
+    gauge(
+        &mut registry,
+        "queued_requests",
+        "Requests waiting for a place under --max-in-flight",
+        counts.queued as u64,
+    );
+    counter(
+        &mut registry,
+        "queue_waited",
+        "Requests that waited in the --max-in-flight queue, then were served",
+        totals.queue_waited,
+    );
+    let waited = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+    waited.inc_by(totals.queue_wait_micros as f64 / 1e6);
+    registry.register(
+        "queue_wait_seconds",
+        "Time those requests waited in the queue, in total",
+        waited,
     );
 
     let phases = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();

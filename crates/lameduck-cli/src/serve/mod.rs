@@ -104,6 +104,8 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     let limit = |n: u32| (n > 0).then_some(n as usize);
     config.max_connections = limit(args.limits.max_connections);
     config.max_in_flight = limit(args.limits.max_in_flight);
+    config.max_in_flight_queue = args.limits.max_in_flight_queue as usize;
+    config.queue_timeout = args.limits.queue_timeout;
     config.max_header_bytes = args.limits.max_header_bytes as usize;
     let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
     config.header_read_timeout = nonzero(args.limits.header_read_timeout);

@@ -127,8 +127,8 @@ pub(crate) struct Lifecycle {
 impl Lifecycle {
     pub(crate) fn new(config: Config) -> Arc<Self> {
         Arc::new(Self {
+            stats: Stats::new(&config),
             config,
-            stats: Stats::default(),
             phase: AtomicU8::new(Phase::Serving as u8),
             changed: Notify::new(),
             waiters: Waiters::default(),

@@ -284,6 +284,7 @@ async fn report_progress(lifecycle: &Lifecycle, registry: &Registry, state: &Sta
             websocket = counts.websocket,
             sse = counts.sse,
             in_flight = counts.in_flight,
+            queued = counts.queued,
             jobs = counts.jobs,
             to_tell = state.to_tell.load(Ordering::Relaxed),
             "shutdown.progress"

@@ -19,8 +19,14 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tower::{Service, ServiceExt};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::io::ConnState;
-use crate::{lifecycle::DrainExt, stats::ConnKind};
+use crate::{
+    admission::{Admission, Admit},
+    lifecycle::DrainExt,
+    stats::ConnKind,
+};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -55,15 +61,64 @@ where
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         let lifecycle = self.conn.lifecycle();
-        let limited = lifecycle.config().max_in_flight;
-        if let Some(max) = limited {
-            if !lifecycle.stats().try_admit(max) {
-                return Box::pin(async { Ok(overloaded()) });
+        let admit = lifecycle.stats().admission().map(Admission::try_admit);
+        let permit = match admit {
+            None => None,
+            Some(Admit::Now(permit)) => Some(permit),
+            Some(Admit::Queued) => return self.queued(req),
+            Some(Admit::Full) => {
+                lifecycle.stats().request_rejected();
+                return Box::pin(async { Ok(overloaded(1)) });
             }
-        }
-        let in_flight = InFlight::start(self.conn.clone(), limited.is_some());
+        };
+        self.serve(req, permit)
+    }
+}
+
+impl<S, B> ConnService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// A request past the in-flight limit with a place in the queue: it
+    /// counts as in flight while it waits (a drain waits for it), then is
+    /// served, or refused at the queue's timeout.
+    fn queued(
+        &self,
+        req: Request<Incoming>,
+    ) -> <Self as hyper::service::Service<Request<Incoming>>>::Future {
+        let this = self.clone();
+        let waiting = InFlight::start(self.conn.clone(), None);
+        Box::pin(async move {
+            let lifecycle = this.conn.lifecycle();
+            let admission = lifecycle
+                .stats()
+                .admission()
+                .expect("queued only under a limit");
+            let Some(permit) = admission.wait().await else {
+                lifecycle.stats().request_rejected();
+                return Ok(overloaded(admission.retry_after_secs()));
+            };
+            // Counted by the served request from here (started before the
+            // wait's count ends, so the connection never looks idle).
+            let served = this.serve(req, Some(permit));
+            drop(waiting);
+            served.await
+        })
+    }
+
+    fn serve(
+        &self,
+        mut req: Request<Incoming>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> <Self as hyper::service::Service<Request<Incoming>>>::Future {
+        let lifecycle = self.conn.lifecycle();
+        let in_flight = InFlight::start(self.conn.clone(), permit);
         let http1 = req.version() != Version::HTTP_2;
         if !http1 && self.conn.kind() != ConnKind::Http2 {
             self.conn.set_kind(ConnKind::Http2);
@@ -99,34 +154,34 @@ where
 #[derive(Debug)]
 pub(crate) struct InFlight {
     conn: Arc<ConnState>,
-    /// Holds a place under `max_in_flight`.
-    admitted: bool,
+    /// Holds a place under `max_in_flight` (given back on drop).
+    _admitted: Option<OwnedSemaphorePermit>,
 }
 
 impl InFlight {
-    fn start(conn: Arc<ConnState>, admitted: bool) -> Self {
+    fn start(conn: Arc<ConnState>, admitted: Option<OwnedSemaphorePermit>) -> Self {
         conn.request_started();
-        Self { conn, admitted }
+        Self {
+            conn,
+            _admitted: admitted,
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.conn.request_finished();
-        if self.admitted {
-            self.conn.lifecycle().stats().release_admitted();
-        }
     }
 }
 
 const OVERLOADED: &str = r#"{"error":"too many requests in flight; retry later"}"#;
 
-/// The answer past `max_in_flight`: 503, `Retry-After: 1`, a JSON error.
-fn overloaded<B>() -> Response<TrackedBody<B>> {
+/// The answer past `max_in_flight`: 503, `Retry-After`, a JSON error.
+fn overloaded<B>(retry_after_secs: u64) -> Response<TrackedBody<B>> {
     let mut res = Response::new(TrackedBody::canned(OVERLOADED));
     *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let headers = res.headers_mut();
-    headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
