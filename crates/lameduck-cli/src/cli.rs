@@ -189,6 +189,18 @@ pub(crate) struct LimitArgs {
     #[arg(long, env = "LAMEDUCK_MAX_IN_FLIGHT_QUEUE", default_value_t = 0)]
     pub(crate) max_in_flight_queue: u32,
 
+    /// A token bucket per client address: RPS requests a second, in bursts
+    /// of BURST (default RPS); past it 429 with Retry-After. IPv6 clients
+    /// count by their /64; health-check paths are not limited.
+    #[arg(long, env = "LAMEDUCK_RATE_LIMIT", value_name = "RPS[:BURST]", value_parser = parse_rate)]
+    pub(crate) rate_limit: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
+
+    /// Proxies (CIDR or address; repeatable, comma-separated in the
+    /// variable) whose X-Forwarded-For or Forwarded header names the
+    /// client for --rate-limit; no other peer's is believed.
+    #[arg(long = "trust-proxy", env = "LAMEDUCK_TRUST_PROXY", value_delimiter = ',', value_parser = crate::serve::parse_net)]
+    pub(crate) trust_proxy: Vec<ipnet::IpNet>,
+
     /// Longest wait in that queue; then 503 with Retry-After.
     #[arg(long, env = "LAMEDUCK_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub(crate) queue_timeout: Duration,
@@ -393,6 +405,22 @@ fn parse_window(s: &str) -> Result<Duration, String> {
 }
 
 /// `250ms`, `2s`, `1m30s`; a bare number is seconds.
+/// `RPS[:BURST]`, both whole numbers from 1; BURST defaults to RPS.
+pub(crate) fn parse_rate(s: &str) -> Result<(std::num::NonZeroU32, std::num::NonZeroU32), String> {
+    let number = |part: &str| {
+        part.trim().parse::<std::num::NonZeroU32>().map_err(|_| {
+            format!("{s:?}: expected RPS[:BURST], whole numbers from 1 (e.g. 100:200)")
+        })
+    };
+    match s.split_once(':') {
+        Some((rps, burst)) => Ok((number(rps)?, number(burst)?)),
+        None => {
+            let rps = number(s)?;
+            Ok((rps, rps))
+        }
+    }
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
@@ -512,7 +540,7 @@ mod tests {
         fn any_flag_value_parses_or_is_refused(
             flag in proptest::sample::select(&[
                 "--listen", "--admin-listen", "--admin-allow", "--drain-timeout", "--drain-announce", "--drain-spread", "--drain-announce-min", "--drain-announce-quiet",
-                "--max-connections", "--max-in-flight", "--max-in-flight-queue", "--queue-timeout", "--header-read-timeout",
+                "--max-connections", "--max-in-flight", "--max-in-flight-queue", "--queue-timeout", "--rate-limit", "--trust-proxy", "--header-read-timeout",
                 "--keep-alive-timeout", "--request-timeout", "--max-header-bytes",
                 "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",
                 "--journal", "--jobs-concurrency", "--jobs-lease",

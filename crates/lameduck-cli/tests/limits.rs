@@ -234,6 +234,102 @@ async fn queued_requests_are_served_across_a_drain() {
     assert_eq!(server.expect_exit(30 * SEC).code(), Some(0));
 }
 
+/// `GET path` from the source address `from` on a connection of its own
+/// (closed after the answer), with `extra` header lines; the status, the
+/// `Retry-After` value and the body.
+async fn get_from(
+    from: &str,
+    to: std::net::SocketAddr,
+    path: &str,
+    extra: &str,
+) -> (u16, Option<String>, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut tcp = timeout(5 * SEC, socket.connect(to)).await.unwrap().unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{extra}\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let answer = read_to_close(&mut tcp).await;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let retry_after = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .map(str::to_owned);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, retry_after, body)
+}
+
+// --rate-limit 1:5: a burst of five from one client is served and the
+// sixth gets 429 with Retry-After and a JSON error; another address has
+// its own bucket; a forwarding header from an untrusted peer changes
+// nothing, while one from a --trust-proxy peer names the client (each
+// named client its own bucket); health probes are never limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_per_client_and_trust_only_listed_proxies() {
+    let server = Child::serve(
+        BIN,
+        &["--rate-limit", "1:5", "--trust-proxy", "127.0.0.1/32"],
+    );
+    let addr = server.addr;
+    for i in 0..5 {
+        assert_eq!(
+            get_from("127.0.0.2", addr, "/ping", "").await.0,
+            200,
+            "request {i}"
+        );
+    }
+    let (status, retry_after, body) = get_from("127.0.0.2", addr, "/ping", "").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(body.contains("\"error\""), "{body}");
+    let spoofed = "X-Forwarded-For: 203.0.113.99\r\n";
+    assert_eq!(
+        get_from("127.0.0.2", addr, "/ping", spoofed).await.0,
+        429,
+        "an untrusted header is ignored"
+    );
+    assert_eq!(
+        get_from("127.0.0.2", addr, "/readyz", "").await.0,
+        200,
+        "health probes are not limited"
+    );
+    assert_eq!(
+        get_from("127.0.0.3", addr, "/ping", "").await.0,
+        200,
+        "another address, another bucket"
+    );
+
+    let client_a = "X-Forwarded-For: 203.0.113.5\r\n";
+    for i in 0..5 {
+        assert_eq!(
+            get_from("127.0.0.1", addr, "/ping", client_a).await.0,
+            200,
+            "request {i}"
+        );
+    }
+    assert_eq!(get_from("127.0.0.1", addr, "/ping", client_a).await.0, 429);
+    let client_b = "Forwarded: for=203.0.113.6\r\n";
+    assert_eq!(
+        get_from("127.0.0.1", addr, "/ping", client_b).await.0,
+        200,
+        "a trusted proxy's client has its own bucket"
+    );
+
+    let admin = server.admin_addr.expect("admin address");
+    let metrics = String::from_utf8(get(admin, "/metrics", 5 * SEC).await.unwrap().body).unwrap();
+    assert!(
+        metrics.contains("lameduck_rejected_total{reason=\"rate_limit\"} 3\n"),
+        "{metrics}"
+    );
+    server.drains_cleanly();
+}
+
 // A request head over --max-header-bytes gets 431; a body over the route's
 // limit gets 413.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,9 @@ pub struct Config {
     /// Longest wait in that queue; past it, 503 with `Retry-After` (this
     /// timeout rounded up to seconds). Default 1 s.
     pub queue_timeout: Duration,
+    /// A token bucket per client address; past it, 429 (default `None`:
+    /// no limit, and no cost).
+    pub rate_limit: Option<crate::RateLimit>,
     /// Largest HTTP/1 request head (request line and headers); larger ones
     /// get `431 Request Header Fields Too Large` (default 64 KiB, at least
     /// 8 KiB).
@@ -230,6 +233,7 @@ impl Default for Config {
             max_in_flight: None,
             max_in_flight_queue: 0,
             queue_timeout: Duration::from_secs(1),
+            rate_limit: None,
             max_header_bytes: 64 * 1024,
         }
     }
@@ -312,6 +316,12 @@ impl Config {
     /// Sets [`Config::queue_timeout`].
     pub fn queue_timeout(mut self, value: Duration) -> Self {
         self.queue_timeout = value;
+        self
+    }
+
+    /// Sets [`Config::rate_limit`].
+    pub fn rate_limit(mut self, value: Option<crate::RateLimit>) -> Self {
+        self.rate_limit = value;
         self
     }
 

@@ -51,6 +51,7 @@ mod handle;
 pub mod handoff;
 pub mod health;
 mod lifecycle;
+mod rate;
 mod report;
 mod server;
 pub mod signal;
@@ -63,6 +64,7 @@ pub use config::{Config, DrainAnnounce, DrainSpread};
 pub use error::Error;
 pub use handle::Handle;
 pub use lifecycle::{Drain, DrainReason, JobGuard, Phase, PhaseFuture, Told};
+pub use rate::RateLimit;
 pub use report::{DrainReport, EXIT_DRAINED, EXIT_FORCED};
 /// The rustls this crate terminates TLS with ([`Server::with_tls`]): build
 /// the `ServerConfig` with it, so that the versions match.

@@ -97,6 +97,8 @@ pub struct Totals {
     pub rejected_requests: u64,
     /// Of `rejected_requests`, those that waited the whole queue timeout.
     pub queue_timeouts: u64,
+    /// Requests refused with 429 by [`crate::Config::rate_limit`].
+    pub rate_limited: u64,
     /// Requests that waited in the queue, then were served.
     pub queue_waited: u64,
     /// Their total wait, in microseconds.
@@ -149,6 +151,8 @@ impl Sharded {
 pub(crate) struct Stats {
     /// The in-flight limit and its queue, when `max_in_flight` is set.
     admission: Option<crate::admission::Admission>,
+    /// The per-client buckets, when `rate_limit` is set.
+    limiter: Option<crate::rate::Limiter>,
     by_kind: [AtomicUsize; 3],
     sse: AtomicUsize,
     in_flight: Sharded,
@@ -178,8 +182,14 @@ impl Stats {
                     config.queue_timeout,
                 )
             }),
+            limiter: config.rate_limit.clone().map(crate::rate::Limiter::new),
             ..Self::default()
         }
+    }
+
+    /// The per-client rate limit, when there is one.
+    pub(crate) fn limiter(&self) -> Option<&crate::rate::Limiter> {
+        self.limiter.as_ref()
     }
 
     /// The in-flight limit, when there is one.
@@ -218,6 +228,10 @@ impl Stats {
             rejected_connections: self.rejected_connections.load(Relaxed),
             rejected_requests: self.rejected_requests.load(Relaxed),
             queue_timeouts: queue.timed_out,
+            rate_limited: self
+                .limiter
+                .as_ref()
+                .map_or(0, crate::rate::Limiter::limited),
             queue_waited: queue.waited,
             queue_wait_micros: queue.waited_us,
             tls_handshakes_failed: self.tls_handshakes_failed.load(Relaxed),

@@ -281,6 +281,9 @@ async fn metrics(State(admin): State<Admin>) -> Response {
     rejected
         .get_or_create(&vec![("reason", "queue_timeout")])
         .inc_by(totals.queue_timeouts);
+    rejected
+        .get_or_create(&vec![("reason", "rate_limit")])
+        .inc_by(totals.rate_limited);
     registry.register(
         "rejected",
         "Connections and requests refused by a limit",

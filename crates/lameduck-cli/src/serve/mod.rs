@@ -106,6 +106,13 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     config.max_in_flight = limit(args.limits.max_in_flight);
     config.max_in_flight_queue = args.limits.max_in_flight_queue as usize;
     config.queue_timeout = args.limits.queue_timeout;
+    config.rate_limit = args.limits.rate_limit.map(|(rps, burst)| {
+        let limit = lameduck::RateLimit::per_second(rps).burst(burst);
+        args.limits
+            .trust_proxy
+            .iter()
+            .fold(limit, |limit, net| limit.trust_proxy(*net))
+    });
     config.max_header_bytes = args.limits.max_header_bytes as usize;
     let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
     config.header_read_timeout = nonzero(args.limits.header_read_timeout);

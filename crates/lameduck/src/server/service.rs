@@ -63,6 +63,14 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let lifecycle = self.conn.lifecycle();
+        if let Some(limiter) = lifecycle.stats().limiter() {
+            let path = req.uri().path();
+            if !lifecycle.config().health_paths.iter().any(|p| p == path) {
+                if let Err(wait) = limiter.check(self.peer.ip(), req.headers()) {
+                    return Box::pin(async move { Ok(too_many(wait)) });
+                }
+            }
+        }
         let admit = lifecycle.stats().admission().map(Admission::try_admit);
         let permit = match admit {
             None => None,
@@ -182,6 +190,20 @@ fn overloaded<B>(retry_after_secs: u64) -> Response<TrackedBody<B>> {
     *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let headers = res.headers_mut();
     headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+const TOO_MANY: &str = r#"{"error":"rate limit exceeded; retry later"}"#;
+
+/// The answer past a client's rate limit: 429, `Retry-After` (the wait
+/// for its next token, in whole seconds, at least 1), a JSON error.
+fn too_many<B>(wait: std::time::Duration) -> Response<TrackedBody<B>> {
+    let mut res = Response::new(TrackedBody::canned(TOO_MANY));
+    *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let headers = res.headers_mut();
+    let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
+    headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
