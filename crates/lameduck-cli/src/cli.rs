@@ -195,6 +195,13 @@ pub(crate) struct LimitArgs {
     #[arg(long, env = "LAMEDUCK_RATE_LIMIT", value_name = "RPS[:BURST]", value_parser = parse_rate)]
     pub(crate) rate_limit: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
 
+    /// New WebSocket and SSE sessions allowed per second on this instance,
+    /// in bursts of BURST (default RATE): past it 503 with a Retry-After
+    /// spread over a few seconds, so that the clients of a killed instance
+    /// reconnect spread out. Requests on open connections are untouched.
+    #[arg(long, env = "LAMEDUCK_MAX_NEW_SESSIONS", value_name = "RATE[:BURST]", value_parser = parse_rate)]
+    pub(crate) max_new_sessions: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
+
     /// Proxies (CIDR or address; repeatable, comma-separated in the
     /// variable) whose X-Forwarded-For or Forwarded header names the
     /// client for --rate-limit; no other peer's is believed.
@@ -540,7 +547,7 @@ mod tests {
         fn any_flag_value_parses_or_is_refused(
             flag in proptest::sample::select(&[
                 "--listen", "--admin-listen", "--admin-allow", "--drain-timeout", "--drain-announce", "--drain-spread", "--drain-announce-min", "--drain-announce-quiet",
-                "--max-connections", "--max-in-flight", "--max-in-flight-queue", "--queue-timeout", "--rate-limit", "--trust-proxy", "--header-read-timeout",
+                "--max-connections", "--max-in-flight", "--max-in-flight-queue", "--queue-timeout", "--rate-limit", "--trust-proxy", "--max-new-sessions", "--header-read-timeout",
                 "--keep-alive-timeout", "--request-timeout", "--max-header-bytes",
                 "--ws-max-message", "--ws-max-frame", "--ws-allowed-origin",
                 "--journal", "--jobs-concurrency", "--jobs-lease",

@@ -330,6 +330,77 @@ async fn rate_limits_are_per_client_and_trust_only_listed_proxies() {
     server.drains_cleanly();
 }
 
+// --max-new-sessions 1:3 (a reconnect storm): three WebSockets open, then
+// new WebSocket and SSE sessions get 503 with Retry-After values that
+// differ (spread, so the refused do not come back together), while the
+// open sockets keep echoing and plain requests are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_past_the_rate_get_503_with_spread_retry_after() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+    let server = Child::serve(BIN, &["--max-new-sessions", "1:3"]);
+    let addr = server.addr;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
+            .await
+            .unwrap();
+        open.push(ws);
+    }
+    let mut afters = Vec::new();
+    for _ in 0..12 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        match tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp).await {
+            Err(WsError::Http(res)) => {
+                assert_eq!(res.status(), 503);
+                let after: u64 = res.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                afters.push(after);
+            }
+            other => panic!("expected a 503, got {:?}", other.map(|_| ())),
+        }
+    }
+    let res = send(
+        addr,
+        "GET",
+        "/events",
+        &[("Accept", "text/event-stream")],
+        b"",
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 503, "a new SSE stream is a session too");
+    assert!(res.header("retry-after").is_some());
+    afters.sort_unstable();
+    afters.dedup();
+    assert!(
+        afters.len() > 1,
+        "Retry-After values are spread: {afters:?}"
+    );
+    assert!(afters.iter().all(|a| (1..=6).contains(a)), "{afters:?}");
+
+    for ws in &mut open {
+        ws.send(Message::text("still here")).await.unwrap();
+        let echoed = timeout(5 * SEC, ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echoed, Message::text("still here"));
+    }
+    assert_eq!(get(addr, "/ping", 5 * SEC).await.unwrap().status, 200);
+    let admin = server.admin_addr.expect("admin address");
+    let metrics = String::from_utf8(get(admin, "/metrics", 5 * SEC).await.unwrap().body).unwrap();
+    assert!(
+        metrics.contains("lameduck_rejected_total{reason=\"new_sessions\"} 13\n"),
+        "{metrics}"
+    );
+    drop(open);
+    server.drains_cleanly();
+}
+
 // A request head over --max-header-bytes gets 431; a body over the route's
 // limit gets 413.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,6 +89,9 @@ pub struct Config {
     /// A token bucket per client address; past it, 429 (default `None`:
     /// no limit, and no cost).
     pub rate_limit: Option<crate::RateLimit>,
+    /// New WebSocket and SSE sessions allowed per second on this instance;
+    /// past it, 503 with a spread `Retry-After` (default `None`).
+    pub max_new_sessions: Option<crate::SessionRate>,
     /// Largest HTTP/1 request head (request line and headers); larger ones
     /// get `431 Request Header Fields Too Large` (default 64 KiB, at least
     /// 8 KiB).
@@ -234,6 +237,7 @@ impl Default for Config {
             max_in_flight_queue: 0,
             queue_timeout: Duration::from_secs(1),
             rate_limit: None,
+            max_new_sessions: None,
             max_header_bytes: 64 * 1024,
         }
     }
@@ -322,6 +326,12 @@ impl Config {
     /// Sets [`Config::rate_limit`].
     pub fn rate_limit(mut self, value: Option<crate::RateLimit>) -> Self {
         self.rate_limit = value;
+        self
+    }
+
+    /// Sets [`Config::max_new_sessions`].
+    pub fn max_new_sessions(mut self, value: Option<crate::SessionRate>) -> Self {
+        self.max_new_sessions = value;
         self
     }
 

@@ -54,6 +54,7 @@ mod lifecycle;
 mod rate;
 mod report;
 mod server;
+mod sessions;
 pub mod signal;
 pub mod sse;
 mod stats;
@@ -70,6 +71,7 @@ pub use report::{DrainReport, EXIT_DRAINED, EXIT_FORCED};
 /// the `ServerConfig` with it, so that the versions match.
 pub use rustls;
 pub use server::Server;
+pub use sessions::SessionRate;
 pub use signal::Signal;
 pub use stats::{Counts, Totals};
 

@@ -99,6 +99,8 @@ pub struct Totals {
     pub queue_timeouts: u64,
     /// Requests refused with 429 by [`crate::Config::rate_limit`].
     pub rate_limited: u64,
+    /// New sessions refused with 503 by [`crate::Config::max_new_sessions`].
+    pub sessions_refused: u64,
     /// Requests that waited in the queue, then were served.
     pub queue_waited: u64,
     /// Their total wait, in microseconds.
@@ -153,6 +155,8 @@ pub(crate) struct Stats {
     admission: Option<crate::admission::Admission>,
     /// The per-client buckets, when `rate_limit` is set.
     limiter: Option<crate::rate::Limiter>,
+    /// The new-session rate, when `max_new_sessions` is set.
+    sessions: Option<crate::sessions::Sessions>,
     by_kind: [AtomicUsize; 3],
     sse: AtomicUsize,
     in_flight: Sharded,
@@ -183,8 +187,14 @@ impl Stats {
                 )
             }),
             limiter: config.rate_limit.clone().map(crate::rate::Limiter::new),
+            sessions: config.max_new_sessions.map(crate::sessions::Sessions::new),
             ..Self::default()
         }
+    }
+
+    /// The new-session rate, when there is one.
+    pub(crate) fn sessions(&self) -> Option<&crate::sessions::Sessions> {
+        self.sessions.as_ref()
     }
 
     /// The per-client rate limit, when there is one.
@@ -232,6 +242,10 @@ impl Stats {
                 .limiter
                 .as_ref()
                 .map_or(0, crate::rate::Limiter::limited),
+            sessions_refused: self
+                .sessions
+                .as_ref()
+                .map_or(0, crate::sessions::Sessions::refused),
             queue_waited: queue.waited,
             queue_wait_micros: queue.waited_us,
             tls_handshakes_failed: self.tls_handshakes_failed.load(Relaxed),

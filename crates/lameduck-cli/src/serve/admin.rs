@@ -284,6 +284,9 @@ async fn metrics(State(admin): State<Admin>) -> Response {
     rejected
         .get_or_create(&vec![("reason", "rate_limit")])
         .inc_by(totals.rate_limited);
+    rejected
+        .get_or_create(&vec![("reason", "new_sessions")])
+        .inc_by(totals.sessions_refused);
     registry.register(
         "rejected",
         "Connections and requests refused by a limit",

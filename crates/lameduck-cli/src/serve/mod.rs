@@ -106,6 +106,10 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     config.max_in_flight = limit(args.limits.max_in_flight);
     config.max_in_flight_queue = args.limits.max_in_flight_queue as usize;
     config.queue_timeout = args.limits.queue_timeout;
+    config.max_new_sessions = args
+        .limits
+        .max_new_sessions
+        .map(|(rate, burst)| lameduck::SessionRate::per_second(rate).burst(burst));
     config.rate_limit = args.limits.rate_limit.map(|(rps, burst)| {
         let limit = lameduck::RateLimit::per_second(rps).burst(burst);
         args.limits

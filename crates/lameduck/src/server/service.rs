@@ -71,6 +71,11 @@ where
                 }
             }
         }
+        if let Some(sessions) = lifecycle.stats().sessions() {
+            if let Err(after) = sessions.admit(&req) {
+                return Box::pin(async move { Ok(no_session(after)) });
+            }
+        }
         let admit = lifecycle.stats().admission().map(Admission::try_admit);
         let permit = match admit {
             None => None,
@@ -187,6 +192,20 @@ const OVERLOADED: &str = r#"{"error":"too many requests in flight; retry later"}
 /// The answer past `max_in_flight`: 503, `Retry-After`, a JSON error.
 fn overloaded<B>(retry_after_secs: u64) -> Response<TrackedBody<B>> {
     let mut res = Response::new(TrackedBody::canned(OVERLOADED));
+    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = res.headers_mut();
+    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+const NO_SESSION: &str =
+    r#"{"error":"too many new sessions at once; retry after the Retry-After seconds"}"#;
+
+/// The answer to a new session past `max_new_sessions`: 503, a spread
+/// `Retry-After`, a JSON error.
+fn no_session<B>(retry_after_secs: u64) -> Response<TrackedBody<B>> {
+    let mut res = Response::new(TrackedBody::canned(NO_SESSION));
     *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let headers = res.headers_mut();
     headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
