@@ -37,5 +37,8 @@ echo "== user-space instructions per /ping (callgrind, 8 keep-alive connections)
 per_request "bare hyper                          " "$examples/bare_hyper"
 per_request "lameduck library                    " "$examples/lameduck_minimal"
 per_request "lameduck library, no header timeout " "$examples/lameduck_minimal" --no-header-timeout
+per_request "library, --rate-limit (never hit)   " "$examples/lameduck_minimal" --rate-limit
+per_request "library, --max-in-flight + queue    " "$examples/lameduck_minimal" --max-in-flight
+per_request "library, --max-new-sessions         " "$examples/lameduck_minimal" --max-new-sessions
 per_request "plain axum::serve, /ping Router     " "$examples/plain_axum"
 per_request "lameduck serve (every route, jobs)  " target/release/lameduck serve --admin-listen 127.0.0.1:0 --journal "sqlite:$tmp/jobs.db" --listen

@@ -2,8 +2,11 @@
 //! same `service_fn` as `bare_hyper`, so the ratio between the two is the
 //! cost of lameduck's connection tracking and nothing else.
 //!
-//! Usage: `lameduck_minimal [ADDR] [--no-header-timeout] [--tls CERT KEY]`;
-//! prints `listening ADDR`.
+//! Usage: `lameduck_minimal [ADDR] [--no-header-timeout] [--tls CERT KEY]
+//! [--rate-limit] [--max-in-flight] [--max-new-sessions]`; prints
+//! `listening ADDR`. The last three turn the limit on at a level no run of
+//! the benchmark reaches, so that they cost what they check and refuse
+//! nothing.
 
 #[path = "shared/ping.rs"]
 mod shared;
@@ -14,13 +17,25 @@ mod tls;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let addr = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
+        .iter()
+        .find(|a| a.parse::<std::net::SocketAddr>().is_ok())
         .cloned()
         .unwrap_or_else(|| "127.0.0.1:0".into());
+    let has = |flag: &str| args.iter().any(|a| a == flag);
     let mut config = lameduck::Config::default();
-    if args.iter().any(|a| a == "--no-header-timeout") {
+    if has("--no-header-timeout") {
         config.header_read_timeout = None;
+    }
+    let huge = std::num::NonZeroU32::new(1_000_000_000).expect("not zero");
+    if has("--rate-limit") {
+        config.rate_limit = Some(lameduck::RateLimit::per_second(huge));
+    }
+    if has("--max-in-flight") {
+        config.max_in_flight = Some(1_000_000);
+        config.max_in_flight_queue = 1_000;
+    }
+    if has("--max-new-sessions") {
+        config.max_new_sessions = Some(lameduck::SessionRate::per_second(huge));
     }
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening {}", listener.local_addr()?);

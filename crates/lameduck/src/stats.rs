@@ -157,6 +157,9 @@ pub(crate) struct Stats {
     limiter: Option<crate::rate::Limiter>,
     /// The new-session rate, when `max_new_sessions` is set.
     sessions: Option<crate::sessions::Sessions>,
+    /// Whether any of the three above is set: one branch a request when
+    /// none is.
+    has_limits: bool,
     by_kind: [AtomicUsize; 3],
     sse: AtomicUsize,
     in_flight: Sharded,
@@ -188,8 +191,16 @@ impl Stats {
             }),
             limiter: config.rate_limit.clone().map(crate::rate::Limiter::new),
             sessions: config.max_new_sessions.map(crate::sessions::Sessions::new),
+            has_limits: config.max_in_flight.is_some()
+                || config.rate_limit.is_some()
+                || config.max_new_sessions.is_some(),
             ..Self::default()
         }
+    }
+
+    /// Whether a request limit is set (rate, new sessions, in flight).
+    pub(crate) fn has_limits(&self) -> bool {
+        self.has_limits
     }
 
     /// The new-session rate, when there is one.
