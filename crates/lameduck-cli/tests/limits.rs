@@ -634,3 +634,145 @@ async fn keep_alive_idle_is_not_the_header_timeout() {
     assert!(idle_since.elapsed() >= 4 * SEC);
     server.drains_cleanly();
 }
+
+// HTTP/2 gets HTTP/1's keep-alive limit: an h2c connection that finished
+// its stream and went quiet is told GOAWAY and closed at the keep-alive
+// timeout (it was still open 12 s later before), and a new stream on it is
+// refused; one with a stream still open is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_get_goaway_at_the_keep_alive_timeout() {
+    let server = Child::serve(BIN, &["--keep-alive-timeout", "2s"]);
+    let addr = server.addr;
+    let ping = || {
+        http::Request::get(format!("http://{addr}/ping"))
+            .body(())
+            .unwrap()
+    };
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let (res, _) = client.send_request(ping(), true).unwrap();
+    assert_eq!(timeout(5 * SEC, res).await.unwrap().unwrap().status(), 200);
+    let started = std::time::Instant::now();
+    let ended = timeout(10 * SEC, driver)
+        .await
+        .expect("the idle HTTP/2 connection was closed within 10 s")
+        .unwrap();
+    assert!(ended.is_ok(), "closed by GOAWAY, not reset: {ended:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not before the timeout"
+    );
+    let refused = match client.send_request(ping(), true) {
+        Err(err) => Some(err),
+        Ok((res, _)) => timeout(5 * SEC, res).await.unwrap().err(),
+    };
+    assert!(refused.is_some(), "a stream was accepted after GOAWAY");
+
+    // A long stream keeps its connection: busy is not idle.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let slow = http::Request::get(format!("http://{addr}/slow?ms=4000"))
+        .body(())
+        .unwrap();
+    let (res, _) = client.send_request(slow, true).unwrap();
+    let res = timeout(10 * SEC, res).await.unwrap().unwrap();
+    assert_eq!(res.status(), 200, "served past the keep-alive timeout");
+    drop(client);
+    let _ = timeout(10 * SEC, driver).await;
+    server.drains_cleanly();
+}
+
+/// One raw HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// `:method GET`, `:scheme http`, `:path /` from HPACK's static table.
+const H2_GET_ROOT: &[u8] = &[0x82, 0x86, 0x84];
+
+/// Reads frames until a GOAWAY (its error code) or the end of the
+/// connection (`None`), 10 s at most.
+async fn h2_read_until_goaway(tcp: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<u32> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + 10 * SEC;
+    loop {
+        let mut head = [0u8; 9];
+        match tokio::time::timeout_at(deadline, tcp.read_exact(&mut head)).await {
+            Err(_) => panic!("neither GOAWAY nor the end of the connection within 10 s"),
+            Ok(Err(_)) => return None,
+            Ok(Ok(_)) => {}
+        }
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if tokio::time::timeout_at(deadline, tcp.read_exact(&mut payload))
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            return None;
+        }
+        if head[3] == 0x7 && payload.len() >= 8 {
+            return Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+    }
+}
+
+// A hostile HTTP/2 corpus, raw frames: a rapid reset (streams opened and
+// reset at once, by the hundred) ends its connection with GOAWAY
+// ENHANCE_YOUR_CALM, a CONTINUATION flood (a header block that never ends,
+// far past the header limit) with GOAWAY PROTOCOL_ERROR, and the server
+// keeps serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_http2_frames_end_their_connection_only() {
+    let server = Child::serve(BIN, &[]);
+    let addr = server.addr;
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut burst = H2_PREFACE.to_vec();
+    burst.extend(h2_frame(0x4, 0, 0, &[]));
+    for i in 0..500u32 {
+        let stream = 2 * i + 1;
+        burst.extend(h2_frame(0x1, 0x5, stream, H2_GET_ROOT));
+        burst.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes()));
+    }
+    let _ = tcp.write_all(&burst).await;
+    let code = h2_read_until_goaway(&mut tcp).await;
+    assert_eq!(code, Some(0xb), "rapid reset: GOAWAY ENHANCE_YOUR_CALM");
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut start = H2_PREFACE.to_vec();
+    start.extend(h2_frame(0x4, 0, 0, &[]));
+    start.extend(h2_frame(0x1, 0x1, 1, H2_GET_ROOT));
+    tcp.write_all(&start).await.unwrap();
+    // Literal headers "x-flood: aaaa...", 4 KiB a CONTINUATION frame, up to
+    // 8 MiB: far past any header limit.
+    let mut literal = vec![0x40, 7];
+    literal.extend_from_slice(b"x-flood");
+    literal.extend_from_slice(&[0x7f, 0x81, 0x1f]);
+    literal.extend(std::iter::repeat_n(b'a', 4096 - literal.len()));
+    let flood = h2_frame(0x9, 0, 1, &literal);
+    let (mut read, mut write) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        for _ in 0..2048 {
+            if write.write_all(&flood).await.is_err() {
+                break;
+            }
+        }
+    });
+    let reader = tokio::spawn(async move { h2_read_until_goaway(&mut read).await });
+    let code = timeout(30 * SEC, reader).await.unwrap().unwrap();
+    writer.abort();
+    assert_eq!(code, Some(0x1), "CONTINUATION flood: GOAWAY PROTOCOL_ERROR");
+
+    assert_eq!(get(addr, "/ping", 5 * SEC).await.unwrap().status, 200);
+    server.drains_cleanly();
+}

@@ -126,6 +126,10 @@ where
     }
 }
 
+/// How long an idle HTTP/2 connection told GOAWAY gets to see it through
+/// (its client's last streams, the PING round trip) before it is closed.
+const H2_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves an accepted (and, with TLS, handshaken) connection until it
 /// closes, the drain closes it or the deadline cuts it.
 async fn serve_io<I, S, B>(
@@ -166,7 +170,19 @@ async fn serve_io<I, S, B>(
         if state.expired.load(Ordering::Acquire) {
             // Idle, or sending its request head too slowly: nothing in
             // flight is lost by closing.
-            tracing::debug!("conn.timeout");
+            tracing::debug!(kind = ?state.kind(), "conn.timeout");
+            if state.kind() == ConnKind::Http2 {
+                // GOAWAY, so that the client opens its next stream on a
+                // new connection instead of seeing this one reset; a stream
+                // it opened meanwhile is still served.
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    res = conn.as_mut() => return finished(res),
+                    () = tokio::time::sleep(H2_CLOSE_WAIT) => {}
+                    () = lifecycle.reached(Phase::Forcing) => {}
+                }
+                return;
+            }
         }
         return finished(res);
     }

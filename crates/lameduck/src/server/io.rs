@@ -43,6 +43,10 @@ pub(crate) struct ConnState {
     head_since: AtomicU64,
     /// Coarse clock time of the last read, or of the end of a response.
     last_active: AtomicU64,
+    /// Coarse clock time of the end of the last response (or of the
+    /// connection's start): an HTTP/2 connection's reads (PINGs, window
+    /// updates) do not make it busy, its streams do.
+    last_done: AtomicU64,
     /// Whether a request has been received (before the first one, the
     /// header-read timeout runs from the connection's start).
     had_request: AtomicBool,
@@ -74,6 +78,7 @@ impl ConnState {
             drain,
             head_since: AtomicU64::new(0),
             last_active: AtomicU64::new(now),
+            last_done: AtomicU64::new(now),
             had_request: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             timed,
@@ -124,22 +129,33 @@ impl ConnState {
     }
 
     pub(crate) fn request_finished(&self) {
-        self.last_active
-            .store(self.registry.now_ms(), Ordering::Relaxed);
+        let now = self.registry.now_ms();
+        self.last_active.store(now, Ordering::Relaxed);
+        self.last_done.store(now, Ordering::Relaxed);
         self.busy.fetch_sub(1, Ordering::AcqRel);
         self.lifecycle.stats().request_finished();
     }
 }
 
-/// Only idle HTTP/1 connections time out; busy, HTTP/2 and upgraded ones
+/// Idle HTTP/1 and HTTP/2 connections time out; busy and upgraded ones
 /// never.
 impl Timed for ConnState {
     /// The head of a request took longer than `header`, or the connection
     /// stayed idle longer than `idle` (or `header`, before its first
     /// request).
     fn timed_out(&self, now: u64, header: Option<u64>, idle: Option<u64>) -> bool {
-        if self.kind() != ConnKind::Http1 || self.is_busy() {
+        if self.is_busy() {
             return false;
+        }
+        match self.kind() {
+            ConnKind::Http1 => {}
+            // No open stream for the keep-alive timeout: its task sends
+            // GOAWAY and closes it (HTTP/2 has no request head to time).
+            ConnKind::Http2 => {
+                let quiet = now.saturating_sub(self.last_done.load(Ordering::Relaxed));
+                return idle.is_some_and(|i| quiet > i);
+            }
+            ConnKind::Websocket => return false,
         }
         let head = self.head_since.load(Ordering::Relaxed);
         if head != 0 {

@@ -237,6 +237,19 @@ impl Server {
         // The header-read timeout is the timer sweep's (see `timers`), not
         // hyper's, whose timer would also bound keep-alive idle time.
         builder.http1().header_read_timeout(None);
+        // HTTP/2 gets HTTP/1's bounds: the sweep closes a connection with no
+        // open stream at the keep-alive timeout (GOAWAY first); PINGs find a
+        // dead peer under open streams; streams, header lists and resets are
+        // bounded (rapid reset, CONTINUATION floods).
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(H2_PING_EVERY))
+            .keep_alive_timeout(H2_PING_EVERY)
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(lifecycle.config().max_header_bytes.max(8192) as u32)
+            .max_pending_accept_reset_streams(Some(H2_MAX_PENDING_RESETS))
+            .max_local_error_reset_streams(Some(H2_MAX_ERROR_RESETS));
         let ctx = conn::Ctx {
             builder: Arc::new(builder),
             lifecycle: lifecycle.clone(),
@@ -278,6 +291,18 @@ impl Server {
         Ok(report)
     }
 }
+
+/// PINGs on an HTTP/2 connection with open streams, this often; a peer
+/// that does not answer within as long is gone.
+const H2_PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+/// Streams open at once on one HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 256;
+/// Streams a client may open and reset before the server has accepted them
+/// (rapid reset, CVE-2023-44487): past it, GOAWAY.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for the client's protocol errors before it
+/// ends the connection.
+const H2_MAX_ERROR_RESETS: usize = 1024;
 
 #[cfg(test)]
 mod tests {
