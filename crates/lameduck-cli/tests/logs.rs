@@ -204,3 +204,86 @@ async fn a_closed_log_pipe_stops_neither_serving_nor_the_drain() {
     let status = server.expect_exit(30 * SEC);
     assert_eq!(status.code(), Some(0));
 }
+
+// W3C trace context: a given `traceparent` is continued (same trace id, a
+// span of the service's own, the sampled flag kept) in the response, and
+// its trace id is the `trace_id` of the request's log lines, next to the
+// request id; a malformed one is replaced, never echoed or logged; a
+// request without one starts a trace of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_is_continued_into_the_response_and_the_log_lines() {
+    let server = Child::serve(BIN, &["--access-log"]);
+    let addr = server.addr;
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let res = post_json(
+        addr,
+        "/jobs",
+        &[("x-request-id", "traced-1"), ("traceparent", given)],
+        r#"{"kind":"sleep","steps":1,"step_ms":0}"#,
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 202);
+    let answered = res.header("traceparent").expect("a traceparent").to_owned();
+    assert_eq!(&answered[..36], &given[..36], "{answered}");
+    assert_ne!(
+        &answered[36..52],
+        &given[36..52],
+        "a span of its own: {answered}"
+    );
+    assert!(answered.ends_with("-01"), "{answered}");
+    for name in ["job.accepted", "http.request"] {
+        let lines = lines_for(&server, name, "traced-1");
+        assert_eq!(lines.len(), 1, "{name}: {:#?}", server.logs());
+        assert_eq!(
+            lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{name}"
+        );
+    }
+
+    let malformed = "00-4bf92f3577b34da6a3ce929d0e0e47ZZ-00f067aa0ba902b7-01";
+    let res = send(
+        addr,
+        "GET",
+        "/ping",
+        &[("x-request-id", "traced-2"), ("traceparent", malformed)],
+        b"",
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    let answered = res.header("traceparent").expect("a traceparent").to_owned();
+    assert!(
+        !answered.contains("e47ZZ") && !answered.contains("4bf92f35"),
+        "{answered}"
+    );
+    assert_eq!(answered.len(), 55, "{answered}");
+    let line = &lines_for(&server, "http.request", "traced-2")[0];
+    assert_eq!(line["trace_id"], answered[3..35], "{line}");
+    assert!(
+        !server
+            .logs()
+            .iter()
+            .any(|l| l.to_string().contains("e47ZZ")),
+        "never logged"
+    );
+
+    let res = send(
+        addr,
+        "GET",
+        "/ping",
+        &[("x-request-id", "traced-3")],
+        b"",
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    let started = res.header("traceparent").expect("a traceparent").to_owned();
+    assert!(
+        started.starts_with("00-") && started.ends_with("-00"),
+        "{started}"
+    );
+    assert_ne!(&started[3..35], &answered[3..35], "a new trace per request");
+    server.drains_cleanly();
+}

@@ -71,10 +71,11 @@ impl Submit {
 /// come back, 500 when the data is bad.
 fn journal_error(e: &JournalError, headers: &HeaderMap) -> Response {
     let request_id = super::request_id::of(headers);
+    let trace_id = super::trace_context::trace_id_of(headers);
     match e {
         JournalError::Invalid(msg) => error(StatusCode::BAD_REQUEST, msg.clone()),
         JournalError::Unavailable { .. } => {
-            tracing::warn!(request_id, error = %e, "job.journal_unavailable");
+            tracing::warn!(request_id, trace_id, error = %e, "job.journal_unavailable");
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{e}; the job was not accepted, retry later"),
@@ -85,7 +86,7 @@ fn journal_error(e: &JournalError, headers: &HeaderMap) -> Response {
             response
         }
         other => {
-            tracing::error!(request_id, error = %other, "job.journal_error");
+            tracing::error!(request_id, trace_id, error = %other, "job.journal_error");
             error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
         }
     }
@@ -151,6 +152,7 @@ async fn submit(
             }
             tracing::info!(
                 request_id = super::request_id::of(&headers),
+                trace_id = super::trace_context::trace_id_of(&headers),
                 job = %queued.id,
                 created = queued.created,
                 "job.accepted"

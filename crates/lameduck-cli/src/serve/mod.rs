@@ -8,6 +8,7 @@ mod request_id;
 mod routes;
 mod sleep_job;
 mod tls;
+mod trace_context;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

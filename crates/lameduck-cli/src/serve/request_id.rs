@@ -50,7 +50,13 @@ pub(crate) async fn layer(
     };
     // Validated or generated above: visible ASCII.
     let shown = id.to_str().unwrap_or_default();
-    let span = tracing::debug_span!("request", request_id = shown);
+    let traceparent = super::trace_context::continue_or_start(request.headers_mut());
+    let trace_id = traceparent
+        .to_str()
+        .unwrap_or_default()
+        .get(3..35)
+        .unwrap_or("");
+    let span = tracing::debug_span!("request", request_id = shown, trace_id);
     let started = access.0.then(Instant::now);
     let method = access.0.then(|| request.method().clone());
     let path = access.0.then(|| request.uri().path().to_owned());
@@ -58,6 +64,7 @@ pub(crate) async fn layer(
     if let (Some(started), Some(method), Some(path)) = (started, method, path) {
         tracing::info!(
             request_id = shown,
+            trace_id,
             method = %method,
             path,
             status = response.status().as_u16(),
@@ -66,6 +73,9 @@ pub(crate) async fn layer(
         );
     }
     response.headers_mut().insert(HEADER, id);
+    response
+        .headers_mut()
+        .insert(super::trace_context::TRACEPARENT, traceparent.clone());
     response
 }
 
