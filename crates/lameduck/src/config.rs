@@ -1,6 +1,8 @@
 //! Timings of a drain, and limits.
 
-use std::time::Duration;
+use std::{num::NonZeroU32, time::Duration};
+
+use ipnet::IpNet;
 
 /// How long each step of a drain may take, and how much a server takes on.
 ///
@@ -88,10 +90,10 @@ pub struct Config {
     pub queue_timeout: Duration,
     /// A token bucket per client address; past it, 429 (default `None`:
     /// no limit, and no cost).
-    pub rate_limit: Option<crate::RateLimit>,
+    pub rate_limit: Option<RateLimit>,
     /// New WebSocket and SSE sessions allowed per second on this instance;
     /// past it, 503 with a spread `Retry-After` (default `None`).
-    pub max_new_sessions: Option<crate::SessionRate>,
+    pub max_new_sessions: Option<SessionRate>,
     /// Largest HTTP/1 request head (request line and headers); larger ones
     /// get `431 Request Header Fields Too Large` (default 64 KiB, at least
     /// 8 KiB).
@@ -324,13 +326,13 @@ impl Config {
     }
 
     /// Sets [`Config::rate_limit`].
-    pub fn rate_limit(mut self, value: Option<crate::RateLimit>) -> Self {
+    pub fn rate_limit(mut self, value: Option<RateLimit>) -> Self {
         self.rate_limit = value;
         self
     }
 
     /// Sets [`Config::max_new_sessions`].
-    pub fn max_new_sessions(mut self, value: Option<crate::SessionRate>) -> Self {
+    pub fn max_new_sessions(mut self, value: Option<SessionRate>) -> Self {
         self.max_new_sessions = value;
         self
     }
@@ -338,6 +340,119 @@ impl Config {
     /// Sets [`Config::max_header_bytes`].
     pub fn max_header_bytes(mut self, value: usize) -> Self {
         self.max_header_bytes = value;
+        self
+    }
+}
+
+/// A rate limit per client address: `per_second` requests a second, in
+/// bursts of up to `burst`; past it a request is answered
+/// `429 Too Many Requests` with `Retry-After` and a JSON error, without
+/// reaching the application. Health-check paths
+/// ([`Config::health_paths`](crate::Config::health_paths)) are not
+/// limited: a load balancer's probes come from few addresses.
+///
+/// The client is the connection's peer address; IPv6 addresses count by
+/// their /64 (one host usually holds a whole /64). Only a peer in
+/// [`RateLimit::trust_proxy`] is believed about the client behind it
+/// (`X-Forwarded-For`, else `Forwarded: for=`): the rightmost address
+/// that is not itself a trusted proxy is the client.
+///
+/// # Examples
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use lameduck::{Config, RateLimit};
+///
+/// let limit = RateLimit::per_second(NonZeroU32::new(100).unwrap())
+///     .burst(NonZeroU32::new(200).unwrap())
+///     .trust_proxy("10.0.0.0/8".parse().unwrap());
+/// let config = Config::default().rate_limit(Some(limit));
+/// assert!(config.rate_limit.is_some());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimit {
+    /// Requests a second, sustained.
+    pub per_second: NonZeroU32,
+    /// Requests at once after a quiet spell (the bucket's size).
+    pub burst: NonZeroU32,
+    /// Peers whose forwarding headers name the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Client addresses tracked at once (default 100,000). Buckets that
+    /// are full again are forgotten as the table grows; should recently
+    /// active clients still exceed this, the table starts afresh (every
+    /// client with a full bucket), so memory stays bounded under a flood
+    /// of addresses.
+    pub max_clients: usize,
+}
+
+impl RateLimit {
+    /// `per_second` requests a second, bursts of as many.
+    pub fn per_second(per_second: NonZeroU32) -> Self {
+        Self {
+            per_second,
+            burst: per_second,
+            trusted_proxies: Vec::new(),
+            max_clients: 100_000,
+        }
+    }
+
+    /// Sets [`RateLimit::burst`].
+    pub fn burst(mut self, burst: NonZeroU32) -> Self {
+        self.burst = burst;
+        self
+    }
+
+    /// Adds a network to [`RateLimit::trusted_proxies`].
+    pub fn trust_proxy(mut self, net: IpNet) -> Self {
+        self.trusted_proxies.push(net);
+        self
+    }
+
+    /// Sets [`RateLimit::max_clients`].
+    pub fn max_clients(mut self, max: usize) -> Self {
+        self.max_clients = max.max(1);
+        self
+    }
+}
+
+/// New WebSocket and SSE sessions allowed per second on one instance, in
+/// bursts of up to `burst`. Past it, a new session gets 503 with a
+/// `Retry-After` spread at random over a few seconds (clients told the
+/// same number would come back together); requests on connections already
+/// open, and other requests, are untouched.
+///
+/// # Examples
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use lameduck::{Config, SessionRate};
+///
+/// let rate = SessionRate::per_second(NonZeroU32::new(500).unwrap()).burst(NonZeroU32::new(1000).unwrap());
+/// let config = Config::default().max_new_sessions(Some(rate));
+/// assert_eq!(config.max_new_sessions.unwrap().burst.get(), 1000);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionRate {
+    /// New sessions a second, sustained.
+    pub per_second: NonZeroU32,
+    /// New sessions at once after a quiet spell.
+    pub burst: NonZeroU32,
+}
+
+impl SessionRate {
+    /// `per_second` new sessions a second, bursts of as many.
+    pub fn per_second(per_second: NonZeroU32) -> Self {
+        Self {
+            per_second,
+            burst: per_second,
+        }
+    }
+
+    /// Sets [`SessionRate::burst`].
+    pub fn burst(mut self, burst: NonZeroU32) -> Self {
+        self.burst = burst;
         self
     }
 }

@@ -104,12 +104,12 @@ impl Handle {
 
     /// Live counts of connections, streams and requests.
     pub fn counts(&self) -> Counts {
-        self.lifecycle.stats().counts()
+        self.lifecycle.counts()
     }
 
     /// Totals since the server started.
     pub fn totals(&self) -> Totals {
-        self.lifecycle.stats().totals()
+        self.lifecycle.totals()
     }
 
     /// Time since the drain was requested; `None` before.

@@ -51,6 +51,7 @@ mod handle;
 pub mod handoff;
 pub mod health;
 mod lifecycle;
+mod limits;
 mod rate;
 mod report;
 mod server;
@@ -61,17 +62,15 @@ mod stats;
 pub mod tls;
 pub mod ws;
 
-pub use config::{Config, DrainAnnounce, DrainSpread};
+pub use config::{Config, DrainAnnounce, DrainSpread, RateLimit, SessionRate};
 pub use error::Error;
 pub use handle::Handle;
 pub use lifecycle::{Drain, DrainReason, JobGuard, Phase, PhaseFuture, Told};
-pub use rate::RateLimit;
 pub use report::{DrainReport, EXIT_DRAINED, EXIT_FORCED};
 /// The rustls this crate terminates TLS with ([`Server::with_tls`]): build
 /// the `ServerConfig` with it, so that the versions match.
 pub use rustls;
 pub use server::Server;
-pub use sessions::SessionRate;
 pub use signal::Signal;
 pub use stats::{Counts, Totals};
 

@@ -1,9 +1,8 @@
-//! Per-client rate limits: a token bucket for each client address (GCRA,
-//! from `governor`), answered 429 past it.
+//! Per-client rate limits ([`RateLimit`]): a token bucket for each client
+//! address (GCRA, from `governor`), answered 429 past it.
 
 use std::{
     net::{IpAddr, Ipv6Addr},
-    num::NonZeroU32,
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -16,79 +15,8 @@ use governor::{
     clock::{Clock, DefaultClock},
 };
 use http::HeaderMap;
-use ipnet::IpNet;
 
-/// A rate limit per client address: `per_second` requests a second, in
-/// bursts of up to `burst`; past it a request is answered
-/// `429 Too Many Requests` with `Retry-After` and a JSON error, without
-/// reaching the application. Health-check paths
-/// ([`Config::health_paths`](crate::Config::health_paths)) are not
-/// limited: a load balancer's probes come from few addresses.
-///
-/// The client is the connection's peer address; IPv6 addresses count by
-/// their /64 (one host usually holds a whole /64). Only a peer in
-/// [`RateLimit::trust_proxy`] is believed about the client behind it
-/// (`X-Forwarded-For`, else `Forwarded: for=`): the rightmost address
-/// that is not itself a trusted proxy is the client.
-///
-/// # Examples
-///
-/// ```
-/// use std::num::NonZeroU32;
-/// use lameduck::{Config, RateLimit};
-///
-/// let limit = RateLimit::per_second(NonZeroU32::new(100).unwrap())
-///     .burst(NonZeroU32::new(200).unwrap())
-///     .trust_proxy("10.0.0.0/8".parse().unwrap());
-/// let config = Config::default().rate_limit(Some(limit));
-/// assert!(config.rate_limit.is_some());
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RateLimit {
-    /// Requests a second, sustained.
-    pub per_second: NonZeroU32,
-    /// Requests at once after a quiet spell (the bucket's size).
-    pub burst: NonZeroU32,
-    /// Peers whose forwarding headers name the client.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Client addresses tracked at once (default 100,000). Buckets that
-    /// are full again are forgotten as the table grows; should recently
-    /// active clients still exceed this, the table starts afresh (every
-    /// client with a full bucket), so memory stays bounded under a flood
-    /// of addresses.
-    pub max_clients: usize,
-}
-
-impl RateLimit {
-    /// `per_second` requests a second, bursts of as many.
-    pub fn per_second(per_second: NonZeroU32) -> Self {
-        Self {
-            per_second,
-            burst: per_second,
-            trusted_proxies: Vec::new(),
-            max_clients: 100_000,
-        }
-    }
-
-    /// Sets [`RateLimit::burst`].
-    pub fn burst(mut self, burst: NonZeroU32) -> Self {
-        self.burst = burst;
-        self
-    }
-
-    /// Adds a network to [`RateLimit::trusted_proxies`].
-    pub fn trust_proxy(mut self, net: IpNet) -> Self {
-        self.trusted_proxies.push(net);
-        self
-    }
-
-    /// Sets [`RateLimit::max_clients`].
-    pub fn max_clients(mut self, max: usize) -> Self {
-        self.max_clients = max.max(1);
-        self
-    }
-}
+use crate::config::RateLimit;
 
 /// Checks between two looks at the table's size.
 const SWEEP_EVERY: u64 = 4096;
@@ -244,6 +172,8 @@ fn bucket_of(addr: IpAddr) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
 
     fn limiter(per_second: u32, burst: u32, trusted: &[&str]) -> Limiter {

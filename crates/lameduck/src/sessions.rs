@@ -3,10 +3,7 @@
 //! instance killed, every client of it reconnecting to the others at once)
 //! is spread over time instead of landing in one second.
 
-use std::{
-    num::NonZeroU32,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
-};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use governor::{
     DefaultDirectRateLimiter, Quota, RateLimiter,
@@ -14,46 +11,7 @@ use governor::{
 };
 use http::{HeaderMap, Method, Request};
 
-/// New WebSocket and SSE sessions allowed per second on one instance, in
-/// bursts of up to `burst`. Past it, a new session gets 503 with a
-/// `Retry-After` spread at random over a few seconds (clients told the
-/// same number would come back together); requests on connections already
-/// open, and other requests, are untouched.
-///
-/// # Examples
-///
-/// ```
-/// use std::num::NonZeroU32;
-/// use lameduck::{Config, SessionRate};
-///
-/// let rate = SessionRate::per_second(NonZeroU32::new(500).unwrap()).burst(NonZeroU32::new(1000).unwrap());
-/// let config = Config::default().max_new_sessions(Some(rate));
-/// assert_eq!(config.max_new_sessions.unwrap().burst.get(), 1000);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SessionRate {
-    /// New sessions a second, sustained.
-    pub per_second: NonZeroU32,
-    /// New sessions at once after a quiet spell.
-    pub burst: NonZeroU32,
-}
-
-impl SessionRate {
-    /// `per_second` new sessions a second, bursts of as many.
-    pub fn per_second(per_second: NonZeroU32) -> Self {
-        Self {
-            per_second,
-            burst: per_second,
-        }
-    }
-
-    /// Sets [`SessionRate::burst`].
-    pub fn burst(mut self, burst: NonZeroU32) -> Self {
-        self.burst = burst;
-        self
-    }
-}
+use crate::config::SessionRate;
 
 /// The shortest spread of `Retry-After` values, in seconds.
 const MIN_SPREAD_SECS: u64 = 4;
@@ -136,6 +94,8 @@ fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
 
     fn request(method: Method, headers: &[(&str, &str)]) -> Request<()> {

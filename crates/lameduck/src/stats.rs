@@ -151,15 +151,6 @@ impl Sharded {
 
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    /// The in-flight limit and its queue, when `max_in_flight` is set.
-    admission: Option<crate::admission::Admission>,
-    /// The per-client buckets, when `rate_limit` is set.
-    limiter: Option<crate::rate::Limiter>,
-    /// The new-session rate, when `max_new_sessions` is set.
-    sessions: Option<crate::sessions::Sessions>,
-    /// Whether any of the three above is set: one branch a request when
-    /// none is.
-    has_limits: bool,
     by_kind: [AtomicUsize; 3],
     sse: AtomicUsize,
     in_flight: Sharded,
@@ -180,44 +171,6 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    pub(crate) fn new(config: &crate::Config) -> Self {
-        Self {
-            admission: config.max_in_flight.map(|max| {
-                crate::admission::Admission::new(
-                    max,
-                    config.max_in_flight_queue,
-                    config.queue_timeout,
-                )
-            }),
-            limiter: config.rate_limit.clone().map(crate::rate::Limiter::new),
-            sessions: config.max_new_sessions.map(crate::sessions::Sessions::new),
-            has_limits: config.max_in_flight.is_some()
-                || config.rate_limit.is_some()
-                || config.max_new_sessions.is_some(),
-            ..Self::default()
-        }
-    }
-
-    /// Whether a request limit is set (rate, new sessions, in flight).
-    pub(crate) fn has_limits(&self) -> bool {
-        self.has_limits
-    }
-
-    /// The new-session rate, when there is one.
-    pub(crate) fn sessions(&self) -> Option<&crate::sessions::Sessions> {
-        self.sessions.as_ref()
-    }
-
-    /// The per-client rate limit, when there is one.
-    pub(crate) fn limiter(&self) -> Option<&crate::rate::Limiter> {
-        self.limiter.as_ref()
-    }
-
-    /// The in-flight limit, when there is one.
-    pub(crate) fn admission(&self) -> Option<&crate::admission::Admission> {
-        self.admission.as_ref()
-    }
-
     pub(crate) fn counts(&self) -> Counts {
         Counts {
             http1: self.by_kind[0].load(Relaxed),
@@ -228,16 +181,12 @@ impl Stats {
             // sum is meaningful, and it is never negative once settled.
             in_flight: self.in_flight.sum().max(0) as usize,
             jobs: self.jobs.load(Relaxed),
-            queued: self.admission.as_ref().map_or(0, |a| a.stats().queued),
+            // Filled in by the limits (see `Limits::add_counts`).
+            queued: 0,
         }
     }
 
     pub(crate) fn totals(&self) -> Totals {
-        let queue = self
-            .admission
-            .as_ref()
-            .map(crate::admission::Admission::stats)
-            .unwrap_or_default();
         Totals {
             connections: self.connections.load(Relaxed),
             accepted_during_drain: self.accepted_during_drain.load(Relaxed),
@@ -248,17 +197,12 @@ impl Stats {
             cut: self.cut.load(Relaxed),
             rejected_connections: self.rejected_connections.load(Relaxed),
             rejected_requests: self.rejected_requests.load(Relaxed),
-            queue_timeouts: queue.timed_out,
-            rate_limited: self
-                .limiter
-                .as_ref()
-                .map_or(0, crate::rate::Limiter::limited),
-            sessions_refused: self
-                .sessions
-                .as_ref()
-                .map_or(0, crate::sessions::Sessions::refused),
-            queue_waited: queue.waited,
-            queue_wait_micros: queue.waited_us,
+            // These five are filled in by the limits (`Limits::add_totals`).
+            queue_timeouts: 0,
+            queue_waited: 0,
+            queue_wait_micros: 0,
+            rate_limited: 0,
+            sessions_refused: 0,
             tls_handshakes_failed: self.tls_handshakes_failed.load(Relaxed),
         }
     }

@@ -33,7 +33,11 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, stats::Stats};
+use crate::{
+    Config,
+    limits::Limits,
+    stats::{Counts, Stats, Totals},
+};
 
 pub(crate) use drain::DrainExt;
 pub use drain::{Drain, JobGuard, Told};
@@ -108,6 +112,7 @@ impl fmt::Display for Phase {
 pub(crate) struct Lifecycle {
     config: Config,
     stats: Stats,
+    limits: Limits,
     /// The phase (see [`STOPPED_FORCED`]); only ever raised.
     phase: AtomicU8,
     /// Woken at every change of `phase`, for [`PhaseFuture`]s.
@@ -127,7 +132,8 @@ pub(crate) struct Lifecycle {
 impl Lifecycle {
     pub(crate) fn new(config: Config) -> Arc<Self> {
         Arc::new(Self {
-            stats: Stats::new(&config),
+            stats: Stats::default(),
+            limits: Limits::new(&config),
             config,
             phase: AtomicU8::new(Phase::Serving as u8),
             changed: Notify::new(),
@@ -145,6 +151,24 @@ impl Lifecycle {
 
     pub(crate) fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// What the server holds now, the limits' queue included.
+    pub(crate) fn counts(&self) -> Counts {
+        let mut counts = self.stats.counts();
+        self.limits.add_counts(&mut counts);
+        counts
+    }
+
+    /// Totals since the start, the limits' refusals included.
+    pub(crate) fn totals(&self) -> Totals {
+        let mut totals = self.stats.totals();
+        self.limits.add_totals(&mut totals);
+        totals
     }
 
     fn raw(&self) -> u8 {

@@ -74,7 +74,7 @@ pub(crate) async fn drive(lifecycle: &Lifecycle, registry: &Registry) -> DrainRe
         duration: started.elapsed(),
         cut,
         panicked: lifecycle.panicked(),
-        totals: lifecycle.stats().totals(),
+        totals: lifecycle.totals(),
     };
     lifecycle.advance(Phase::Stopped);
     tracing::info!(
@@ -223,7 +223,7 @@ async fn run_phases(
     lifecycle.stats().conns_cut(remaining);
     lifecycle.advance(Phase::Forcing);
     if remaining > 0 {
-        let counts = lifecycle.stats().counts();
+        let counts = lifecycle.counts();
         tracing::warn!(
             why,
             cut = remaining,
@@ -249,7 +249,7 @@ async fn run_phases(
 /// connections and idle HTTP/1 ones (roughly: HTTP/1 connections less the
 /// requests in flight, SSE streams among them).
 fn long_lived(lifecycle: &Lifecycle) -> usize {
-    let c = lifecycle.stats().counts();
+    let c = lifecycle.counts();
     c.websocket + c.sse + c.http2 + c.http1.saturating_sub(c.in_flight)
 }
 
@@ -274,7 +274,7 @@ async fn report_progress(lifecycle: &Lifecycle, registry: &Registry, state: &Sta
     let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
     loop {
         ticks.tick().await;
-        let counts = lifecycle.stats().counts();
+        let counts = lifecycle.counts();
         tracing::info!(
             phase = %lifecycle.phase(),
             remaining_ms = state.deadline().saturating_duration_since(Instant::now()).as_millis() as u64,

@@ -59,7 +59,7 @@ where
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let lifecycle = self.conn.lifecycle();
-        let permit = if lifecycle.stats().has_limits() {
+        let permit = if lifecycle.limits().any() {
             match self.limits(&mut req) {
                 Ok(permit) => permit,
                 Err(Limited::Queued) => return self.queued(req),
@@ -132,8 +132,8 @@ where
         req: &mut Request<Incoming>,
     ) -> Result<Option<OwnedSemaphorePermit>, Limited<B>> {
         let lifecycle = self.conn.lifecycle();
-        let stats = lifecycle.stats();
-        if let Some(limiter) = stats.limiter() {
+        let (stats, limits) = (lifecycle.stats(), lifecycle.limits());
+        if let Some(limiter) = limits.limiter() {
             let path = req.uri().path();
             if !lifecycle.config().health_paths.iter().any(|p| p == path) {
                 if let Err(wait) = limiter.check(self.peer.ip(), req.headers()) {
@@ -141,12 +141,12 @@ where
                 }
             }
         }
-        if let Some(sessions) = stats.sessions() {
+        if let Some(sessions) = limits.sessions() {
             if let Err(after) = sessions.admit(req) {
                 return Err(Limited::Refused(Box::new(no_session(after))));
             }
         }
-        let Some(admission) = stats.admission() else {
+        let Some(admission) = limits.admission() else {
             return Ok(None);
         };
         if let Some(Admitted(place)) = req.extensions_mut().remove::<Admitted>() {
@@ -176,7 +176,7 @@ where
         Box::pin(async move {
             let lifecycle = this.conn.lifecycle();
             let admission = lifecycle
-                .stats()
+                .limits()
                 .admission()
                 .expect("queued only under a limit");
             let Some(permit) = admission.wait().await else {
