@@ -95,6 +95,19 @@ async fn requests_past_the_in_flight_limit_get_503() {
     server.drains_cleanly();
 }
 
+/// `lameduck_rejected_total{reason}` from the server's `/metrics`.
+async fn rejected(server: &Child, reason: &str) -> u64 {
+    let admin = server.admin_addr.expect("admin address");
+    let metrics = String::from_utf8(get(admin, "/metrics", 5 * SEC).await.unwrap().body).unwrap();
+    let sample = format!("lameduck_rejected_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&sample))
+        .unwrap_or_else(|| panic!("no {sample} in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
 /// `n` parallel `GET path` (each on its own connection); their statuses
 /// and `Retry-After` headers, in the order they were sent.
 async fn burst(
@@ -147,10 +160,7 @@ async fn a_burst_waits_in_the_queue_and_past_it_gets_503() {
         metrics.contains("lameduck_queue_waited_total 10\n"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("lameduck_rejected_total{reason=\"max_in_flight\"} 1\n"),
-        "{metrics}"
-    );
+    assert_eq!(rejected(&server, "max_in_flight").await, 1);
     server.drains_cleanly();
 }
 
@@ -184,12 +194,7 @@ async fn queued_requests_past_the_queue_timeout_get_503() {
         refused.iter().all(|a| a.1.as_deref() == Some("1")),
         "{answers:?}"
     );
-    let admin = server.admin_addr.expect("admin address");
-    let metrics = String::from_utf8(get(admin, "/metrics", 5 * SEC).await.unwrap().body).unwrap();
-    assert!(
-        metrics.contains("lameduck_rejected_total{reason=\"queue_timeout\"} 3\n"),
-        "{metrics}"
-    );
+    assert_eq!(rejected(&server, "queue_timeout").await, 3);
     server.drains_cleanly();
 }
 
@@ -321,12 +326,7 @@ async fn rate_limits_are_per_client_and_trust_only_listed_proxies() {
         "a trusted proxy's client has its own bucket"
     );
 
-    let admin = server.admin_addr.expect("admin address");
-    let metrics = String::from_utf8(get(admin, "/metrics", 5 * SEC).await.unwrap().body).unwrap();
-    assert!(
-        metrics.contains("lameduck_rejected_total{reason=\"rate_limit\"} 3\n"),
-        "{metrics}"
-    );
+    assert_eq!(rejected(&server, "rate_limit").await, 3);
     server.drains_cleanly();
 }
 
@@ -391,12 +391,7 @@ async fn new_sessions_past_the_rate_get_503_with_spread_retry_after() {
         assert_eq!(echoed, Message::text("still here"));
     }
     assert_eq!(get(addr, "/ping", 5 * SEC).await.unwrap().status, 200);
-    let admin = server.admin_addr.expect("admin address");
-    let metrics = String::from_utf8(get(admin, "/metrics", 5 * SEC).await.unwrap().body).unwrap();
-    assert!(
-        metrics.contains("lameduck_rejected_total{reason=\"new_sessions\"} 13\n"),
-        "{metrics}"
-    );
+    assert_eq!(rejected(&server, "new_sessions").await, 13);
     drop(open);
     server.drains_cleanly();
 }

@@ -223,12 +223,11 @@ const OVERLOADED: &str = r#"{"error":"too many requests in flight; retry later"}
 
 /// The answer past `max_in_flight`: 503, `Retry-After`, a JSON error.
 fn overloaded<B>(retry_after_secs: u64) -> Response<TrackedBody<B>> {
-    let mut res = Response::new(TrackedBody::canned(OVERLOADED));
-    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let headers = res.headers_mut();
-    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    res
+    refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        retry_after_secs,
+        OVERLOADED,
+    )
 }
 
 const NO_SESSION: &str =
@@ -237,12 +236,11 @@ const NO_SESSION: &str =
 /// The answer to a new session past `max_new_sessions`: 503, a spread
 /// `Retry-After`, a JSON error.
 fn no_session<B>(retry_after_secs: u64) -> Response<TrackedBody<B>> {
-    let mut res = Response::new(TrackedBody::canned(NO_SESSION));
-    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let headers = res.headers_mut();
-    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    res
+    refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        retry_after_secs,
+        NO_SESSION,
+    )
 }
 
 const TOO_MANY: &str = r#"{"error":"rate limit exceeded; retry later"}"#;
@@ -250,11 +248,21 @@ const TOO_MANY: &str = r#"{"error":"rate limit exceeded; retry later"}"#;
 /// The answer past a client's rate limit: 429, `Retry-After` (the wait
 /// for its next token, in whole seconds, at least 1), a JSON error.
 fn too_many<B>(wait: std::time::Duration) -> Response<TrackedBody<B>> {
-    let mut res = Response::new(TrackedBody::canned(TOO_MANY));
-    *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    let headers = res.headers_mut();
     let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
-    headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+    refusal(StatusCode::TOO_MANY_REQUESTS, secs, TOO_MANY)
+}
+
+/// A limit's answer, made without the application: `status`,
+/// `Retry-After`, a JSON error.
+fn refusal<B>(
+    status: StatusCode,
+    retry_after_secs: u64,
+    json: &'static str,
+) -> Response<TrackedBody<B>> {
+    let mut res = Response::new(TrackedBody::canned(json));
+    *res.status_mut() = status;
+    let headers = res.headers_mut();
+    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
