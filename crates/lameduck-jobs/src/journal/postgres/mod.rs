@@ -327,8 +327,8 @@ impl Db {
     /// pending job by bitmap and sorting them looks cheapest, and stays
     /// the plan: measured, each claim then cost a few milliseconds per
     /// 10,000 pending jobs. Walking the ready index in order stops after
-    /// `LIMIT` rows however long the queue. The four statements are sent
-    /// at once (pipelined), so the transaction costs no extra round trip.
+    /// `LIMIT` rows however long the queue. The transaction's statements
+    /// are sent at once (pipelined): it costs no extra round trip.
     async fn claim(
         &self,
         sql: &str,
