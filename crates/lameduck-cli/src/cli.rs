@@ -279,6 +279,13 @@ pub(crate) struct LogArgs {
     /// duration_ms, with its request id).
     #[arg(long, env = "LAMEDUCK_ACCESS_LOG")]
     pub(crate) access_log: bool,
+
+    /// Export a span per request over OTLP/HTTP (protobuf) to this
+    /// collector (`/v1/traces` is added to a base URL). Export failures
+    /// never slow or fail requests; what is queued is sent at the end of
+    /// the drain.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub(crate) otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::Context;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::cli::{LogArgs, LogFormat};
 
@@ -66,22 +66,33 @@ pub(crate) fn init(args: &LogArgs) -> anyhow::Result<WorkerGuard> {
         .thread_name("lameduck-log")
         .finish(Stderr);
     let _ = QUEUE_FULL.set(writer.error_counter());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(io::stderr().is_terminal())
         .log_internal_errors(false);
-    let installed = match args.log_format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder
+    let lines = match args.log_format {
+        LogFormat::Plain => lines.boxed(),
+        LogFormat::Json => lines
             .json()
             .flatten_event(true)
-            // With debug logging, the `request` span's `request_id` on every
-            // line of a request.
+            // With debug logging (or span export), the `request` span's
+            // `request_id` and `trace_id` on every line of a request.
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
+            .boxed(),
     };
+    let spans = args
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.is_empty())
+        .map(crate::otlp::layer)
+        .transpose()?;
+    // The log filter is the lines' own: an exported request span (info)
+    // is made whatever `--log-level` lets through.
+    let installed = tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(spans.map(|s| s.with_filter(tracing_subscriber::filter::LevelFilter::INFO)))
+        .try_init();
     installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
     Ok(guard)
 }

@@ -16,6 +16,7 @@ mod cli;
 mod drill;
 mod drill_tls;
 mod logging;
+mod otlp;
 mod serve;
 
 /// Exit code for bad usage (sysexits' `EX_USAGE`).
@@ -62,7 +63,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<u8> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve::run(args, sockets))
+            let code = runtime.block_on(serve::run(args, sockets));
+            // The drain is over: the spans of the last requests go out.
+            otlp::flush();
+            code
         }
         cli::Command::Drill(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

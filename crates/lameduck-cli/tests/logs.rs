@@ -287,3 +287,133 @@ async fn traceparent_is_continued_into_the_response_and_the_log_lines() {
     assert_ne!(&started[3..35], &answered[3..35], "a new trace per request");
     server.drains_cleanly();
 }
+
+/// An OTLP/HTTP receiver on 127.0.0.1 that keeps every request body
+/// (protobuf `ExportTraceServiceRequest`s) and answers each with an empty
+/// success.
+async fn otlp_receiver() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    use http_body_util::BodyExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let kept = kept.clone();
+                        async move {
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            kept.lock().unwrap().push(body);
+                            let answer = hyper::Response::builder()
+                                .header("content-type", "application/x-protobuf")
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                .unwrap();
+                            Ok::<_, std::convert::Infallible>(answer)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, bodies)
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+// Spans over OTLP: with --otlp-endpoint, each request's span reaches the
+// collector (a receiver this test runs) under the trace its `traceparent`
+// named, with the span id the response told the client, including a
+// request served during the drain (the exporter is flushed at its end);
+// a collector that is down changes nothing for the requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_receiver_including_those_of_the_drain() {
+    let (collector, bodies) = otlp_receiver().await;
+    let endpoint = format!("http://{collector}");
+    let mut server = Child::serve(
+        BIN,
+        &["--otlp-endpoint", &endpoint, "--drain-timeout", "20s"],
+    );
+    let addr = server.addr;
+    let first = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let res = send(
+        addr,
+        "GET",
+        "/ping",
+        &[("traceparent", first)],
+        b"",
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    let answered_first = res.header("traceparent").unwrap().to_owned();
+    assert_eq!(&answered_first[..36], &first[..36], "{answered_first}");
+
+    let during = "00-5b8aa5a2d2c872e8321cf37308d69df2-051581bf3cb55c13-01";
+    let slow = tokio::spawn(async move {
+        send(
+            addr,
+            "GET",
+            "/slow?ms=1500",
+            &[("traceparent", during)],
+            b"",
+            10 * SEC,
+        )
+        .await
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let res = slow.await.unwrap();
+    assert_eq!(res.status, 200);
+    let answered_during = res.header("traceparent").unwrap().to_owned();
+    assert_eq!(&answered_during[..36], &during[..36], "{answered_during}");
+    assert_eq!(server.expect_exit(30 * SEC).code(), Some(0));
+
+    let bodies = bodies.lock().unwrap().concat();
+    for (name, answered) in [
+        ("before", &answered_first),
+        ("during the drain", &answered_during),
+    ] {
+        let trace = unhex(&answered[3..35]);
+        let span = unhex(&answered[36..52]);
+        let found = |needle: &[u8]| bodies.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            found(&trace),
+            "the trace of the request {name} was exported"
+        );
+        assert!(found(&span), "the span of the request {name} was exported");
+    }
+
+    // A collector that is down: requests are served, the drain ends.
+    let server = Child::serve(BIN, &["--otlp-endpoint", "http://127.0.0.1:1"]);
+    for _ in 0..20 {
+        let res = send(server.addr, "GET", "/ping", &[], b"", 5 * SEC)
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200);
+    }
+    server.drains_cleanly();
+}

@@ -50,13 +50,19 @@ pub(crate) async fn layer(
     };
     // Validated or generated above: visible ASCII.
     let shown = id.to_str().unwrap_or_default();
-    let traceparent = super::trace_context::continue_or_start(request.headers_mut());
+    let (traceparent, span) = if crate::otlp::exporting() {
+        super::trace_context::exported_span(request.headers_mut(), shown)
+    } else {
+        let traceparent = super::trace_context::continue_or_start(request.headers_mut());
+        let trace_id = super::trace_context::trace_id_of(request.headers());
+        let span = tracing::debug_span!("request", request_id = shown, trace_id);
+        (traceparent, span)
+    };
     let trace_id = traceparent
         .to_str()
         .unwrap_or_default()
         .get(3..35)
         .unwrap_or("");
-    let span = tracing::debug_span!("request", request_id = shown, trace_id);
     let started = access.0.then(Instant::now);
     let method = access.0.then(|| request.method().clone());
     let path = access.0.then(|| request.uri().path().to_owned());

@@ -122,6 +122,53 @@ fn format_traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> Head
     HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header")
 }
 
+/// With span export on: the request's span, at info level, as a child of
+/// the incoming `traceparent` when it is valid (a new trace otherwise);
+/// the request's `traceparent` becomes that span's, and is returned for
+/// the response, so that the ids a client sees are the exported ones.
+pub(crate) fn exported_span(
+    headers: &mut HeaderMap,
+    request_id: &str,
+) -> (HeaderValue, tracing::Span) {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let span = tracing::info_span!("request", request_id, trace_id = tracing::field::Empty);
+    match headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes())) {
+        Some(parent) => {
+            if !headers
+                .get(&TRACESTATE)
+                .is_none_or(|v| sane_tracestate(v.as_bytes()))
+            {
+                headers.remove(&TRACESTATE);
+            }
+            let remote = SpanContext::new(
+                TraceId::from_bytes(parent.trace_id),
+                SpanId::from_bytes(parent.parent_id),
+                TraceFlags::new(parent.flags & 0x01),
+                true,
+                TraceState::default(),
+            );
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        }
+        None => {
+            headers.remove(&TRACESTATE);
+        }
+    }
+    let context = span.context();
+    let ours = context.span().span_context().clone();
+    let value = format_traceparent(
+        &ours.trace_id().to_bytes(),
+        &ours.span_id().to_bytes(),
+        ours.trace_flags().to_u8(),
+    );
+    headers.insert(TRACEPARENT, value.clone());
+    span.record("trace_id", trace_id_of(headers));
+    (value, span)
+}
+
 /// The trace id of the request (its `traceparent` after
 /// [`continue_or_start`]), for its log lines; empty before.
 pub(crate) fn trace_id_of(headers: &HeaderMap) -> &str {
