@@ -87,12 +87,21 @@ pub(crate) fn init(args: &LogArgs) -> anyhow::Result<WorkerGuard> {
         .filter(|e| !e.is_empty())
         .map(crate::otlp::layer)
         .transpose()?;
-    // The log filter is the lines' own: an exported request span (info)
-    // is made whatever `--log-level` lets through.
-    let installed = tracing_subscriber::registry()
-        .with(lines.with_filter(filter))
-        .with(spans.map(|s| s.with_filter(tracing_subscriber::filter::LevelFilter::INFO)))
-        .try_init();
+    let installed = match spans {
+        // The log filter is the lines' own: an exported request span (info)
+        // is made whatever `--log-level` lets through.
+        Some(spans) => tracing_subscriber::registry()
+            .with(lines.with_filter(filter))
+            .with(spans.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+            .try_init(),
+        // One global filter: a disabled span or event (the debug `request`
+        // span) is then never built. With per-layer filters it was built
+        // for every request (2,500 instructions on `/ping`, callgrind).
+        None => tracing_subscriber::registry()
+            .with(lines)
+            .with(filter)
+            .try_init(),
+    };
     installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
     Ok(guard)
 }

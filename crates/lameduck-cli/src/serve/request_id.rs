@@ -54,15 +54,14 @@ pub(crate) async fn layer(
         super::trace_context::exported_span(request.headers_mut(), shown)
     } else {
         let traceparent = super::trace_context::continue_or_start(request.headers_mut());
-        let trace_id = super::trace_context::trace_id_of(request.headers());
-        let span = tracing::debug_span!("request", request_id = shown, trace_id);
+        // Fields are read only when the span is enabled (debug logging).
+        let span = tracing::debug_span!(
+            "request",
+            request_id = shown,
+            trace_id = super::trace_context::trace_id_in(&traceparent)
+        );
         (traceparent, span)
     };
-    let trace_id = traceparent
-        .to_str()
-        .unwrap_or_default()
-        .get(3..35)
-        .unwrap_or("");
     let started = access.0.then(Instant::now);
     let method = access.0.then(|| request.method().clone());
     let path = access.0.then(|| request.uri().path().to_owned());
@@ -70,7 +69,7 @@ pub(crate) async fn layer(
     if let (Some(started), Some(method), Some(path)) = (started, method, path) {
         tracing::info!(
             request_id = shown,
-            trace_id,
+            trace_id = super::trace_context::trace_id_in(&traceparent),
             method = %method,
             path,
             status = response.status().as_u16(),
@@ -81,7 +80,7 @@ pub(crate) async fn layer(
     response.headers_mut().insert(HEADER, id);
     response
         .headers_mut()
-        .insert(super::trace_context::TRACEPARENT, traceparent.clone());
+        .insert(super::trace_context::TRACEPARENT, traceparent);
     response
 }
 

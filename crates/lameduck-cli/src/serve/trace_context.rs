@@ -75,7 +75,10 @@ pub(crate) fn continue_or_start(headers: &mut HeaderMap) -> HeaderValue {
     let (trace_id, flags) = match incoming {
         Some(parent) => (parent.trace_id, parent.flags & 0x01),
         None => {
-            headers.remove(&TRACESTATE);
+            // Only a `tracestate` without a valid `traceparent` goes.
+            if headers.contains_key(&TRACESTATE) {
+                headers.remove(&TRACESTATE);
+            }
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&fastrand::u64(..).to_be_bytes());
             id[8..].copy_from_slice(&fastrand::u64(1..).to_be_bytes());
@@ -167,6 +170,15 @@ pub(crate) fn exported_span(
     headers.insert(TRACEPARENT, value.clone());
     span.record("trace_id", trace_id_of(headers));
     (value, span)
+}
+
+/// The trace id in a `traceparent` this module made.
+pub(crate) fn trace_id_in(traceparent: &HeaderValue) -> &str {
+    traceparent
+        .to_str()
+        .ok()
+        .and_then(|v| v.get(3..35))
+        .unwrap_or("")
 }
 
 /// The trace id of the request (its `traceparent` after
