@@ -243,28 +243,11 @@ async fn a_second_instance_cannot_take_the_admin_address() {
     let admin = first.admin_addr.expect("admin address");
     let dir = tempfile::tempdir().unwrap();
     let journal = format!("sqlite:{}", dir.path().join("jobs.db").display());
-    let mut second = std::process::Command::new(BIN)
+    let mut second = std::process::Command::new(BIN);
+    second
         .args(["serve", "--listen", "127.0.0.1:0", "--journal", &journal])
-        .args(["--admin-listen", &admin.to_string()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + 10 * SEC;
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = second.kill();
-            let _ = second.wait();
-            panic!("the second instance kept running on a used admin address");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+        .args(["--admin-listen", &admin.to_string()]);
+    let (status, stderr) = lameduck_test_support::run_to_exit(second, 10 * SEC);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&admin.to_string()), "{stderr}");
     assert!(stderr.contains("--admin-listen"), "{stderr}");

@@ -12,7 +12,7 @@ use std::{
 
 use lameduck_jobs::{JobId, JobState, Journal};
 use lameduck_test_support::{
-    Child, PostgresServer, RedisServer, database_url, get, post_json, redis_url, send,
+    Child, PostgresServer, RedisServer, database_url, get, post_json, redis_url, run_to_exit, send,
 };
 use nix::sys::signal::Signal::{SIGKILL, SIGTERM};
 use serde_json::Value;
@@ -201,7 +201,8 @@ async fn serve_refuses_a_journal_it_cannot_read() {
                 .await
                 .unwrap();
         }
-        let mut serve = std::process::Command::new(BIN)
+        let mut serve = std::process::Command::new(BIN);
+        serve
             .args([
                 "serve",
                 "--listen",
@@ -209,26 +210,8 @@ async fn serve_refuses_a_journal_it_cannot_read() {
                 "--admin-listen",
                 "127.0.0.1:0",
             ])
-            .args(["--journal", &store.url])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = serve.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = serve.kill();
-                let _ = serve.wait();
-                panic!("serve kept running on an unreadable journal {}", store.url);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut stderr).unwrap();
+            .args(["--journal", &store.url]);
+        let (status, stderr) = run_to_exit(serve, Duration::from_secs(20));
         assert_eq!(status.code(), Some(1), "{}: {stderr}", store.url);
         assert!(stderr.contains("cannot read"), "{}: {stderr}", store.url);
         assert!(stderr.contains("99"), "{}: {stderr}", store.url);

@@ -430,7 +430,8 @@ async fn failed_and_stalled_handshakes_are_counted_and_closed() {
 /// Runs `lameduck serve` with `args` expecting it to exit at once: its
 /// code and stderr.
 fn refused(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = std::process::Command::new(BIN)
+    let mut serve = std::process::Command::new(BIN);
+    serve
         .args([
             "serve",
             "--listen",
@@ -438,25 +439,9 @@ fn refused(args: &[&str]) -> (Option<i32>, String) {
             "--admin-listen",
             "127.0.0.1:0",
         ])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + 10 * SEC;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            return (status.code(), err);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("lameduck serve {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        .args(args);
+    let (status, stderr) = lameduck_test_support::run_to_exit(serve, 10 * SEC);
+    (status.code(), stderr)
 }
 
 fn path(p: &Path) -> &str {

@@ -17,6 +17,39 @@ use nix::{
 };
 use serde_json::Value;
 
+/// Runs `command` (stdin and stdout closed, stderr captured) expecting it
+/// to exit within `limit`: its status and stderr. Past the limit it is
+/// killed and the test fails.
+pub fn run_to_exit(mut command: Command, limit: Duration) -> (ExitStatus, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    // Read on a thread of its own: a child that fills the pipe would
+    // otherwise never exit.
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waitpid") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, reader.join().unwrap_or_default())
+}
+
 /// A process's resident memory in KiB, from /proc (0 once it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -14,7 +14,7 @@ pub mod raw_ws;
 mod redis;
 
 pub use cert::TestCert;
-pub use child::{Child, is_alive, raise_fd_limit, rss_kib, wait_gone};
+pub use child::{Child, is_alive, raise_fd_limit, rss_kib, run_to_exit, wait_gone};
 pub use chromium::{Chromium, Page};
 pub use haproxy::{Haproxy, free_port};
 pub use lameduck_drill::wire::http::{KeepAlive, Outcome, Response, get, post_json, send};
