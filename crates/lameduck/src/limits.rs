@@ -11,7 +11,7 @@ use crate::{
     stats::{Counts, Totals},
 };
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Limits {
     admission: Option<Admission>,
     limiter: Option<Limiter>,

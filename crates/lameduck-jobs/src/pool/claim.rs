@@ -17,8 +17,8 @@ use super::supervise::{self, Run};
 
 /// Claims running at once. A claim is a commit (a WAL flush on Postgres,
 /// a group commit on SQLite); with two in flight, the slots freed while one
-/// commits go to the next. Measured on Postgres with 8 slots: one at a time
-/// 1,000 to 7,000 jobs/s, two 7,200 to 7,700, four 3,200 to 5,800 (the
+/// commits go to the next. Measured end to end on Postgres with 8 slots
+/// (BENCHMARKS.md): two 7,200 to 7,700 jobs/s, four 3,200 to 5,800 (the
 /// claims then split the free slots into smaller, costlier batches).
 pub(super) const CLAIMS_IN_FLIGHT: usize = 2;
 
