@@ -286,6 +286,16 @@ pub(crate) struct LogArgs {
     /// the drain.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub(crate) otlp_endpoint: Option<String>,
+
+    /// Neither read nor answer W3C `traceparent` (nor put `trace_id` on log
+    /// lines): the trace context then costs nothing. Only without span
+    /// export.
+    #[arg(
+        long,
+        env = "LAMEDUCK_NO_TRACE_CONTEXT",
+        conflicts_with = "otlp_endpoint"
+    )]
+    pub(crate) no_trace_context: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

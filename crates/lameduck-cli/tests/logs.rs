@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use lameduck_test_support::{Child, post_json, send};
+use lameduck_test_support::{Child, post_json, run_to_exit, send};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
@@ -288,6 +288,42 @@ async fn traceparent_is_continued_into_the_response_and_the_log_lines() {
     server.drains_cleanly();
 }
 
+// `--no-trace-context`: no `traceparent` is answered and no `trace_id` is
+// logged, whatever the client sends; request ids go on as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_trace_context_answers_and_logs_no_trace() {
+    let server = Child::serve(BIN, &["--access-log", "--no-trace-context"]);
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let res = send(
+        server.addr,
+        "GET",
+        "/ping",
+        &[("x-request-id", "untraced-1"), ("traceparent", given)],
+        b"",
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("x-request-id"), Some("untraced-1"));
+    assert_eq!(res.header("traceparent"), None);
+    let line = &lines_for(&server, "http.request", "untraced-1")[0];
+    assert!(line.get("trace_id").is_none(), "{line}");
+    server.drains_cleanly();
+
+    // Span export needs the trace context: the two together are refused.
+    let mut both = std::process::Command::new(BIN);
+    both.args([
+        "serve",
+        "--no-trace-context",
+        "--otlp-endpoint",
+        "http://127.0.0.1:1",
+    ]);
+    let (status, stderr) = run_to_exit(both, 10 * SEC);
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--otlp-endpoint"), "{stderr}");
+}
+
 /// An OTLP/HTTP receiver on 127.0.0.1 that keeps every request body
 /// (protobuf `ExportTraceServiceRequest`s) and answers each with an empty
 /// success.
@@ -377,7 +413,10 @@ async fn spans_reach_an_otlp_receiver_including_those_of_the_drain() {
             addr,
             "GET",
             "/slow?ms=1500",
-            &[("traceparent", during)],
+            &[
+                ("traceparent", during),
+                ("tracestate", "lameduck=t61rcWkgMzE"),
+            ],
             b"",
             10 * SEC,
         )
@@ -406,6 +445,12 @@ async fn spans_reach_an_otlp_receiver_including_those_of_the_drain() {
         );
         assert!(found(&span), "the span of the request {name} was exported");
     }
+    assert!(
+        bodies
+            .windows(b"lameduck=t61rcWkgMzE".len())
+            .any(|w| w == b"lameduck=t61rcWkgMzE"),
+        "the tracestate of a continued trace goes on in its span"
+    );
 
     // A collector that is down: requests are served, the drain ends.
     let server = Child::serve(BIN, &["--otlp-endpoint", "http://127.0.0.1:1"]);

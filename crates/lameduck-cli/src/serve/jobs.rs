@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, Path, RawQuery, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
+    request_id::RequestIds,
     routes::{error, query_u64},
     sleep_job::{MAX_STEP_MS, MAX_STEPS},
 };
@@ -69,9 +70,9 @@ impl Submit {
 
 /// Answers for a journal that failed: 503 with `Retry-After` when it may
 /// come back, 500 when the data is bad.
-fn journal_error(e: &JournalError, headers: &HeaderMap) -> Response {
-    let request_id = super::request_id::of(headers);
-    let trace_id = super::trace_context::trace_id_of(headers);
+fn journal_error(e: &JournalError, ids: &RequestIds) -> Response {
+    let request_id = ids.request_id();
+    let trace_id = ids.trace_id();
     match e {
         JournalError::Invalid(msg) => error(StatusCode::BAD_REQUEST, msg.clone()),
         JournalError::Unavailable { .. } => {
@@ -108,6 +109,7 @@ async fn bounded<T>(fut: impl Future<Output = Result<T, JournalError>>) -> Resul
 /// `Idempotency-Key`.
 async fn submit(
     State(jobs): State<Jobs>,
+    Extension(ids): Extension<RequestIds>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -151,8 +153,8 @@ async fn submit(
                 jobs.pool.wake();
             }
             tracing::info!(
-                request_id = super::request_id::of(&headers),
-                trace_id = super::trace_context::trace_id_of(&headers),
+                request_id = ids.request_id(),
+                trace_id = ids.trace_id(),
                 job = %queued.id,
                 created = queued.created,
                 "job.accepted"
@@ -176,7 +178,7 @@ async fn submit(
             })),
         )
             .into_response(),
-        Err(e) => journal_error(&e, &headers),
+        Err(e) => journal_error(&e, &ids),
     }
 }
 
@@ -189,20 +191,28 @@ fn idempotency_key(raw: &[u8]) -> Option<&str> {
 }
 
 /// `GET /jobs/{id}`.
-async fn show(State(jobs): State<Jobs>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn show(
+    State(jobs): State<Jobs>,
+    Extension(ids): Extension<RequestIds>,
+    Path(id): Path<String>,
+) -> Response {
     let Ok(id) = id.parse::<JobId>() else {
         return error(StatusCode::BAD_REQUEST, format!("invalid job id {id:?}"));
     };
     match bounded(jobs.journal.get(id)).await {
         Ok(Some(job)) => Json(job).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Err(e) => journal_error(&e, &headers),
+        Err(e) => journal_error(&e, &ids),
     }
 }
 
 /// `GET /jobs?state=S&after=ID&limit=N`: jobs by id, a page at a time;
 /// `next_after` is the `after` of the next page (absent on the last).
-async fn list(State(jobs): State<Jobs>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+async fn list(
+    State(jobs): State<Jobs>,
+    Extension(ids): Extension<RequestIds>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let query = query.as_deref();
     let state = query
         .unwrap_or("")
@@ -227,15 +237,15 @@ async fn list(State(jobs): State<Jobs>, headers: HeaderMap, RawQuery(query): Raw
                 .flatten();
             Json(json!({ "jobs": page, "next_after": next })).into_response()
         }
-        Err(e) => journal_error(&e, &headers),
+        Err(e) => journal_error(&e, &ids),
     }
 }
 
 /// `GET /jobs/counts`: how many jobs are in each state.
-async fn counts(State(jobs): State<Jobs>, headers: HeaderMap) -> Response {
+async fn counts(State(jobs): State<Jobs>, Extension(ids): Extension<RequestIds>) -> Response {
     match bounded(jobs.journal.counts()).await {
         Ok(counts) => Json(counts).into_response(),
-        Err(e) => journal_error(&e, &headers),
+        Err(e) => journal_error(&e, &ids),
     }
 }
 

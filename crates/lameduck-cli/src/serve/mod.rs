@@ -209,7 +209,10 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     }
     // Outermost, so that a 504 from the timeout carries the id too.
     let app = app.layer(axum::middleware::from_fn_with_state(
-        request_id::AccessLog(args.log.access_log),
+        request_id::Settings {
+            access_log: args.log.access_log,
+            trace_context: !args.log.no_trace_context,
+        },
         request_id::layer,
     ));
     let workers = tokio::spawn(pool.run_until_drained(server.handle().watcher()));

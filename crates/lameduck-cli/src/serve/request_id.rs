@@ -1,7 +1,7 @@
 //! Request ids: `x-request-id` taken from the client (when it is a sane
 //! token) or made here, echoed in the response, and put on the request's
 //! log lines: as a `request_id` field on the lines this service writes at
-//! info and above (handlers read it back from the request's headers), and
+//! info and above (handlers read it from the request's [`RequestIds`]), and
 //! through a `request` span on everything logged inside the request when
 //! debug logging is on. An info-level span on every request cost more than
 //! the rest of `/ping` (callgrind: 13,821 -> 23,583 instructions), for the
@@ -24,52 +24,105 @@ use axum::{
 };
 use tracing::Instrument;
 
+use super::trace_context::{TRACEPARENT, Trace, TraceIdHex};
+
 pub(crate) const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest id taken from a client; a longer one is replaced, so a client
 /// cannot make every log line of its request 64 KiB long.
 const MAX_LEN: usize = 128;
 
-/// Whether the access log (`http.request` per response) is on.
+/// What the middleware does beyond request ids.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct AccessLog(pub(crate) bool);
+pub(crate) struct Settings {
+    /// `http.request` per response.
+    pub(crate) access_log: bool,
+    /// W3C trace context (`--no-trace-context` turns it off).
+    pub(crate) trace_context: bool,
+}
 
-/// The middleware: `axum::middleware::from_fn_with_state(AccessLog(..), layer)`.
+/// What the middleware found or made for a request, in the request's
+/// extensions: the lines a handler writes name both ids, and a handler that
+/// calls another service sends `trace.traceparent()` on.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestIds {
+    pub(crate) id: HeaderValue,
+    /// `None` with `--no-trace-context`.
+    pub(crate) trace: Option<Trace>,
+}
+
+impl RequestIds {
+    pub(crate) fn request_id(&self) -> &str {
+        // Validated or generated: visible ASCII.
+        self.id.to_str().unwrap_or_default()
+    }
+
+    /// For a log line's `trace_id` field: absent without a trace context.
+    pub(crate) fn trace_id(&self) -> Option<tracing::field::DisplayValue<TraceIdHex>> {
+        self.trace
+            .as_ref()
+            .map(|t| tracing::field::display(t.trace_id()))
+    }
+}
+
+/// The middleware: `axum::middleware::from_fn_with_state(Settings {..}, layer)`.
+/// Nothing is written into the request's headers: a header map made to
+/// fit what the client sent would grow (a reallocation) for each one.
 pub(crate) async fn layer(
-    axum::extract::State(access): axum::extract::State<AccessLog>,
+    axum::extract::State(settings): axum::extract::State<Settings>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let id = match request.headers().get(&HEADER) {
-        Some(value) if acceptable(value.as_bytes()) => value.clone(),
-        _ => {
-            let id = generate();
-            request.headers_mut().insert(HEADER, id.clone());
-            id
+    let (mut given, mut traceparent, mut tracestate) = (None, None, None);
+    // One pass over a few headers costs less than three hashed lookups.
+    for (name, value) in request.headers() {
+        match name.as_str() {
+            "x-request-id" if given.is_none() => given = Some(value),
+            "traceparent" if traceparent.is_none() => traceparent = Some(value),
+            "tracestate" if tracestate.is_none() => tracestate = Some(value),
+            _ => {}
         }
+    }
+    let id = match given {
+        Some(value) if acceptable(value.as_bytes()) => value.clone(),
+        _ => generate(),
     };
-    // Validated or generated above: visible ASCII.
     let shown = id.to_str().unwrap_or_default();
-    let (traceparent, span) = if crate::otlp::exporting() {
-        super::trace_context::exported_span(request.headers_mut(), shown)
+    let (trace, span) = if crate::otlp::exporting() {
+        let (trace, span) = Trace::exported(traceparent, tracestate, shown);
+        (Some(trace), span)
     } else {
-        let traceparent = super::trace_context::continue_or_start(request.headers_mut());
+        let trace = settings
+            .trace_context
+            .then(|| Trace::continue_or_start(traceparent));
         // Fields are read only when the span is enabled (debug logging).
         let span = tracing::debug_span!(
             "request",
             request_id = shown,
-            trace_id = super::trace_context::trace_id_in(&traceparent)
+            trace_id = trace
+                .as_ref()
+                .map(|t| tracing::field::display(t.trace_id()))
         );
-        (traceparent, span)
+        (trace, span)
     };
-    let started = access.0.then(Instant::now);
-    let method = access.0.then(|| request.method().clone());
-    let path = access.0.then(|| request.uri().path().to_owned());
-    let mut response = next.run(request).instrument(span.clone()).await;
-    if let (Some(started), Some(method), Some(path)) = (started, method, path) {
+    let traceparent = trace.as_ref().map(Trace::traceparent);
+    let access = settings.access_log.then(|| {
+        (
+            Instant::now(),
+            request.method().clone(),
+            request.uri().path().to_owned(),
+            trace.as_ref().map(Trace::trace_id),
+        )
+    });
+    request.extensions_mut().insert(RequestIds {
+        id: id.clone(),
+        trace,
+    });
+    let mut response = next.run(request).instrument(span).await;
+    if let Some((started, method, path, trace_id)) = access {
         tracing::info!(
-            request_id = shown,
-            trace_id = super::trace_context::trace_id_in(&traceparent),
+            request_id = id.to_str().unwrap_or_default(),
+            trace_id = trace_id.map(tracing::field::display),
             method = %method,
             path,
             status = response.status().as_u16(),
@@ -77,10 +130,11 @@ pub(crate) async fn layer(
             "http.request"
         );
     }
-    response.headers_mut().insert(HEADER, id);
-    response
-        .headers_mut()
-        .insert(super::trace_context::TRACEPARENT, traceparent);
+    let headers = response.headers_mut();
+    headers.insert(HEADER, id);
+    if let Some(traceparent) = traceparent {
+        headers.insert(TRACEPARENT, traceparent);
+    }
     response
 }
 
@@ -91,15 +145,6 @@ pub(crate) fn acceptable(id: &[u8]) -> bool {
         && id
             .iter()
             .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-}
-
-/// The id a handler's request carries (the middleware puts a generated one
-/// in the request's headers too), for its log lines.
-pub(crate) fn of(headers: &axum::http::HeaderMap) -> &str {
-    headers
-        .get(&HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
 }
 
 /// `<16 hex digits, random per process>-<16 hex digits of a counter>`:
