@@ -17,9 +17,13 @@
 // - each `publish` gets an id within the server-issued session and is
 //   resent after a reconnect until acknowledged: the server stores it once;
 // - it reconnects with jittered exponential back-off (a drain's Close
-//   brings it back quickly, spread so that a fleet sees no storm).
+//   brings it back quickly, spread so that a fleet sees no storm); a
+//   server refusing new sessions for now (`--max-new-sessions`) closes
+//   with 1013 and "retry after N", and it comes back after N seconds.
 
 const DRAIN_CODES = new Set([1001, 1012]);
+/** Try Again Later: the reason says when, in seconds, already spread. */
+const TRY_AGAIN_LATER = 1013;
 
 /** Splits "EPOCH-OFFSET" into its epoch and its offset (a BigInt). */
 function parsePosition(pos) {
@@ -150,6 +154,13 @@ export class Topic {
       this.pending.clear();
     }
     this.reconnects++;
+    const later = code === TRY_AGAIN_LATER && /^retry after (\d+)$/.exec(reason);
+    if (later) {
+      this.attempt++;
+      const wait = Number(later[1]) * 1000 + Math.random() * this.minDelay;
+      setTimeout(() => this.#connect(), wait);
+      return;
+    }
     // Full jitter: a drained instance's clients come back spread out.
     const ceiling = DRAIN_CODES.has(code)
       ? this.minDelay * 5

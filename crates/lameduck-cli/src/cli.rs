@@ -198,7 +198,9 @@ pub(crate) struct LimitArgs {
     /// New WebSocket and SSE sessions allowed per second on this instance,
     /// in bursts of BURST (default RATE): past it 503 with a Retry-After
     /// spread over a few seconds, so that the clients of a killed instance
-    /// reconnect spread out. Requests on open connections are untouched.
+    /// reconnect spread out (a browser's WebSocket, which cannot read a
+    /// 503, is closed with 1013 "retry after N" instead). Requests on open
+    /// connections are untouched.
     #[arg(long, env = "LAMEDUCK_MAX_NEW_SESSIONS", value_name = "RATE[:BURST]", value_parser = parse_rate)]
     pub(crate) max_new_sessions: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
 

@@ -157,3 +157,134 @@ async fn a_browser_loses_nothing_across_upgrades() {
     let stored = read_back(addr, "browser-up", epoch, acked as usize).await;
     assert_one_to("what the page published, as stored", &stored, acked);
 }
+
+/// Two topic clients started together in the page, with `WebSocket`
+/// wrapped to record when each socket was made and how it closed.
+const ADMISSION: &str = r#"
+(async () => {
+  const r = window.__r = { opens: [], closes: [], got: [] };
+  const Native = WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(url, protocols) {
+      super(url, protocols);
+      const topic = new URL(url).pathname.split('/')[2];
+      r.opens.push({ topic, at: Date.now() });
+      this.addEventListener('close', (e) =>
+        r.closes.push({ topic, at: Date.now(), code: e.code, reason: e.reason }));
+    }
+  };
+  const { Topic } = await import(location.origin + '/topics.js');
+  for (const name of ['admission-a', 'admission-b']) {
+    new Topic(name, {
+      since: SINCE[name],
+      onMessage: (m) => r.got.push(name + ':' + m.data),
+      minDelay: 100,
+    });
+  }
+  return 'started';
+})()
+"#;
+
+// Reconnect admission as a page meets it: with --max-new-sessions 1:1 two
+// topic clients connect at once; the second is accepted and closed with
+// 1013 and "retry after N" (a page cannot read a 503), and the client waits
+// those N seconds, not its 100 ms back-off, before it connects again; then
+// it gets the message published while it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topics_client_waits_as_long_as_a_refusal_says() {
+    let server = Child::serve(BIN, &["--max-new-sessions", "1:1"]);
+    let addr = server.addr;
+    let origin = format!("http://{addr}");
+    let mut since = serde_json::Map::new();
+    for topic in ["admission-a", "admission-b"] {
+        let zero = send(
+            addr,
+            "POST",
+            &format!("/topics/{topic}"),
+            &[],
+            b"0",
+            5 * SEC,
+        )
+        .await
+        .unwrap();
+        let zero: Value = serde_json::from_slice(&zero.body).unwrap();
+        since.insert(topic.into(), zero["position"].clone());
+    }
+    let chromium = Chromium::start(&format!("{origin}/readyz"));
+    let mut page = chromium.page().await;
+    page.loaded(&origin).await;
+    let started = page
+        .evaluate(&ADMISSION.replace("SINCE", &Value::Object(since).to_string()))
+        .await;
+    assert_eq!(started, "started");
+
+    // The refusal, then a message for the refused client while it waits.
+    let deadline = Instant::now() + 10 * SEC;
+    let refused = loop {
+        let r = page.evaluate("JSON.stringify(window.__r)").await;
+        let r: Value = serde_json::from_str(r.as_str().unwrap()).unwrap();
+        if let Some(close) = r["closes"].as_array().unwrap().first() {
+            break close.clone();
+        }
+        assert!(Instant::now() < deadline, "no session was refused: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(refused["code"], 1013, "{refused}");
+    let topic = refused["topic"].as_str().unwrap().to_owned();
+    let wait: u64 = refused["reason"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("retry after "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{refused}"));
+    assert!((1..=6).contains(&wait), "{refused}");
+    let res = send(
+        addr,
+        "POST",
+        &format!("/topics/{topic}"),
+        &[],
+        b"1",
+        5 * SEC,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 202, "stored");
+
+    let deadline = Instant::now() + Duration::from_secs(wait + 10);
+    let r = loop {
+        let r = page.evaluate("JSON.stringify(window.__r)").await;
+        let r: Value = serde_json::from_str(r.as_str().unwrap()).unwrap();
+        if r["got"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g == &Value::from(format!("{topic}:1")))
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refused client never caught up: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let opens: Vec<u64> = r["opens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["topic"] == topic.as_str())
+        .map(|o| o["at"].as_u64().unwrap())
+        .collect();
+    assert_eq!(opens.len(), 2, "one refused attempt, one that worked: {r}");
+    let closed_at = refused["at"].as_u64().unwrap();
+    assert!(
+        opens[1] >= closed_at + wait * 1000,
+        "came back {} ms after a refusal that said {wait} s: {r}",
+        opens[1] - closed_at
+    );
+    assert_eq!(
+        r["closes"].as_array().unwrap().len(),
+        1,
+        "only one refusal: {r}"
+    );
+    server.drains_cleanly();
+}

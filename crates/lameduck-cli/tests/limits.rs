@@ -332,8 +332,10 @@ async fn rate_limits_are_per_client_and_trust_only_listed_proxies() {
 
 // --max-new-sessions 1:3 (a reconnect storm): three WebSockets open, then
 // new WebSocket and SSE sessions get 503 with Retry-After values that
-// differ (spread, so the refused do not come back together), while the
-// open sockets keep echoing and plain requests are served.
+// differ (spread, so the refused do not come back together), a browser's
+// WebSocket (with Origin) is accepted and closed with 1013 and the seconds
+// to wait, while the open sockets keep echoing and plain requests are
+// served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_sessions_past_the_rate_get_503_with_spread_retry_after() {
     use futures_util::{SinkExt, StreamExt};
@@ -365,6 +367,38 @@ async fn new_sessions_past_the_rate_get_503_with_spread_retry_after() {
             other => panic!("expected a 503, got {:?}", other.map(|_| ())),
         }
     }
+    // A browser's upgrade (it sends Origin) cannot see a 503: it is
+    // accepted and closed at once with 1013 and the seconds to wait.
+    for _ in 0..2 {
+        use tokio_tungstenite::tungstenite::{
+            client::IntoClientRequest, protocol::frame::coding::CloseCode,
+        };
+        let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("origin", format!("http://{addr}").parse().unwrap());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut ws, res) = tokio_tungstenite::client_async(request, tcp)
+            .await
+            .expect("a browser's refused upgrade is accepted");
+        assert_eq!(res.status(), 101);
+        match timeout(5 * SEC, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(frame.code, CloseCode::Again, "{frame:?}");
+                let after: u64 = frame
+                    .reason
+                    .strip_prefix("retry after ")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("{frame:?}"));
+                assert_eq!(
+                    res.headers()["retry-after"].to_str().unwrap(),
+                    after.to_string()
+                );
+                afters.push(after);
+            }
+            other => panic!("expected a Close with 1013, got {other:?}"),
+        }
+    }
     let res = send(
         addr,
         "GET",
@@ -391,7 +425,7 @@ async fn new_sessions_past_the_rate_get_503_with_spread_retry_after() {
         assert_eq!(echoed, Message::text("still here"));
     }
     assert_eq!(get(addr, "/ping", 5 * SEC).await.unwrap().status, 200);
-    assert_eq!(rejected(&server, "new_sessions").await, 13);
+    assert_eq!(rejected(&server, "new_sessions").await, 15);
     drop(open);
     server.drains_cleanly();
 }

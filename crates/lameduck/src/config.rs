@@ -92,7 +92,10 @@ pub struct Config {
     /// no limit, and no cost).
     pub rate_limit: Option<RateLimit>,
     /// New WebSocket and SSE sessions allowed per second on this instance;
-    /// past it, 503 with a spread `Retry-After` (default `None`).
+    /// past it, 503 with a spread `Retry-After`, or for a WebSocket upgrade
+    /// with `Origin` (a browser, which cannot read a refused handshake) a
+    /// 101 and at once a Close with 1013 and `retry after N` (default
+    /// `None`).
     pub max_new_sessions: Option<SessionRate>,
     /// Largest HTTP/1 request head (request line and headers); larger ones
     /// get `431 Request Header Fields Too Large` (default 64 KiB, at least

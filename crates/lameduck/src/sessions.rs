@@ -2,19 +2,38 @@
 //! upgrades and SSE streams) per instance, so that an unplanned storm (an
 //! instance killed, every client of it reconnecting to the others at once)
 //! is spread over time instead of landing in one second.
+//!
+//! A refused session gets 503 with a spread `Retry-After`, except a
+//! browser's WebSocket (its upgrade carries `Origin`): a page sees neither
+//! the status nor the headers of a refused handshake, only that it failed,
+//! so it is accepted and closed at once with 1013 (Try Again Later) and
+//! `retry after N` as the reason, which a client can honour.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::{
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
 
+use axum::extract::{
+    FromRequestParts,
+    ws::{CloseFrame, Message, WebSocketUpgrade},
+};
 use governor::{
     DefaultDirectRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
 };
-use http::{HeaderMap, Method, Request};
+use http::{HeaderMap, Method, Request, header::ORIGIN};
 
 use crate::config::SessionRate;
 
 /// The shortest spread of `Retry-After` values, in seconds.
 const MIN_SPREAD_SECS: u64 = 4;
+
+/// The WebSocket close code "Try Again Later".
+const TRY_AGAIN_LATER: u16 = 1013;
+
+/// How long a refused browser WebSocket is given to answer the Close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(crate) struct Sessions {
@@ -60,22 +79,61 @@ impl Sessions {
     }
 }
 
+/// Whether a refused session is told so inside the WebSocket (see the
+/// module's documentation): a WebSocket upgrade with an `Origin`.
+pub(crate) fn refused_inside<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(ORIGIN) && is_websocket(req)
+}
+
+/// Accepts a refused browser WebSocket and closes it at once with 1013 and
+/// `retry after N` (N seconds, the `Retry-After` it would have had; also
+/// in that header of the 101). `None` when the upgrade is not one a
+/// WebSocket can be made of (the caller answers 503 instead).
+pub(crate) async fn close_to_retry_later<B>(
+    req: Request<B>,
+    retry_after_secs: u64,
+) -> Option<http::response::Parts> {
+    let (mut parts, _) = req.into_parts();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
+        .await
+        .ok()?;
+    let response = upgrade.on_upgrade(move |mut socket| async move {
+        let close = CloseFrame {
+            code: TRY_AGAIN_LATER,
+            reason: format!("retry after {retry_after_secs}").into(),
+        };
+        if socket.send(Message::Close(Some(close))).await.is_ok() {
+            // Until the client's Close, so that the client ends the TCP
+            // connection (no TIME_WAIT here); bounded.
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Some(Ok(_)) = socket.recv().await {}
+            })
+            .await;
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    parts
+        .headers
+        .insert(http::header::RETRY_AFTER, retry_after_secs.into());
+    Some(parts)
+}
+
 /// A WebSocket upgrade (HTTP/1 `Upgrade: websocket`, or an HTTP/2
 /// extended CONNECT) or an SSE request (`Accept: text/event-stream`).
 fn opens_a_session<B>(req: &Request<B>) -> bool {
-    let headers = req.headers();
-    if *req.method() == Method::GET && has_token(headers, http::header::UPGRADE, "websocket") {
+    is_websocket(req) || has_token(req.headers(), http::header::ACCEPT, "text/event-stream")
+}
+
+fn is_websocket<B>(req: &Request<B>) -> bool {
+    if *req.method() == Method::GET && has_token(req.headers(), http::header::UPGRADE, "websocket")
+    {
         return true;
     }
-    if *req.method() == Method::CONNECT
+    *req.method() == Method::CONNECT
         && req
             .extensions()
             .get::<hyper::ext::Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
-    {
-        return true;
-    }
-    has_token(headers, http::header::ACCEPT, "text/event-stream")
 }
 
 fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {

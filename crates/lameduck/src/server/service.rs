@@ -22,7 +22,7 @@ use tower::{Service, ServiceExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::io::ConnState;
-use crate::{admission::Admit, lifecycle::DrainExt, stats::ConnKind};
+use crate::{admission::Admit, lifecycle::DrainExt, sessions, stats::ConnKind};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -64,6 +64,14 @@ where
                 Ok(permit) => permit,
                 Err(Limited::Queued) => return self.queued(req),
                 Err(Limited::Refused(answer)) => return Box::pin(async move { Ok(*answer) }),
+                Err(Limited::RetryLater(secs)) => {
+                    return Box::pin(async move {
+                        Ok(match sessions::close_to_retry_later(req, secs).await {
+                            Some(parts) => Response::from_parts(parts, TrackedBody::canned("")),
+                            None => no_session(secs),
+                        })
+                    });
+                }
             }
         } else {
             None
@@ -111,6 +119,9 @@ enum Limited<B> {
     Queued,
     /// It is answered at once (429 or 503).
     Refused(Box<Response<TrackedBody<B>>>),
+    /// A browser's WebSocket past the new-session rate: accepted and
+    /// closed with 1013, to come back after this many seconds.
+    RetryLater(u64),
 }
 
 impl<S, B> ConnService<S>
@@ -142,6 +153,9 @@ where
         }
         if let Some(sessions) = limits.sessions() {
             if let Err(after) = sessions.admit(req) {
+                if sessions::refused_inside(req) {
+                    return Err(Limited::RetryLater(after));
+                }
                 return Err(Limited::Refused(Box::new(no_session(after))));
             }
         }
