@@ -623,3 +623,46 @@ async fn reference_service_endpoints_and_bad_input() {
         assert!(!out.stderr.is_empty(), "{args:?}: no message");
     }
 }
+
+// A server that closes a connection while its client is still sending
+// must not answer with a reset: a reset makes the client's kernel throw
+// away a response it has not read yet. Here the client asks with
+// `Connection: close`, lets the server answer and close, sends more bytes
+// (as an HTTP/2 client's last WINDOW_UPDATE or PING ack would), and only
+// then reads: it must find the whole response and a clean end, and the
+// server must still be reading (a second write goes through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_connection_reads_on_instead_of_resetting() {
+    let server = Child::serve(BIN, &[]);
+    for round in 0..5 {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(b"GET /ping HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // The server answers and closes its side meanwhile.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let late = tcp.write_all(&[b'x'; 1024]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut response = Vec::new();
+        let read = timeout(5 * SEC, tcp.read_to_end(&mut response))
+            .await
+            .expect("the server ended the connection");
+        let text = String::from_utf8_lossy(&response);
+        assert!(
+            late.is_ok() && read.is_ok(),
+            "round {round}: write {late:?}, read {read:?}, got {text:?}"
+        );
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("pong"),
+            "round {round}: {text:?}"
+        );
+        let again = tcp.write_all(&[b'y'; 1024]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let again2 = tcp.write_all(&[b'z'; 1024]).await;
+        assert!(
+            again.is_ok() && again2.is_ok(),
+            "round {round}: the server reset instead of reading on: {again:?} {again2:?}"
+        );
+    }
+    server.drains_cleanly();
+}

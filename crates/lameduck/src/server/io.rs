@@ -8,10 +8,12 @@ use std::{
         atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
     sync::Notify,
 };
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -184,24 +186,88 @@ impl Drop for ConnState {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A socket that keeps its connection counted while it lives and fails
-    /// every read and write once the drain is forced, so that a handler that
-    /// holds an upgraded socket and ignores the drain still lets go of it.
-    pub(crate) struct TrackedIo<T> {
-        #[pin]
-        inner: T,
-        conn: Arc<ConnState>,
+/// How long a closed connection keeps reading what its client still sends
+/// (its last frames, its TLS `close_notify`, its FIN).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Most bytes read and thrown away while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// A socket that keeps its connection counted while it lives and fails
+/// every read and write once the drain is forced, so that a handler that
+/// holds an upgraded socket and ignores the drain still lets go of it.
+///
+/// Dropped, it closes gracefully: it sends its FIN and reads on until the
+/// client's (at most [`LINGER`], cut by a forced drain), because closing a
+/// socket with unread bytes, or with bytes still on their way, makes the
+/// kernel answer with a reset, which can destroy the last response before
+/// the client has read it (an HTTP/2 client that sent a last PING ack or
+/// `WINDOW_UPDATE` as the server closed sees a broken pipe). A connection
+/// still lingering counts as open.
+pub(crate) struct TrackedIo {
+    /// `None` only once dropped.
+    inner: Option<TcpStream>,
+    conn: Arc<ConnState>,
+}
+
+impl TrackedIo {
+    pub(crate) fn new(inner: TcpStream, conn: Arc<ConnState>) -> Self {
+        Self {
+            inner: Some(inner),
+            conn,
+        }
+    }
+
+    pub(crate) fn get_ref(&self) -> &TcpStream {
+        self.inner.as_ref().expect("only taken on drop")
+    }
+
+    fn stream(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.inner.as_mut().expect("only taken on drop"))
     }
 }
 
-impl<T> TrackedIo<T> {
-    pub(crate) fn new(inner: T, conn: Arc<ConnState>) -> Self {
-        Self { inner, conn }
+impl Drop for TrackedIo {
+    fn drop(&mut self) {
+        let Some(stream) = self.inner.take() else {
+            return;
+        };
+        if self.conn.lifecycle.is_forcing() {
+            return;
+        }
+        // The client closed first and all it sent was read, or the
+        // connection is already broken: nothing to wait for.
+        let mut buf = [0u8; 512];
+        match stream.try_read(&mut buf) {
+            Ok(0) => return,
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return,
+            _ => {}
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(linger(stream, self.conn.clone()));
+        }
     }
+}
 
-    pub(crate) fn get_ref(&self) -> &T {
-        &self.inner
+/// Sends the FIN (if hyper did not), then reads and throws away what comes
+/// until the client's FIN, for at most [`LINGER`] and [`LINGER_BYTES`].
+async fn linger(mut stream: TcpStream, conn: Arc<ConnState>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let read_to_end = async {
+        let _ = stream.shutdown().await;
+        let mut buf = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER, read_to_end) => {}
+        () = conn.lifecycle.reached(crate::Phase::Forcing) => {}
     }
 }
 
@@ -216,22 +282,21 @@ fn cut() -> io::Error {
 // to park registers its task to be woken at the cut (lock-free), then checks
 // again, so a cut between the two is not missed.
 
-impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
+impl AsyncRead for TrackedIo {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        if this.conn.lifecycle.is_forcing() {
+        if self.conn.lifecycle.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
         let before = buf.filled().len();
-        match this.inner.poll_read(cx, buf) {
-            Poll::Pending if this.conn.drain.read_parked_until_cut(cx) => Poll::Ready(Err(cut())),
+        match self.stream().poll_read(cx, buf) {
+            Poll::Pending if self.conn.drain.read_parked_until_cut(cx) => Poll::Ready(Err(cut())),
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    this.conn.on_read();
+                    self.conn.on_read();
                 }
                 Poll::Ready(Ok(()))
             }
@@ -240,46 +305,44 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
     }
 }
 
-impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
+impl AsyncWrite for TrackedIo {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        if this.conn.lifecycle.is_forcing() {
+        if self.conn.lifecycle.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
-        match this.inner.poll_write(cx, buf) {
-            Poll::Pending if this.conn.drain.write_parked_until_cut(cx) => Poll::Ready(Err(cut())),
+        match self.stream().poll_write(cx, buf) {
+            Poll::Pending if self.conn.drain.write_parked_until_cut(cx) => Poll::Ready(Err(cut())),
             other => other,
         }
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        if this.conn.lifecycle.is_forcing() {
+        if self.conn.lifecycle.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
-        match this.inner.poll_write_vectored(cx, bufs) {
-            Poll::Pending if this.conn.drain.write_parked_until_cut(cx) => Poll::Ready(Err(cut())),
+        match self.stream().poll_write_vectored(cx, bufs) {
+            Poll::Pending if self.conn.drain.write_parked_until_cut(cx) => Poll::Ready(Err(cut())),
             other => other,
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.get_ref().is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_shutdown(cx)
     }
 }

@@ -21,7 +21,7 @@ use super::io::TrackedIo;
 /// dozen bytes, which a socket's send buffer takes unless the peer stopped
 /// reading long ago), so that the peer can tell the end from a truncation.
 pub(crate) struct TlsIo {
-    inner: TlsStream<TrackedIo<TcpStream>>,
+    inner: TlsStream<TrackedIo>,
     shut_down: bool,
 }
 
@@ -34,7 +34,7 @@ impl std::fmt::Debug for TlsIo {
 }
 
 impl TlsIo {
-    pub(crate) fn new(inner: TlsStream<TrackedIo<TcpStream>>) -> Self {
+    pub(crate) fn new(inner: TlsStream<TrackedIo>) -> Self {
         Self {
             inner,
             shut_down: false,
