@@ -55,22 +55,26 @@ where
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = CallFuture<tower::util::Oneshot<S, Request<Incoming>>, B, S::Error>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let lifecycle = self.conn.lifecycle();
         let permit = if lifecycle.limits().any() {
             match self.limits(&mut req) {
                 Ok(permit) => permit,
-                Err(Limited::Queued) => return self.queued(req),
-                Err(Limited::Refused(answer)) => return Box::pin(async move { Ok(*answer) }),
+                Err(Limited::Queued) => return CallFuture::other(self.queued(req)),
+                Err(Limited::Refused(answer)) => {
+                    return CallFuture::Ready {
+                        answer: Some(answer),
+                    };
+                }
                 Err(Limited::RetryLater(secs)) => {
-                    return Box::pin(async move {
+                    return CallFuture::other(Box::pin(async move {
                         Ok(match sessions::close_to_retry_later(req, secs).await {
                             Some(parts) => Response::from_parts(parts, TrackedBody::canned("")),
                             None => no_session(secs),
                         })
-                    });
+                    }));
                 }
             }
         } else {
@@ -91,19 +95,75 @@ where
         if lifecycle.config().connect_info {
             req.extensions_mut().insert(ConnectInfo(self.peer));
         }
-        let response = self.inner.clone().oneshot(req);
-        Box::pin(async move {
-            let mut res = response.await?;
-            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                in_flight.conn.set_kind(ConnKind::Websocket);
-            } else if http1 && in_flight.conn.lifecycle().is_draining() {
-                // Tells the client, and hyper, that this connection ends with
-                // this response.
-                res.headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
+        CallFuture::App {
+            response: self.inner.clone().oneshot(req),
+            in_flight: Some(in_flight),
+            http1,
+        }
+    }
+}
+
+/// A boxed future of [`ConnService::call`]'s rare paths (queued, a
+/// browser's WebSocket refused).
+type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<TrackedBody<B>>, E>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// [`ConnService::call`]'s future: a named type rather than a boxed
+    /// one, so that the common path (the application's answer) costs no
+    /// allocation of its own.
+    #[project = CallProj]
+    pub(crate) enum CallFuture<F, B, E> {
+        App {
+            #[pin]
+            response: F,
+            in_flight: Option<InFlight>,
+            http1: bool,
+        },
+        Ready {
+            answer: Option<Box<Response<TrackedBody<B>>>>,
+        },
+        Other {
+            future: Boxed<B, E>,
+        },
+    }
+}
+
+impl<F, B, E> CallFuture<F, B, E> {
+    fn other(future: Boxed<B, E>) -> Self {
+        CallFuture::Other { future }
+    }
+}
+
+impl<F, B, E> Future for CallFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CallProj::App {
+                response,
+                in_flight,
+                http1,
+            } => {
+                let mut res = std::task::ready!(response.poll(cx))?;
+                let in_flight = in_flight.take().expect("polled after it was ready");
+                if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    in_flight.conn.set_kind(ConnKind::Websocket);
+                } else if *http1 && in_flight.conn.lifecycle().is_draining() {
+                    // Tells the client, and hyper, that this connection ends
+                    // with this response.
+                    res.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Poll::Ready(Ok(res.map(|inner| TrackedBody::app(inner, in_flight))))
             }
-            Ok(res.map(|inner| TrackedBody::app(inner, in_flight)))
-        })
+            CallProj::Ready { answer } => {
+                Poll::Ready(Ok(*answer.take().expect("polled after it was ready")))
+            }
+            CallProj::Other { future } => future.as_mut().poll(cx),
+        }
     }
 }
 
@@ -180,10 +240,7 @@ where
     /// counts as in flight while it waits (a drain waits for it), then is
     /// served with the place it won, or refused at the queue's timeout.
     /// Kept out of `call`, whose common path it would otherwise slow.
-    fn queued(
-        &self,
-        mut req: Request<Incoming>,
-    ) -> <Self as hyper::service::Service<Request<Incoming>>>::Future {
+    fn queued(&self, mut req: Request<Incoming>) -> Boxed<B, S::Error> {
         let this = self.clone();
         let waiting = InFlight::start(self.conn.clone(), None);
         Box::pin(async move {
