@@ -9,8 +9,17 @@ use super::{DrainReason, Lifecycle, Phase, PhaseFuture};
 use crate::Config;
 
 /// Watches the drain from inside a handler: it is an axum extractor, and
-/// [`Drain::from_extensions`] finds it in any request served by
-/// [`crate::Server`] (for plain tower services).
+/// [`Drain::current`] finds it while any request served by
+/// [`crate::Server`] is being handled (for plain tower services).
+///
+/// The server does not put it in the request's extensions (that cost an
+/// allocation of the extension map a request, more than the rest of the
+/// server's work on it): it is set for the task that polls the
+/// application's future, where the extractor finds it. A middleware that
+/// hands the request to another task before the handler takes its `Drain`
+/// (tower's `Buffer`, say) must carry it along: insert
+/// `Drain::current()` into the request's extensions first; the extractor
+/// and [`Drain::from_extensions`] look there before anything else.
 ///
 /// What each phase means, and when it comes, is the drain contract in
 /// `ARCHITECTURE.md`: [`Drain::requested`] resolves at the drain request,
@@ -153,13 +162,22 @@ impl Drain {
         }
     }
 
-    /// The watcher of the server that served this request, if it was served
-    /// by [`crate::Server`] (or carries a `Drain` inserted by hand).
+    /// The watcher of the server that serves this request: a `Drain`
+    /// inserted into its extensions by hand, else [`Drain::current`].
     pub fn from_extensions(extensions: &http::Extensions) -> Option<Drain> {
-        extensions
-            .get::<DrainExt>()
-            .map(|ext| Drain::clone(&ext.0))
-            .or_else(|| extensions.get::<Drain>().cloned())
+        extensions.get::<Drain>().cloned().or_else(Drain::current)
+    }
+
+    /// The watcher of the server whose request is being handled on this
+    /// task: `Some` inside the application's future of a request served
+    /// by [`crate::Server`] (and in nothing it spawns), `None` elsewhere.
+    ///
+    /// ```
+    /// // Outside any request.
+    /// assert!(lameduck::Drain::current().is_none());
+    /// ```
+    pub fn current() -> Option<Drain> {
+        CURRENT.try_with(|ext| Drain::clone(&ext.0)).ok()
     }
 
     /// The drain of requests no server of ours served: detached, logged
@@ -213,11 +231,26 @@ impl std::future::Future for Told {
     }
 }
 
-/// What the server puts in each request's extensions: one per connection,
+/// What the server sets for each request's future: one per connection,
 /// so that cloning it per request touches that connection's reference count,
 /// not the server-wide one that every thread shares.
 #[derive(Clone, Debug)]
 pub(crate) struct DrainExt(pub(crate) Arc<Drain>);
+
+tokio::task_local! {
+    /// The drain of the request whose application future is being polled.
+    static CURRENT: DrainExt;
+}
+
+impl DrainExt {
+    /// `future` with this drain as [`Drain::current`] while it is polled.
+    pub(crate) fn scope<F: std::future::Future>(
+        self,
+        future: F,
+    ) -> tokio::task::futures::TaskLocalFuture<DrainExt, F> {
+        CURRENT.scope(self, future)
+    }
+}
 
 /// A running background job, counted in its server's
 /// [`crate::Counts::jobs`] until dropped; made by [`Drain::track_job`].

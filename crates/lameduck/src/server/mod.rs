@@ -183,9 +183,10 @@ impl Server {
 
     /// Serves `service` until the drain completes.
     ///
-    /// Each request carries its server's [`crate::Drain`] in its extensions
-    /// (see [`crate::Drain::from_extensions`]), and axum's
-    /// `ConnectInfo<SocketAddr>` when [`Config::connect_info`] is set. When a client goes away,
+    /// Each request's future finds its server's [`crate::Drain`] with
+    /// [`crate::Drain::current`] (the axum extractor does), and the request
+    /// carries axum's `ConnectInfo<SocketAddr>` in its extensions when
+    /// [`Config::connect_info`] is set. When a client goes away,
     /// or the drain deadline cuts its connection, the request's future is
     /// dropped.
     ///

@@ -55,7 +55,11 @@ where
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = CallFuture<tower::util::Oneshot<S, Request<Incoming>>, B, S::Error>;
+    type Future = CallFuture<
+        tokio::task::futures::TaskLocalFuture<DrainExt, tower::util::Oneshot<S, Request<Incoming>>>,
+        B,
+        S::Error,
+    >;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let lifecycle = self.conn.lifecycle();
@@ -91,12 +95,12 @@ where
                 lifecycle.stats().announce_traffic();
             }
         }
-        req.extensions_mut().insert(self.drain.clone());
         if lifecycle.config().connect_info {
             req.extensions_mut().insert(ConnectInfo(self.peer));
         }
         CallFuture::App {
-            response: self.inner.clone().oneshot(req),
+            // The request's `Drain` (see `Drain::current`).
+            response: self.drain.clone().scope(self.inner.clone().oneshot(req)),
             in_flight: Some(in_flight),
             http1,
         }
