@@ -32,6 +32,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "LAMEDUCK_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
 
+    /// For benchmarks only (`bench/instructions.sh`): serve the same
+    /// Router, with the same job pool and stores, with plain
+    /// `axum::serve` instead of lameduck's server (no drain, no limits).
+    #[arg(long, hide = true)]
+    pub(crate) baseline_plain_axum: bool,
+
     /// Time connections get to finish after the announce period.
     #[arg(long, env = "LAMEDUCK_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,

@@ -11,9 +11,10 @@ use std::{
 };
 
 use lameduck_jobs::{
-    JobError, JobId, JobState, Journal, NewJob, PoolConfig, SqliteJournal, WorkerPool,
+    JobError, JobId, JobState, Journal, JournalError, Lease, NewJob, PoolConfig, SqliteJournal,
+    WorkerPool,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 fn journal() -> (tempfile::TempDir, Arc<SqliteJournal>) {
@@ -349,4 +350,111 @@ async fn only_a_forced_server_drain_cuts_jobs_short() {
     let job = j.get(id).await.unwrap().unwrap();
     assert_eq!((job.state, job.attempts), (JobState::Pending, 0));
     let _ = serving.await;
+}
+
+/// The SQLite journal, its claims counted.
+#[derive(Debug)]
+struct CountedClaims {
+    inner: Arc<SqliteJournal>,
+    claims: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Journal for CountedClaims {
+    async fn enqueue(&self, job: NewJob) -> Result<lameduck_jobs::Enqueued, JournalError> {
+        self.inner.enqueue(job).await
+    }
+    async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<lameduck_jobs::Claimed>, JournalError> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        self.inner.claim(owner, lease, max).await
+    }
+    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Lease, JournalError> {
+        self.inner.renew(lease, duration).await
+    }
+    async fn checkpoint(&self, lease: &Lease, checkpoint: &Value) -> Result<(), JournalError> {
+        self.inner.checkpoint(lease, checkpoint).await
+    }
+    async fn complete(&self, lease: &Lease, result: Option<&Value>) -> Result<(), JournalError> {
+        self.inner.complete(lease, result).await
+    }
+    async fn fail(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retry_in: Duration,
+    ) -> Result<JobState, JournalError> {
+        self.inner.fail(lease, error, retry_in).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), JournalError> {
+        self.inner.release(lease).await
+    }
+    async fn reclaim_expired(&self) -> Result<usize, JournalError> {
+        self.inner.reclaim_expired().await
+    }
+    async fn get(&self, id: JobId) -> Result<Option<lameduck_jobs::Job>, JournalError> {
+        self.inner.get(id).await
+    }
+    async fn list(
+        &self,
+        state: Option<JobState>,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<lameduck_jobs::Job>, JournalError> {
+        self.inner.list(state, after, limit).await
+    }
+    async fn counts(&self) -> Result<lameduck_jobs::StateCounts, JournalError> {
+        self.inner.counts().await
+    }
+    async fn purge(&self, older_than: Duration, max: usize) -> Result<usize, JournalError> {
+        self.inner.purge(older_than, max).await
+    }
+}
+
+// An idle pool polls less and less (each claim that finds nothing doubles
+// the wait, up to `idle_poll_max`), so that an idle server costs next to
+// nothing; a wake (an enqueue in this process) still starts a job at once.
+// With 10 ms polls and no ceiling past them, an idle second would be about
+// 200 claims (two claims in flight); with a 160 ms ceiling, a few dozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pool_polls_less_and_less_and_wakes_at_once() {
+    let (_dir, j) = journal();
+    let counted = Arc::new(CountedClaims {
+        inner: j.clone(),
+        claims: Default::default(),
+    });
+    let mut config = fast_config();
+    config.idle_poll_max = Duration::from_millis(160);
+    let pool = WorkerPool::with_config(counted.clone(), config)
+        .handler("ok", |_| async { Ok(json!("done")) });
+    let wake = pool.handle();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(pool.run(stop.clone()));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = counted.claims.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_second = counted.claims.load(Ordering::SeqCst) - before;
+    assert!(
+        (1..=40).contains(&idle_second),
+        "{idle_second} claims in an idle second"
+    );
+
+    // Enqueued and woken: it runs long before the idle ceiling would
+    // have let a poll find it (bounded wait, generous on a busy machine).
+    let id = j.enqueue(NewJob::new("ok", json!(1))).await.unwrap().id;
+    wake.wake();
+    assert_eq!(
+        wait_state(&j, id, JobState::Completed).await.result,
+        Some(json!("done"))
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap();
 }

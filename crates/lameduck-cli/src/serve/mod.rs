@@ -163,6 +163,14 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
             .context("cannot prepare the TLS ticket keys for upgrades")?;
     }
 
+    // The benchmark baseline serves on the address asked for; lameduck's
+    // server gets one it never serves on.
+    let (listener, baseline) = if args.baseline_plain_axum {
+        let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        (unused, Some(listener))
+    } else {
+        (listener, None)
+    };
     let mut server = Server::with_config(listener, config).with_upgrade(upgrade);
     if let Some((config, _)) = tls {
         server = server.with_tls(config);
@@ -216,6 +224,12 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
         request_id::layer,
     ));
     let workers = tokio::spawn(pool.run_until_drained(server.handle().watcher()));
+    if let Some(listener) = baseline {
+        // Until killed: a benchmark's baseline, nothing else.
+        tracing::info!(addr = %listener.local_addr()?, "baseline.listening");
+        axum::serve(listener, app).await?;
+        return Ok(0);
+    }
     let report = server.serve(app).await?;
     let jobs = workers.await.context("the job pool panicked")?;
     // The admin plane answers until the very end (metrics of the drain).

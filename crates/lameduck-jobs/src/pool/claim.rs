@@ -30,6 +30,9 @@ pub(super) struct Claims {
     pub(super) drain: Option<lameduck::Drain>,
     /// Claims failed in a row; the pause after a failure grows with it.
     errors: AtomicU32,
+    /// Claims in a row that found nothing; the wait before the next grows
+    /// with it (see `PoolConfig::idle_poll_max`).
+    empty: AtomicU32,
 }
 
 impl Claims {
@@ -45,6 +48,7 @@ impl Claims {
             tracker,
             drain,
             errors: AtomicU32::new(0),
+            empty: AtomicU32::new(0),
         }
     }
 
@@ -93,13 +97,19 @@ impl Claims {
         };
         if claimed.is_empty() {
             drop(slots);
+            let empty = self.empty.fetch_add(1, Relaxed);
+            let wait = config
+                .poll_interval
+                .saturating_mul(2u32.saturating_pow(empty.min(16)))
+                .min(config.idle_poll_max.max(config.poll_interval));
             tokio::select! {
                 () = run.stop.cancelled() => {}
-                () = run.journal.wait_for_jobs(notices, config.poll_interval) => {}
-                () = self.wake.notified() => {}
+                () = run.journal.wait_for_jobs(notices, wait) => {}
+                () = self.wake.notified() => self.empty.store(0, Relaxed),
             }
             return;
         }
+        self.empty.store(0, Relaxed);
         for job in claimed {
             // The claim asked for no more jobs than it holds slots. Should a
             // backend ever answer more, the job goes back rather than wait

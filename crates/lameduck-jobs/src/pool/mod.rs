@@ -51,8 +51,15 @@ pub struct PoolConfig {
     /// return [`JobError::Cancelled`]) before they are dropped and released.
     pub drain_timeout: Duration,
     /// Wait between claims when no job is ready (an enqueue through
-    /// [`PoolHandle::wake`] cuts it short).
+    /// [`PoolHandle::wake`], or a Postgres notice, cuts it short). Each
+    /// claim that finds nothing doubles it, up to [`Self::idle_poll_max`];
+    /// one that finds a job, or a wake, brings it back.
     pub poll_interval: Duration,
+    /// Longest wait between claims of an idle pool: what an idle server
+    /// spends polling (a SQLite claim is a transaction), against how late
+    /// it sees a job that another process enqueued (on SQLite and Redis,
+    /// which have no notices; a wake within the process is immediate).
+    pub idle_poll_max: Duration,
     /// Backoff after the first failure; doubles with each attempt.
     pub retry_base: Duration,
     /// Longest backoff.
@@ -69,7 +76,8 @@ pub struct PoolConfig {
 pub const PURGE_BATCH: usize = 1000;
 
 impl Default for PoolConfig {
-    /// 4 workers, 30 s leases, 20 s to drain, 200 ms polls, retries from
+    /// 4 workers, 30 s leases, 20 s to drain, polls from 200 ms to 2 s
+    /// when idle, retries from
     /// 1 s to 5 min, owner `lameduck-<pid>-<start time hex>`, finished jobs
     /// kept 7 days.
     fn default() -> Self {
@@ -78,6 +86,7 @@ impl Default for PoolConfig {
             lease: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
             poll_interval: Duration::from_millis(200),
+            idle_poll_max: Duration::from_secs(2),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             owner: default_owner(),
