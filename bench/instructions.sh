@@ -41,4 +41,6 @@ per_request "library, --rate-limit (never hit)   " "$examples/lameduck_minimal" 
 per_request "library, --max-in-flight + queue    " "$examples/lameduck_minimal" --max-in-flight
 per_request "library, --max-new-sessions         " "$examples/lameduck_minimal" --max-new-sessions
 per_request "plain axum::serve, /ping Router     " "$examples/plain_axum"
+per_request "serve's Router, plain axum::serve   " target/release/lameduck serve --baseline-plain-axum --admin-listen 127.0.0.1:0 --journal "sqlite:$tmp/base.db" --listen
 per_request "lameduck serve (every route, jobs)  " target/release/lameduck serve --admin-listen 127.0.0.1:0 --journal "sqlite:$tmp/jobs.db" --listen
+per_request "lameduck serve --no-trace-context   " target/release/lameduck serve --no-trace-context --admin-listen 127.0.0.1:0 --journal "sqlite:$tmp/jobs2.db" --listen

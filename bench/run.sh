@@ -3,8 +3,9 @@
 # the same run:
 #   1. keep-alive /ping throughput with wrk, servers interleaved round by
 #      round: the lameduck library vs a bare hyper server with the same
-#      service_fn, and `lameduck serve` vs plain `axum::serve` with the same
-#      Router; prints the ratios.
+#      service_fn, and `lameduck serve` vs its own Router, job pool and
+#      stores under plain `axum::serve` (`serve --baseline-plain-axum`);
+#      prints the ratios; then h2c with h2load, library vs bare hyper.
 #   2. server RSS per idle WebSocket (5,000 sockets).
 #   3. time from SIGTERM to exit with 5,000 idle keep-alive connections and
 #      5,000 idle WebSockets, and how each one ended (a `lameduck drill`
@@ -18,6 +19,7 @@ rounds=${2:-3}
 conns=${3:-64}
 
 command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
+command -v h2load >/dev/null || { echo "bench: h2load is missing (apt-get install nghttp2-client)" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cargo build --release -q -p lameduck-cli --bin lameduck --examples
@@ -42,7 +44,8 @@ start_server() { # name command... -> sets addr_<name> and pid_<name>
   pids+=($!)
   printf -v "pid_$name" '%s' "$!"
   local addr
-  addr=$(wait_for "$out/$name.log" '\("addr":"[^"]*"\|listening [0-9.:]*\)' | sed 's/.*"addr":"\([^"]*\)"/\1/; s/listening //')
+  # The service's own line: `serve` logs its admin listener first.
+  addr=$(wait_for "$out/$name.log" '\(\(server\|baseline\)\.listening","addr":"[^"]*"\|listening [0-9.:]*\)' | sed 's/.*"addr":"\([^"]*\)"/\1/; s/listening //')
   printf -v "addr_$name" '%s' "$addr"
 }
 # Two pairs with the same handler on both sides: the library alone vs bare
@@ -55,7 +58,9 @@ start_server lib "$examples/lameduck_minimal"
 start_server lib_nt "$examples/lameduck_minimal" 127.0.0.1:0 --no-header-timeout
 start_server axum "$examples/plain_axum"
 start_server serve "$bin" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --journal "sqlite:$out/bench.db" --log-format json --log-level warn,lameduck=info
-names=(hyper lib lib_nt axum serve)
+# The same Router, job pool and stores as `serve`, under plain axum::serve.
+start_server serve_base "$bin" serve --baseline-plain-axum --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --journal "sqlite:$out/base.db" --log-format json --log-level warn,lameduck=info
+names=(hyper lib lib_nt axum serve serve_base)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
@@ -90,12 +95,29 @@ for n in "${names[@]}"; do
   # shellcheck disable=SC2086
   printf -v "cpu_$n" '%s' "$(median ${cpus[$n]})"
 done
-echo "median server CPU per request (us): bare hyper $cpu_hyper | lameduck library $cpu_lib (no header timeout: $cpu_lib_nt) | plain axum $cpu_axum | lameduck serve $cpu_serve"
-awk -v h="$med_hyper" -v l="$med_lib" -v lnt="$med_lib_nt" -v a="$med_axum" -v s="$med_serve" 'BEGIN {
-  printf "median req/s: bare hyper %.0f | lameduck library %.0f (no header timeout: %.0f) | plain axum %.0f | lameduck serve %.0f\n", h, l, lnt, a, s
+echo "median server CPU per request (us): bare hyper $cpu_hyper | lameduck library $cpu_lib (no header timeout: $cpu_lib_nt) | plain axum /ping Router $cpu_axum | lameduck serve $cpu_serve | serve's Router under plain axum::serve $cpu_serve_base"
+awk -v h="$med_hyper" -v l="$med_lib" -v lnt="$med_lib_nt" -v a="$med_axum" -v s="$med_serve" -v b="$med_serve_base" 'BEGIN {
+  printf "median req/s: bare hyper %.0f | lameduck library %.0f (no header timeout: %.0f) | plain axum /ping Router %.0f | lameduck serve %.0f | serve'"'"'s Router under plain axum::serve %.0f\n", h, l, lnt, a, s, b
   printf "ratio lameduck library / bare hyper (same service_fn): %.3f (without header timeout: %.3f; target >= 0.97)\n", l / h, lnt / h
-  printf "ratio lameduck serve / plain axum (same Router):       %.3f\n", s / a
-  printf "ratio lameduck serve / bare hyper:                     %.3f\n", s / h
+  printf "ratio lameduck serve / plain axum::serve, same Router: %.3f (target >= 0.97)\n", s / b
+  printf "ratio lameduck serve / plain axum, /ping-only Router:  %.3f\n", s / a
+}'
+
+echo "== h2c /ping throughput: h2load -n 200000 -c 32 -m 10 -t 1 per server, $rounds rounds, interleaved"
+declare -A h2
+for r in $(seq 1 "$rounds"); do
+  line="round $r:"
+  for n in hyper lib; do
+    a="addr_$n"
+    v=$(h2load -n 200000 -c 32 -m 10 -t 1 "http://${!a}/ping" 2>/dev/null | awk '/^finished in/ { gsub(",", "", $4); print $4 }')
+    h2[$n]="${h2[$n]:-} $v"
+    line="$line $n=${v}req/s"
+  done
+  echo "$line"
+done
+# shellcheck disable=SC2086
+awk -v h="$(median ${h2[hyper]})" -v l="$(median ${h2[lib]})" 'BEGIN {
+  printf "h2c median req/s: bare hyper %.0f | lameduck library %.0f | ratio %.3f (target >= 0.95)\n", h, l, l / h
 }'
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 pids=()
