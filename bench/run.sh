@@ -124,9 +124,9 @@ pids=()
 
 echo "== memory per idle WebSocket"
 "$examples/bench_client" ws-rss "$bin" 5000
-echo "== drain time: SIGTERM to exit (target <= idle grace 1 s + 0.5 s)"
+echo "== drain time: SIGTERM to exit, --drain-spread 0s (target <= idle grace 1 s + 0.5 s)"
 "$bin" drill --scenario idle --idle-http 5000 --idle-ws 5000 --before 1s --after 0s \
-  --spawn "$bin serve --listen 127.0.0.1:{port} --admin-listen 127.0.0.1:0 --journal sqlite:$out/drain.db" \
+  --spawn "$bin serve --listen 127.0.0.1:{port} --admin-listen 127.0.0.1:0 --journal sqlite:$out/drain.db --drain-spread 0s" \
   --json "$out/drain.json" >/dev/null || { echo "bench: the drain drill failed" >&2; exit 1; }
 python3 - "$out/drain.json" <<'EOF'
 import json, sys
