@@ -99,6 +99,27 @@ where
     let Some(tls) = tls else {
         return serve_io(&builder, &lifecycle, &state, service, TokioIo::new(io)).await;
     };
+    // Boxed: a task's future is as large as its largest state, and the
+    // handshake's (rustls's connection state) would make every plain
+    // connection's task that large too.
+    Box::pin(serve_tls(builder, lifecycle, state, service, io, tls)).await;
+}
+
+/// The TLS handshake (bounded by the header-read timeout), then serving.
+async fn serve_tls<S, B>(
+    builder: Arc<Builder>,
+    lifecycle: Arc<Lifecycle>,
+    state: Arc<ConnState>,
+    service: ConnService<S>,
+    io: TrackedIo,
+    tls: tokio_rustls::TlsAcceptor,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let limit = lifecycle
         .config()
         .header_read_timeout
