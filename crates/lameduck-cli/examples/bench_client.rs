@@ -15,6 +15,9 @@
 //! - `bench_client slowloris ADDR N SECS`: holds N connections that trickle
 //!   a header byte a second to a running server, reconnecting each one the
 //!   server closes, for SECS seconds.
+//! - `bench_client ws-echo ADDR PATH CONNS SECS BYTES`: CONNS WebSockets to
+//!   `ws://ADDR/PATH` each send a BYTES-byte binary message and wait for its
+//!   echo, again and again, for SECS seconds; prints the echoes per second.
 //! - `bench_client shed BIN HELD N`: with `--max-connections HELD` filled,
 //!   N more connections (1,000 at a time) each send `GET /ping`; prints the
 //!   time until every one was answered 503 and closed, and, as a baseline
@@ -260,11 +263,44 @@ async fn shed(bin: &str, held: usize, n: usize) {
     drop(conns);
 }
 
+async fn ws_echo(addr: SocketAddr, path: &str, conns: usize, secs: u64, bytes: usize) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let end = Instant::now() + Duration::from_secs(secs);
+    let tasks = (0..conns.max(1)).map(|_| {
+        let url = format!("ws://{addr}{path}");
+        tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let (mut ws, _) = client_async(url, tcp).await.expect("handshake");
+            let payload = vec![7u8; bytes];
+            let mut echoed = 0u64;
+            while Instant::now() < end {
+                ws.send(Message::binary(payload.clone()))
+                    .await
+                    .expect("send");
+                match timeout(Duration::from_secs(10), ws.next()).await {
+                    Ok(Some(Ok(Message::Binary(b)))) if b.len() == bytes => echoed += 1,
+                    other => panic!("no echo: {other:?}"),
+                }
+            }
+            let _ = ws.close(None).await;
+            echoed
+        })
+    });
+    let started = Instant::now();
+    let total: u64 = join_all(tasks).await.into_iter().map(|r| r.unwrap()).sum();
+    println!(
+        "ws-echo: {conns} connections, {bytes}-byte messages: {:.0} echoes/s",
+        total as f64 / started.elapsed().as_secs_f64()
+    );
+}
+
 #[tokio::main]
 async fn main() {
     raise_fd_limit(200_000);
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: bench_client ws-rss BIN N | bench_client ping ADDR N CONNS | bench_client idle-rss BIN N [OTHER...] | bench_client slowloris ADDR N SECS | bench_client shed BIN HELD N";
+    let usage = "usage: bench_client ws-rss BIN N | bench_client ping ADDR N CONNS | bench_client idle-rss BIN N [OTHER...] | bench_client slowloris ADDR N SECS | bench_client shed BIN HELD N | bench_client ws-echo ADDR PATH CONNS SECS BYTES";
     let num = |i: usize| -> usize { args.get(i).and_then(|s| s.parse().ok()).expect(usage) };
     match args.get(1).map(String::as_str) {
         Some("ws-rss") => ws_rss(&args[2], num(3)).await,
@@ -272,6 +308,16 @@ async fn main() {
         Some("idle-rss") => idle_rss(&args[2], num(3), args.get(4..).unwrap_or_default()).await,
         Some("slowloris") => slowloris(args[2].parse().expect(usage), num(3), num(4) as u64).await,
         Some("shed") => shed(&args[2], num(3), num(4)).await,
+        Some("ws-echo") => {
+            ws_echo(
+                args[2].parse().expect(usage),
+                &args[3],
+                num(4),
+                num(5) as u64,
+                num(6),
+            )
+            .await
+        }
         _ => {
             eprintln!("{usage}");
             std::process::exit(64);
