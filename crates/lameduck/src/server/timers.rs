@@ -38,7 +38,19 @@ pub(crate) async fn sweep(config: Config, registry: Arc<Registry>) {
         // Starts at 1: 0 means "no request head under way".
         let now = ms(start.elapsed()) + 1;
         registry.set_now_ms(now);
-        for conn in registry.timed_out(now, header, idle) {
+        let started = std::time::Instant::now();
+        let swept = registry.timed_out(now, header, idle);
+        // For the benchmark of the sweep (bench/sweep.sh, at debug level):
+        // how long it ran, and the longest it held one map's lock, which a
+        // connection being accepted may wait for.
+        tracing::debug!(
+            timed = swept.timed,
+            expired = swept.expired.len(),
+            micros = started.elapsed().as_micros() as u64,
+            longest_hold_micros = swept.longest_hold.as_micros() as u64,
+            "timers.sweep"
+        );
+        for conn in swept.expired {
             conn.expire();
         }
     }
