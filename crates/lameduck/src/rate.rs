@@ -2,17 +2,20 @@
 //! address (GCRA, from `governor`), answered 429 past it.
 
 use std::{
+    hash::{BuildHasher, Hasher},
     net::{IpAddr, Ipv6Addr},
     sync::{
-        Arc, RwLock,
+        Arc, OnceLock, RwLock,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
 
 use governor::{
-    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    Quota, RateLimiter,
     clock::{Clock, DefaultClock},
+    middleware::NoOpMiddleware,
+    state::keyed::DashMapStateStore,
 };
 use http::HeaderMap;
 
@@ -21,12 +24,23 @@ use crate::config::RateLimit;
 /// Checks between two looks at the table's size.
 const SWEEP_EVERY: u64 = 4096;
 
+/// A client's key: its address as IPv6 (IPv4 mapped), an IPv6 one cut to
+/// its /64.
+type Key = u128;
+
+type Buckets = RateLimiter<
+    Key,
+    DashMapStateStore<Key, KeyHasher>,
+    DefaultClock,
+    NoOpMiddleware<<DefaultClock as Clock>::Instant>,
+>;
+
 /// The buckets of one server.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     config: RateLimit,
     quota: Quota,
-    buckets: RwLock<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    buckets: RwLock<Arc<Buckets>>,
     checks: AtomicU64,
     limited: AtomicU64,
 }
@@ -35,7 +49,7 @@ impl Limiter {
     pub(crate) fn new(config: RateLimit) -> Self {
         let quota = Quota::per_second(config.per_second).allow_burst(config.burst);
         Self {
-            buckets: RwLock::new(Arc::new(RateLimiter::dashmap(quota))),
+            buckets: RwLock::new(Arc::new(new_buckets(quota))),
             quota,
             config,
             checks: AtomicU64::new(0),
@@ -46,16 +60,19 @@ impl Limiter {
     /// `Ok` when the client behind `peer` may send a request now; how long
     /// until it may otherwise.
     pub(crate) fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Duration> {
-        let key = bucket_of(self.client(peer, headers));
-        let buckets = self
+        let key = key_of(self.client(peer, headers));
+        let verdict = self
             .buckets
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let verdict = buckets
             .check_key(&key)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()));
         if self.checks.fetch_add(1, Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            let buckets = self
+                .buckets
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             self.sweep(&buckets);
         }
         if verdict.is_err() {
@@ -71,7 +88,7 @@ impl Limiter {
 
     /// Forgets full buckets once the table is past half its bound; starts
     /// afresh if it is still past the bound.
-    fn sweep(&self, buckets: &DefaultKeyedRateLimiter<IpAddr>) {
+    fn sweep(&self, buckets: &Buckets) {
         if buckets.len() <= self.config.max_clients / 2 {
             return;
         }
@@ -84,7 +101,7 @@ impl Limiter {
                 "rate.table_reset"
             );
             *self.buckets.write().unwrap_or_else(|e| e.into_inner()) =
-                Arc::new(RateLimiter::dashmap(self.quota));
+                Arc::new(new_buckets(self.quota));
         }
     }
 
@@ -160,13 +177,70 @@ fn parse_hop(raw: &str) -> Option<IpAddr> {
 }
 
 /// The bucket an address counts in: itself for IPv4, its /64 for IPv6.
-fn bucket_of(addr: IpAddr) -> IpAddr {
+fn key_of(addr: IpAddr) -> Key {
     match addr {
-        IpAddr::V4(_) => addr,
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(bits))
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6) & !((1u128 << 64) - 1),
+    }
+}
+
+fn new_buckets(quota: Quota) -> Buckets {
+    RateLimiter::dashmap_with_clock_and_hasher(quota, DefaultClock::default(), KeyHasher::default())
+}
+
+/// Hashes a [`Key`] with a seed drawn once per process (std's SipHash cost
+/// a fifth of the rate limit's work a request). The seed keeps a client
+/// from choosing addresses that collide; one per process, so that every
+/// copy of the hasher (one per map shard) hashes alike.
+#[derive(Clone, Copy, Debug)]
+struct KeyHasher {
+    seed: u64,
+}
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        static SEED: OnceLock<u64> = OnceLock::new();
+        Self {
+            seed: *SEED.get_or_init(|| fastrand::u64(..)),
         }
+    }
+}
+
+impl BuildHasher for KeyHasher {
+    type Hasher = KeyHash;
+
+    fn build_hasher(&self) -> KeyHash {
+        KeyHash(self.seed)
+    }
+}
+
+#[derive(Debug)]
+struct KeyHash(u64);
+
+/// The finalizer of splitmix64: every input bit reaches every output bit.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Hasher for KeyHash {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = mix(self.0 ^ u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = mix(mix(self.0 ^ n as u64) ^ (n >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
