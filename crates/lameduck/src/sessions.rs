@@ -137,7 +137,11 @@ fn is_websocket<B>(req: &Request<B>) -> bool {
 }
 
 fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
+    // Most requests have neither header: one lookup, no iteration.
+    let Some(first) = headers.get(&name) else {
+        return false;
+    };
+    let listed = |v: &http::HeaderValue| {
         v.to_str().is_ok_and(|v| {
             v.split(',').any(|t| {
                 t.split(';')
@@ -147,7 +151,8 @@ fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -
                     .eq_ignore_ascii_case(token)
             })
         })
-    })
+    };
+    listed(first) || headers.get_all(name).iter().skip(1).any(listed)
 }
 
 #[cfg(test)]
