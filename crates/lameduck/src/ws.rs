@@ -309,7 +309,10 @@ impl WsSession {
             tokio::select! {
                 biased;
                 () = std::future::poll_fn(|cx| self.drained.poll_drained(cx)), if !self.config.handler_drains => {
-                    self.close_for_drain().await;
+                    // The rare paths' futures are boxed: inline, they would
+                    // make every idle session's task as large as the
+                    // largest of them.
+                    Box::pin(self.close_for_drain()).await;
                     return None;
                 }
                 () = pong_deadline => {
@@ -322,7 +325,8 @@ impl WsSession {
                     }
                     // A peer that reads nothing fills the socket: the ping
                     // itself may not go out.
-                    match timeout(self.config.pong_timeout, self.socket.send(Message::Ping(Default::default()))).await {
+                    let ping = timeout(self.config.pong_timeout, self.socket.send(Message::Ping(Default::default())));
+                    match Box::pin(ping).await {
                         Ok(Ok(())) => {}
                         Ok(Err(err)) => return self.finish(WsEnd::Gone(err.to_string())),
                         Err(_) => {
@@ -338,9 +342,9 @@ impl WsSession {
                         // The reply Close is queued by tungstenite; reading on
                         // sends it and sees the end of the stream.
                         let close_timeout = self.config.close_timeout;
-                        let _ = timeout(close_timeout, async {
+                        let _ = Box::pin(timeout(close_timeout, async {
                             while let Some(Ok(_)) = self.socket.recv().await {}
-                        })
+                        }))
                         .await;
                         return self.finish(WsEnd::ClosedByPeer { code: frame.map(|f| f.code) });
                     }
@@ -355,7 +359,7 @@ impl WsSession {
                             code,
                             reason: "".into(),
                         }));
-                        let _ = timeout(self.config.close_timeout, self.socket.send(close)).await;
+                        let _ = Box::pin(timeout(self.config.close_timeout, self.socket.send(close))).await;
                         return self.finish(WsEnd::Refused { code, reason });
                     }
                     None => return self.finish(WsEnd::Gone("end of stream without Close".into())),
