@@ -164,6 +164,31 @@ async fn a_burst_waits_in_the_queue_and_past_it_gets_503() {
     server.drains_cleanly();
 }
 
+// A request that waited in the queue passed the rate limit (and the
+// new-session rate) when it arrived: it is not charged again when its turn
+// comes. With a burst of 3 at 1 a second, three slow requests through one
+// place in flight are all served, none 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_are_not_charged_twice_by_the_rate_limit() {
+    let server = Child::serve(
+        BIN,
+        &[
+            "--max-in-flight",
+            "1",
+            "--max-in-flight-queue",
+            "10",
+            "--rate-limit",
+            "1:3",
+        ],
+    );
+    let sent = burst(server.addr, "/slow?ms=400", 3).await;
+    for (i, r) in sent.into_iter().enumerate() {
+        assert_eq!(r.await.unwrap(), (200, None), "request {i}");
+    }
+    assert_eq!(rejected(&server, "rate_limit").await, 0);
+    server.drains_cleanly();
+}
+
 // With --queue-timeout 100ms, requests still queued after it get 503 with
 // Retry-After (the timeout rounded up to a second); the ones in flight
 // finish.

@@ -205,6 +205,11 @@ where
         &self,
         req: &mut Request<Incoming>,
     ) -> Result<Option<OwnedSemaphorePermit>, Limited<B>> {
+        if let Some(Admitted(place)) = req.extensions_mut().remove::<Admitted>() {
+            // Back from the queue with its place: it passed the rate and
+            // session limits when it arrived, and is not charged again.
+            return Ok(place.lock().unwrap_or_else(|e| e.into_inner()).take());
+        }
         let lifecycle = self.conn.lifecycle();
         let (stats, limits) = (lifecycle.stats(), lifecycle.limits());
         if let Some(limiter) = limits.limiter() {
@@ -226,10 +231,6 @@ where
         let Some(admission) = limits.admission() else {
             return Ok(None);
         };
-        if let Some(Admitted(place)) = req.extensions_mut().remove::<Admitted>() {
-            // Back from the queue with its place.
-            return Ok(place.lock().unwrap_or_else(|e| e.into_inner()).take());
-        }
         match admission.try_admit() {
             Admit::Now(permit) => Ok(Some(permit)),
             Admit::Queued => Err(Limited::Queued),
