@@ -5,7 +5,7 @@ use std::{
     hash::{BuildHasher, Hasher},
     net::{IpAddr, Ipv6Addr},
     sync::{
-        Arc, OnceLock, RwLock,
+        OnceLock, RwLock,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
@@ -40,7 +40,8 @@ type Buckets = RateLimiter<
 pub(crate) struct Limiter {
     config: RateLimit,
     quota: Quota,
-    buckets: RwLock<Arc<Buckets>>,
+    /// Replaced whole when it must be reset (see `sweep`).
+    buckets: RwLock<Buckets>,
     checks: AtomicU64,
     limited: AtomicU64,
 }
@@ -49,7 +50,7 @@ impl Limiter {
     pub(crate) fn new(config: RateLimit) -> Self {
         let quota = Quota::per_second(config.per_second).allow_burst(config.burst);
         Self {
-            buckets: RwLock::new(Arc::new(new_buckets(quota))),
+            buckets: RwLock::new(new_buckets(quota)),
             quota,
             config,
             checks: AtomicU64::new(0),
@@ -68,12 +69,7 @@ impl Limiter {
             .check_key(&key)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()));
         if self.checks.fetch_add(1, Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            let buckets = self
-                .buckets
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            self.sweep(&buckets);
+            self.sweep();
         }
         if verdict.is_err() {
             self.limited.fetch_add(1, Relaxed);
@@ -88,20 +84,23 @@ impl Limiter {
 
     /// Forgets full buckets once the table is past half its bound; starts
     /// afresh if it is still past the bound.
-    fn sweep(&self, buckets: &Buckets) {
-        if buckets.len() <= self.config.max_clients / 2 {
-            return;
-        }
-        buckets.retain_recent();
-        buckets.shrink_to_fit();
-        if buckets.len() > self.config.max_clients {
+    fn sweep(&self) {
+        let clients = {
+            let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
+            if buckets.len() <= self.config.max_clients / 2 {
+                return;
+            }
+            buckets.retain_recent();
+            buckets.shrink_to_fit();
+            buckets.len()
+        };
+        if clients > self.config.max_clients {
             tracing::warn!(
-                clients = buckets.len(),
+                clients,
                 max_clients = self.config.max_clients,
                 "rate.table_reset"
             );
-            *self.buckets.write().unwrap_or_else(|e| e.into_inner()) =
-                Arc::new(new_buckets(self.quota));
+            *self.buckets.write().unwrap_or_else(|e| e.into_inner()) = new_buckets(self.quota);
         }
     }
 

@@ -24,7 +24,7 @@ use axum::{
 };
 use tracing::Instrument;
 
-use super::trace_context::{TRACEPARENT, Trace, TraceIdHex};
+use super::trace_context::{TRACEPARENT, Trace, TraceIdHex, hex_into};
 
 pub(crate) const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -158,16 +158,9 @@ fn generate() -> HeaderValue {
     let prefix = *PREFIX.get_or_init(|| RandomState::new().hash_one(std::process::id()));
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let mut buf = [b'-'; 33];
-    hex(prefix, &mut buf[..16]);
-    hex(n, &mut buf[17..]);
+    hex_into(&prefix.to_be_bytes(), &mut buf[..16]);
+    hex_into(&n.to_be_bytes(), &mut buf[17..]);
     HeaderValue::from_bytes(&buf).expect("hex digits are a valid header")
-}
-
-fn hex(mut n: u64, out: &mut [u8]) {
-    for digit in out.iter_mut().rev() {
-        *digit = b"0123456789abcdef"[(n & 0xf) as usize];
-        n >>= 4;
-    }
 }
 
 #[cfg(test)]

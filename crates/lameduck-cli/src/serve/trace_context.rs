@@ -184,7 +184,8 @@ impl std::fmt::Display for TraceIdHex {
     }
 }
 
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
+/// Lowercase hex of `bytes` into `out` (two digits a byte).
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
     // Two digits a lookup: this runs for every response.
     static PAIRS: [[u8; 2]; 256] = {
         const HEX: &[u8; 16] = b"0123456789abcdef";

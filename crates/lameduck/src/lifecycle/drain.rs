@@ -235,19 +235,19 @@ impl std::future::Future for Told {
 /// so that cloning it per request touches that connection's reference count,
 /// not the server-wide one that every thread shares.
 #[derive(Clone, Debug)]
-pub(crate) struct DrainExt(pub(crate) Arc<Drain>);
+pub(crate) struct RequestDrain(pub(crate) Arc<Drain>);
 
 tokio::task_local! {
     /// The drain of the request whose application future is being polled.
-    static CURRENT: DrainExt;
+    static CURRENT: RequestDrain;
 }
 
-impl DrainExt {
+impl RequestDrain {
     /// `future` with this drain as [`Drain::current`] while it is polled.
     pub(crate) fn scope<F: std::future::Future>(
         self,
         future: F,
-    ) -> tokio::task::futures::TaskLocalFuture<DrainExt, F> {
+    ) -> tokio::task::futures::TaskLocalFuture<RequestDrain, F> {
         CURRENT.scope(self, future)
     }
 }

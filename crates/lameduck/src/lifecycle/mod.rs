@@ -39,7 +39,7 @@ use crate::{
     stats::{Counts, Stats, Totals},
 };
 
-pub(crate) use drain::DrainExt;
+pub(crate) use drain::RequestDrain;
 pub use drain::{Drain, JobGuard, Told};
 pub use reason::{DrainReason, Signal};
 use waiter::Waiters;

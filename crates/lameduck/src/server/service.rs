@@ -22,7 +22,7 @@ use tower::{Service, ServiceExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::io::ConnState;
-use crate::{admission::Admit, lifecycle::DrainExt, sessions, stats::ConnKind};
+use crate::{admission::Admit, lifecycle::RequestDrain, sessions, stats::ConnKind};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,7 +30,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct ConnService<S> {
     pub(crate) inner: S,
     pub(crate) conn: Arc<ConnState>,
-    pub(crate) drain: DrainExt,
+    pub(crate) drain: RequestDrain,
     pub(crate) peer: SocketAddr,
 }
 
@@ -56,7 +56,10 @@ where
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
     type Future = CallFuture<
-        tokio::task::futures::TaskLocalFuture<DrainExt, tower::util::Oneshot<S, Request<Incoming>>>,
+        tokio::task::futures::TaskLocalFuture<
+            RequestDrain,
+            tower::util::Oneshot<S, Request<Incoming>>,
+        >,
         B,
         S::Error,
     >;
