@@ -403,8 +403,9 @@ async fn new_sessions_past_the_rate_get_503_with_spread_retry_after() {
             .headers_mut()
             .insert("origin", format!("http://{addr}").parse().unwrap());
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let (mut ws, res) = tokio_tungstenite::client_async(request, tcp)
+        let (mut ws, res) = timeout(10 * SEC, tokio_tungstenite::client_async(request, tcp))
             .await
+            .expect("a handshake in time")
             .expect("a browser's refused upgrade is accepted");
         assert_eq!(res.status(), 101);
         match timeout(5 * SEC, ws.next()).await.unwrap() {

@@ -217,9 +217,9 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// and reads on until the client's (at most [`LINGER`], cut by a forced
 /// drain), because closing a socket with unread bytes, or with bytes still
 /// on their way, makes the kernel answer with a reset, which can destroy
-/// the last response before the client has read it (an HTTP/2 client that
-/// sent a last PING ack or `WINDOW_UPDATE` as the server closed sees a
-/// broken pipe). A connection still lingering counts as open. One idle for
+/// the last response before the client has read it (a test's HTTP/2 client
+/// over TLS once saw a broken pipe at a drain; `drain.rs` shows the reset
+/// without lingering). A connection still lingering counts as open. One idle for
 /// longer than [`LINGER_AFTER_MS`] (closed by the drain after its idle grace,
 /// or by the keep-alive timeout) has no response left to lose: what its
 /// client might send now would not be served either way, so it closes at
