@@ -202,9 +202,13 @@ const LINGER: Duration = Duration::from_secs(2);
 
 /// A connection whose last response ended longer ago than this closes
 /// without lingering (see [`TrackedIo`]). Read on the coarse clock, which
-/// ticks every 500 ms: a response that ended up to 1 to 1.5 s ago counts
-/// as recent.
-const LINGER_AFTER_MS: u64 = 1000;
+/// ticks every 500 ms: a response counts as recent when it ended less than
+/// a second ago, so a connection closed after the drain's idle grace
+/// (1 s) never lingers, as before lingering existed. With a 1.0–1.5 s
+/// window the fleet test behind HAProxy lost one request in one CI run (not
+/// reproduced in three runs alone); a request a proxy sends as the server
+/// closes would then be read and dropped rather than reset.
+const LINGER_AFTER_MS: u64 = 500;
 
 /// Most bytes read and thrown away while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
