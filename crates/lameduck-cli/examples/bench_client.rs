@@ -3,8 +3,9 @@
 //! memory), on a loopback port. The drain with thousands of idle
 //! connections is measured by `lameduck drill` (see `bench/run.sh`).
 //!
-//! - `bench_client ws-rss BIN N`: opens N idle WebSockets to `BIN serve` and
-//!   prints the server's RSS growth per socket.
+//! - `bench_client ws-rss BIN N [AT_ONCE=100]`: opens N idle WebSockets to
+//!   `BIN serve`, AT_ONCE handshakes at a time, and prints the server's RSS
+//!   growth per socket.
 //! - `bench_client ping ADDR N CONNS`: sends N `GET /ping` over CONNS
 //!   keep-alive connections to a running server (for instruction counts
 //!   under callgrind, where a fixed number of requests matters).
@@ -73,8 +74,8 @@ impl Drop for Baseline {
     }
 }
 
-async fn open_websockets(addr: SocketAddr, n: usize) -> Vec<Ws> {
-    let gate = Arc::new(Semaphore::new(100));
+async fn open_websockets(addr: SocketAddr, n: usize, at_once: usize) -> Vec<Ws> {
+    let gate = Arc::new(Semaphore::new(at_once.max(1)));
     let tasks = (0..n).map(|_| {
         let gate = gate.clone();
         tokio::spawn(async move {
@@ -109,18 +110,18 @@ async fn open_keepalive(addr: SocketAddr, n: usize) -> Vec<KeepAlive> {
     conns
 }
 
-async fn ws_rss(bin: &str, n: usize) {
+async fn ws_rss(bin: &str, n: usize, at_once: usize) {
     let server = Child::serve(bin, &[]);
     // Warm up the allocator and the runtime's worker threads first.
-    drop(open_websockets(server.addr, 50).await);
+    drop(open_websockets(server.addr, 50, at_once).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(server.pid());
-    let sockets = open_websockets(server.addr, n).await;
+    let sockets = open_websockets(server.addr, n, at_once).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rss_kib(server.pid());
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
     println!(
-        "ws-rss: {n} idle WebSockets: server RSS {before} KiB -> {after} KiB, {:.1} KiB per socket",
+        "ws-rss: {n} idle WebSockets ({at_once} handshakes at a time): server RSS {before} KiB -> {after} KiB, {:.1} KiB per socket",
         per / 1024.0
     );
     drop(sockets);
@@ -300,10 +301,10 @@ async fn ws_echo(addr: SocketAddr, path: &str, conns: usize, secs: u64, bytes: u
 async fn main() {
     raise_fd_limit(200_000);
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: bench_client ws-rss BIN N | bench_client ping ADDR N CONNS | bench_client idle-rss BIN N [OTHER...] | bench_client slowloris ADDR N SECS | bench_client shed BIN HELD N | bench_client ws-echo ADDR PATH CONNS SECS BYTES";
+    let usage = "usage: bench_client ws-rss BIN N [AT_ONCE] | bench_client ping ADDR N CONNS | bench_client idle-rss BIN N [OTHER...] | bench_client slowloris ADDR N SECS | bench_client shed BIN HELD N | bench_client ws-echo ADDR PATH CONNS SECS BYTES";
     let num = |i: usize| -> usize { args.get(i).and_then(|s| s.parse().ok()).expect(usage) };
     match args.get(1).map(String::as_str) {
-        Some("ws-rss") => ws_rss(&args[2], num(3)).await,
+        Some("ws-rss") => ws_rss(&args[2], num(3), args.get(4).map_or(100, |_| num(4))).await,
         Some("ping") => ping(args[2].parse().expect(usage), num(3), num(4)).await,
         Some("idle-rss") => idle_rss(&args[2], num(3), args.get(4..).unwrap_or_default()).await,
         Some("slowloris") => slowloris(args[2].parse().expect(usage), num(3), num(4) as u64).await,

@@ -6,8 +6,10 @@
 //! - `/ws-session`: through `lameduck::ws::WsSession`;
 //! - `/ws-raw`: axum's `WebSocket`, read and written directly.
 //!
-//! Usage: `ws_echo [ADDR]`; prints `listening ADDR`. Both routes use the
-//! read buffer `lameduck serve` uses (4 KiB).
+//! Usage: `ws_echo [ADDR]`; prints `listening ADDR`. `/ws-session` uses
+//! the read buffer `lameduck serve` uses (`lameduck::ws::READ_BUFFER`, or
+//! `WS_READ_BUFFER` bytes from the environment, for comparing sizes);
+//! `/ws-raw` keeps 4 KiB, the size `serve` used before it read ahead.
 
 use axum::{
     Router,
@@ -17,16 +19,25 @@ use axum::{
 };
 use lameduck::{Drain, ws::WsSession};
 
-const READ_BUFFER: usize = 4 * 1024;
+const RAW_READ_BUFFER: usize = 4 * 1024;
+
+fn session_read_buffer() -> usize {
+    std::env::var("WS_READ_BUFFER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(lameduck::ws::READ_BUFFER)
+}
 
 async fn session(upgrade: WebSocketUpgrade, drain: Drain) -> Response {
     upgrade
-        .read_buffer_size(READ_BUFFER)
-        .on_upgrade(move |socket| async move {
+        .read_buffer_size(session_read_buffer())
+        .on_upgrade(move |socket| {
             let mut ws = WsSession::new(socket, drain);
-            while let Some(msg) = ws.recv().await {
-                if ws.send(msg).await.is_err() {
-                    break;
+            async move {
+                while let Some(msg) = ws.recv().await {
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
                 }
             }
         })
@@ -34,7 +45,7 @@ async fn session(upgrade: WebSocketUpgrade, drain: Drain) -> Response {
 
 async fn raw(upgrade: WebSocketUpgrade) -> Response {
     upgrade
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(RAW_READ_BUFFER)
         .on_upgrade(|mut socket: WebSocket| async move {
             while let Some(Ok(msg)) = socket.recv().await {
                 if socket.send(msg).await.is_err() {

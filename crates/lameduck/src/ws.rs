@@ -6,11 +6,17 @@
 //! on a restart, 1012 (Service Restart), and waits a bounded time for the
 //! peer's Close before dropping the socket.
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
 use crate::lifecycle::{Drain, DrainWaiter};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Interval, MissedTickBehavior, Sleep, sleep, timeout};
 
 /// Close code sent when the server shuts down (RFC 6455: Going Away).
@@ -18,6 +24,43 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code sent when the server restarts and the client should reconnect
 /// at once (IANA registry: Service Restart).
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+
+/// A WebSocket read buffer size for axum's
+/// [`WebSocketUpgrade::read_buffer_size`](axum::extract::ws::WebSocketUpgrade::read_buffer_size)
+/// that keeps idle sockets cheap behind [`crate::Server`].
+///
+/// tungstenite allocates its read buffer whole when the socket opens and
+/// keeps it while the socket idles (its default is 128 KiB a socket); it
+/// also reads at most this many bytes a call. Behind `Server`, an upgraded
+/// connection serves such small reads from a read-ahead of 8 KiB that
+/// exists only until it is taken, so a large message still costs a system
+/// call per 8 KiB, not per 512 bytes. Under another server (such as
+/// `axum::serve`) a buffer this small means more system calls for large
+/// messages: choose 4 KiB or more there.
+///
+/// # Examples
+///
+/// ```
+/// use axum::{extract::ws::WebSocketUpgrade, response::Response};
+/// use lameduck::{Drain, ws::WsSession};
+///
+/// async fn echo(upgrade: WebSocketUpgrade, drain: Drain) -> Response {
+///     upgrade
+///         .read_buffer_size(lameduck::ws::READ_BUFFER)
+///         .on_upgrade(|socket| {
+///             let mut ws = WsSession::new(socket, drain);
+///             async move {
+///                 while let Some(msg) = ws.recv().await {
+///                     if ws.send(msg).await.is_err() {
+///                         break;
+///                     }
+///                 }
+///             }
+///         })
+/// }
+/// # let _ = echo;
+/// ```
+pub const READ_BUFFER: usize = 512;
 
 /// Timings of a [`WsSession`].
 ///
@@ -132,6 +175,10 @@ fn refusal_code(err: &axum::Error) -> Option<u16> {
     match inner {
         tungstenite::Error::Capacity(_) => Some(CLOSE_TOO_BIG),
         tungstenite::Error::Utf8(_) => Some(CLOSE_INVALID_DATA),
+        // A peer that went away is not refused: nothing can reach it.
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => None,
         tungstenite::Error::Protocol(_) => Some(CLOSE_PROTOCOL_ERROR),
         _ => None,
     }
@@ -185,20 +232,25 @@ pub fn origin_allowed(headers: &http::HeaderMap, allowed: &[String]) -> bool {
 ///
 /// # Examples
 ///
-/// An echo endpoint:
+/// An echo endpoint. The session is made before the `async` block, so
+/// that the block (which lives as long as the socket, in its task) holds
+/// the session only and not also the socket it was made from: about 370
+/// bytes less for every open socket.
 ///
 /// ```
 /// use axum::{Router, extract::ws::WebSocketUpgrade, response::Response, routing::get};
 /// use lameduck::{Drain, ws::WsSession};
 ///
 /// async fn echo(upgrade: WebSocketUpgrade, drain: Drain) -> Response {
-///     upgrade.on_upgrade(|socket| async move {
+///     upgrade.on_upgrade(|socket| {
 ///         let mut ws = WsSession::new(socket, drain);
-///         // `recv` returns `None` once the session is over, including after
-///         // the drain's Close handshake.
-///         while let Some(msg) = ws.recv().await {
-///             if ws.send(msg).await.is_err() {
-///                 break;
+///         async move {
+///             // `recv` returns `None` once the session is over, including
+///             // after the drain's Close handshake.
+///             while let Some(msg) = ws.recv().await {
+///                 if ws.send(msg).await.is_err() {
+///                     break;
+///                 }
 ///             }
 ///         }
 ///     })
@@ -296,76 +348,109 @@ impl WsSession {
     /// # let _ = chat;
     /// ```
     pub async fn recv(&mut self) -> Option<Message> {
-        if self.end.is_some() {
-            return None;
-        }
         loop {
-            let pong_deadline = async {
-                match self.pong_deadline.as_mut() {
-                    Some(deadline) => deadline.await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                () = std::future::poll_fn(|cx| self.drained.poll_drained(cx)), if !self.config.handler_drains => {
-                    // The rare paths' futures are boxed: inline, they would
-                    // make every idle session's task as large as the
-                    // largest of them.
-                    Box::pin(self.close_for_drain()).await;
-                    return None;
-                }
-                () = pong_deadline => {
-                    tracing::debug!("ws.peer_dead");
-                    return self.finish(WsEnd::PeerDead);
-                }
-                _ = self.ping.tick() => {
-                    if self.pong_deadline.is_none() {
-                        self.pong_deadline = Some(Box::pin(sleep(self.config.pong_timeout)));
-                    }
-                    // A peer that reads nothing fills the socket: the ping
-                    // itself may not go out.
-                    let ping = timeout(self.config.pong_timeout, self.socket.send(Message::Ping(Default::default())));
-                    match Box::pin(ping).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(err)) => return self.finish(WsEnd::Gone(err.to_string())),
-                        Err(_) => {
-                            tracing::debug!("ws.peer_dead");
-                            return self.finish(WsEnd::PeerDead);
-                        }
-                    }
-                }
-                msg = self.socket.recv() => match msg {
-                    Some(Ok(Message::Pong(_))) => self.pong_deadline = None,
-                    Some(Ok(Message::Ping(_))) => {}
-                    Some(Ok(Message::Close(frame))) => {
-                        // The reply Close is queued by tungstenite; reading on
-                        // sends it and sees the end of the stream.
-                        let close_timeout = self.config.close_timeout;
-                        let _ = Box::pin(timeout(close_timeout, async {
-                            while let Some(Ok(_)) = self.socket.recv().await {}
-                        }))
-                        .await;
-                        return self.finish(WsEnd::ClosedByPeer { code: frame.map(|f| f.code) });
-                    }
-                    Some(Ok(msg)) => return Some(msg),
-                    Some(Err(err)) => {
-                        let Some(code) = refusal_code(&err) else {
-                            return self.finish(WsEnd::Gone(err.to_string()));
-                        };
-                        let reason = err.to_string();
-                        tracing::debug!(code, reason = %reason, "ws.refused");
-                        let close = Message::Close(Some(CloseFrame {
-                            code,
-                            reason: "".into(),
-                        }));
-                        let _ = Box::pin(timeout(self.config.close_timeout, self.socket.send(close))).await;
-                        return self.finish(WsEnd::Refused { code, reason });
-                    }
-                    None => return self.finish(WsEnd::Gone("end of stream without Close".into())),
-                }
+            if self.end.is_some() {
+                return None;
+            }
+            // What happens next is found by one poll function, and all but
+            // a message is handled in a boxed future: this future is then a
+            // few words, and so is every idle session's task that awaits it.
+            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
+                Event::Message(msg) => return Some(msg),
+                event => Box::pin(self.handle(event)).await,
             }
         }
+    }
+
+    /// The next thing the session must act on, in this order: the drain,
+    /// a pong overdue, the heartbeat's tick, the socket. Pongs and pings
+    /// from the peer are taken here (tungstenite answers pings itself).
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if !self.config.handler_drains && self.drained.poll_drained(cx).is_ready() {
+            return Poll::Ready(Event::Drain);
+        }
+        if let Some(deadline) = self.pong_deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Event::PeerDead);
+        }
+        if self.ping.poll_tick(cx).is_ready() {
+            return Poll::Ready(Event::Tick);
+        }
+        loop {
+            let event = match ready!(self.socket.poll_next_unpin(cx)) {
+                Some(Ok(Message::Pong(_))) => {
+                    self.pong_deadline = None;
+                    continue;
+                }
+                Some(Ok(Message::Ping(_))) => continue,
+                Some(Ok(Message::Close(frame))) => Event::Closed(frame.map(|f| f.code)),
+                Some(Ok(msg)) => Event::Message(msg),
+                Some(Err(err)) => Event::Failed(err),
+                None => Event::Gone,
+            };
+            return Poll::Ready(event);
+        }
+    }
+
+    /// Acts on everything but a message.
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Message(_) => {}
+            Event::Drain => self.close_for_drain().await,
+            Event::PeerDead => {
+                tracing::debug!("ws.peer_dead");
+                self.end = Some(WsEnd::PeerDead);
+            }
+            Event::Tick => {
+                if self.pong_deadline.is_none() {
+                    self.pong_deadline = Some(Box::pin(sleep(self.config.pong_timeout)));
+                }
+                // A peer that reads nothing fills the socket: the ping
+                // itself may not go out.
+                let ping = self.socket.send(Message::Ping(Default::default()));
+                match timeout(self.config.pong_timeout, ping).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => self.end = Some(WsEnd::Gone(err.to_string())),
+                    Err(_) => {
+                        tracing::debug!("ws.peer_dead");
+                        self.end = Some(WsEnd::PeerDead);
+                    }
+                }
+            }
+            Event::Closed(code) => self.closed_by_peer(code).await,
+            Event::Failed(err) => self.failed(err).await,
+            Event::Gone => self.end = Some(WsEnd::Gone("end of stream without Close".into())),
+        }
+    }
+
+    /// The peer sent Close. The reply Close is queued by tungstenite;
+    /// reading on sends it and sees the end of the stream.
+    async fn closed_by_peer(&mut self, code: Option<u16>) {
+        let close_timeout = self.config.close_timeout;
+        let _ = timeout(close_timeout, async {
+            while let Some(Ok(_)) = self.socket.recv().await {}
+        })
+        .await;
+        self.end = Some(WsEnd::ClosedByPeer { code });
+    }
+
+    /// The socket failed: a peer that broke a limit or the protocol gets
+    /// the Close it earned.
+    async fn failed(&mut self, err: axum::Error) {
+        let reason = err.to_string();
+        let Some(code) = refusal_code(&err) else {
+            self.end = Some(WsEnd::Gone(reason));
+            return;
+        };
+        drop(err);
+        tracing::debug!(code, reason = %reason, "ws.refused");
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: "".into(),
+        }));
+        let _ = timeout(self.config.close_timeout, self.socket.send(close)).await;
+        self.end = Some(WsEnd::Refused { code, reason });
     }
 
     /// Sends a message and flushes it. A peer that reads nothing for the
@@ -376,23 +461,11 @@ impl WsSession {
     ///
     /// When the socket is closed or fails, or the peer read nothing for the
     /// pong timeout (the session then ends with [`WsEnd::PeerDead`]).
-    pub async fn send(&mut self, msg: Message) -> Result<(), axum::Error> {
-        match timeout(self.config.pong_timeout, self.socket.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => {
-                if self.end.is_none() {
-                    self.end = Some(WsEnd::Gone(err.to_string()));
-                }
-                Err(err)
-            }
-            Err(_) => {
-                tracing::debug!("ws.peer_dead");
-                self.end = Some(WsEnd::PeerDead);
-                Err(axum::Error::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the peer read nothing for the pong timeout",
-                )))
-            }
+    pub fn send(&mut self, msg: Message) -> WsSend<'_> {
+        WsSend {
+            session: self,
+            msg: Some(msg),
+            deadline: None,
         }
     }
 
@@ -410,7 +483,7 @@ impl WsSession {
             CLOSE_GOING_AWAY
         };
         self.close(code, "server draining").await;
-        self.finish(WsEnd::Drained { code });
+        self.end = Some(WsEnd::Drained { code });
     }
 
     /// Why the session ended, once it has.
@@ -421,11 +494,6 @@ impl WsSession {
     /// The underlying socket, for what this wrapper does not cover.
     pub fn socket_mut(&mut self) -> &mut WebSocket {
         &mut self.socket
-    }
-
-    fn finish(&mut self, end: WsEnd) -> Option<Message> {
-        self.end = Some(end);
-        None
     }
 
     /// Flush, send Close, wait (bounded) for the peer's Close; whatever data
@@ -452,5 +520,81 @@ impl WsSession {
             Ok(Err(err)) => tracing::debug!(error = %err, "ws.close_error"),
             Err(_) => tracing::debug!("ws.close_timeout"),
         }
+    }
+}
+
+/// What [`WsSession::recv`] acts on.
+enum Event {
+    Message(Message),
+    Drain,
+    PeerDead,
+    Tick,
+    Closed(Option<u16>),
+    Failed(axum::Error),
+    Gone,
+}
+
+/// The future of [`WsSession::send`].
+///
+/// A type of its own rather than an `async fn`'s: it holds the message
+/// once, and makes its deadline (reading the clock) only for a send that
+/// has to wait, which nearly none does. Every idle session's task is as
+/// large as the largest future its handler awaits, this one included.
+#[must_use = "futures do nothing unless polled"]
+pub struct WsSend<'a> {
+    session: &'a mut WsSession,
+    msg: Option<Message>,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl std::fmt::Debug for WsSend<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsSend")
+            .field("started", &self.msg.is_none())
+            .finish()
+    }
+}
+
+impl WsSend<'_> {
+    /// Hands the message to the socket when it has room, then flushes.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        let socket = &mut self.session.socket;
+        if self.msg.is_some() {
+            ready!(socket.poll_ready_unpin(cx))?;
+            if let Some(msg) = self.msg.take() {
+                socket.start_send_unpin(msg)?;
+            }
+        }
+        socket.poll_flush_unpin(cx)
+    }
+}
+
+impl Future for WsSend<'_> {
+    type Output = Result<(), axum::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let result = match this.poll_send(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                let pong_timeout = this.session.config.pong_timeout;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(sleep(pong_timeout)));
+                ready!(deadline.as_mut().poll(cx));
+                tracing::debug!("ws.peer_dead");
+                this.session.end = Some(WsEnd::PeerDead);
+                return Poll::Ready(Err(axum::Error::new(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer read nothing for the pong timeout",
+                ))));
+            }
+        };
+        if let Err(err) = &result
+            && this.session.end.is_none()
+        {
+            this.session.end = Some(WsEnd::Gone(err.to_string()));
+        }
+        Poll::Ready(result)
     }
 }

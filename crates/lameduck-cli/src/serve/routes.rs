@@ -25,9 +25,6 @@ const SLOW_DEFAULT_MS: u64 = 10_000;
 const SLOW_MAX_MS: u64 = 600_000;
 const EVENTS_DEFAULT_MS: u64 = 100;
 const EVENTS_MAX_MS: u64 = 60_000;
-/// Idle WebSockets must stay cheap: tungstenite's default read buffer is
-/// 128 KiB per socket.
-const WS_READ_BUFFER: usize = 4 * 1024;
 
 /// The WebSocket endpoint's settings.
 #[derive(Clone, Debug)]
@@ -122,12 +119,14 @@ async fn websocket(
     // The socket outlives the request; its log lines keep the request's id.
     let span = tracing::Span::current();
     let response = upgrade
-        .read_buffer_size(WS_READ_BUFFER)
+        .read_buffer_size(lameduck::ws::READ_BUFFER)
         .max_message_size(ws.max_message)
         .max_frame_size(ws.max_frame)
         .on_upgrade(move |socket| {
+            // Made before the `async` block, which then holds the session
+            // only, not the socket it was made from as well.
+            let mut ws = WsSession::with_config(socket, drain, config);
             async move {
-                let mut ws = WsSession::with_config(socket, drain, config);
                 while let Some(msg) = ws.recv().await {
                     if ws.send(msg).await.is_err() {
                         break;

@@ -62,14 +62,19 @@ pub(super) async fn websocket(
     };
     let session = param(query.as_deref(), "session").map(str::to_owned);
     upgrade
+        .read_buffer_size(lameduck::ws::READ_BUFFER)
         .max_message_size(MAX_MESSAGE * 2)
-        .on_upgrade(move |socket| async move {
+        .on_upgrade(move |socket| {
             // Registered now, so that a spread drain tells this session at
             // its own instant.
             let told = drain.told();
             let config = WsConfig::default().handler_drains(true);
+            // Made before the `async` block, which then holds the session
+            // only, not the socket it was made from as well.
             let mut ws = WsSession::with_config(socket, drain, config);
-            topic_session(&mut ws, told, topics, topic, since, session, may_publish).await;
+            async move {
+                topic_session(&mut ws, told, topics, topic, since, session, may_publish).await;
+            }
         })
 }
 

@@ -148,6 +148,10 @@ impl DrainWaiter {
     /// wakes parked reads and writes at the cut.
     pub(crate) fn done_waiting(&self) {
         self.wakers.done_waiting.store(true, Ordering::Release);
+        // A waker keeps its task's memory alive. An upgraded connection's
+        // waiter lives as long as the WebSocket, and would otherwise keep
+        // the finished connection task (2.4 KiB) for as long.
+        drop(self.wakers.drain.take());
     }
 
     /// Wakes the task that waits for the drain, so it looks at its state
@@ -229,5 +233,29 @@ mod tests {
         );
         drop(late);
         assert_eq!(lifecycle.waiters.len(), 0);
+    }
+
+    /// Counts the live clones of a waker.
+    struct Counted;
+
+    impl futures_util::task::ArcWake for Counted {
+        fn wake_by_ref(_: &Arc<Self>) {}
+    }
+
+    // A connection task that hands its socket to a WebSocket handler stops
+    // waiting; its waker (and so its task's memory) must not live on in the
+    // waiter, which lives as long as the socket.
+    #[test]
+    fn done_waiting_lets_go_of_the_waker() {
+        let lifecycle = Lifecycle::new(Config::default());
+        let waiter = DrainWaiter::new(lifecycle);
+        let task = Arc::new(Counted);
+        let waker = futures_util::task::waker(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(waiter.poll_drained(&mut cx).is_pending());
+        drop(waker);
+        assert_eq!(Arc::strong_count(&task), 2, "registered");
+        waiter.done_waiting();
+        assert_eq!(Arc::strong_count(&task), 1, "let go");
     }
 }

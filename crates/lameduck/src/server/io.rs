@@ -2,6 +2,7 @@
 
 use std::{
     io,
+    mem::MaybeUninit,
     pin::Pin,
     sync::{
         Arc,
@@ -11,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -213,6 +215,11 @@ const LINGER_AFTER_MS: u64 = 500;
 /// Most bytes read and thrown away while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
 
+/// An upgraded connection's reads of fewer bytes than this go through a
+/// read-ahead (see [`TrackedIo`]); larger ones (hyper's, rustls's) go
+/// straight to the socket.
+const READ_AHEAD: usize = 8 * 1024;
+
 /// A socket that keeps its connection counted while it lives and fails
 /// every read and write once the drain is forced, so that a handler that
 /// holds an upgraded socket and ignores the drain still lets go of it.
@@ -229,10 +236,21 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// client might send now would not be served either way, so it closes at
 /// once (lingering cost 120 to 190 ms at the end of a drain of 19,000 idle
 /// connections).
+///
+/// An upgraded connection that is asked for fewer than [`READ_AHEAD`] bytes
+/// reads up to that many into a buffer on the stack and keeps what the
+/// reader did not take, in an allocation of that size that lives only
+/// until it is taken. This lets a WebSocket's own read buffer be small
+/// (tungstenite allocates it whole for every socket, and holds it while
+/// the socket idles) without a system call for every few hundred bytes of
+/// a large message.
 pub(crate) struct TrackedIo {
     /// `None` only once dropped.
     inner: Option<TcpStream>,
     conn: Arc<ConnState>,
+    /// Read from the socket, not yet by the reader; empty (and allocating
+    /// nothing) between bursts.
+    ahead: Bytes,
 }
 
 impl TrackedIo {
@@ -240,6 +258,7 @@ impl TrackedIo {
         Self {
             inner: Some(inner),
             conn,
+            ahead: Bytes::new(),
         }
     }
 
@@ -316,12 +335,53 @@ impl AsyncRead for TrackedIo {
         if self.conn.lifecycle.is_forcing() {
             return Poll::Ready(Err(cut()));
         }
+        if !self.ahead.is_empty() {
+            let n = self.ahead.len().min(buf.remaining());
+            buf.put_slice(&self.ahead.split_to(n));
+            if self.ahead.is_empty() {
+                // Let go of the allocation, not just of its bytes.
+                self.ahead = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() < READ_AHEAD && self.conn.kind() == ConnKind::Websocket {
+            return self.poll_read_ahead(cx, buf);
+        }
         let before = buf.filled().len();
         match self.stream().poll_read(cx, buf) {
             Poll::Pending if self.conn.drain.read_parked_until_cut(cx) => Poll::Ready(Err(cut())),
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     self.conn.on_read();
+                }
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl TrackedIo {
+    /// Reads up to [`READ_AHEAD`] bytes, gives the reader what fits and
+    /// keeps the rest in `ahead`.
+    fn poll_read_ahead(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_AHEAD];
+        let mut chunk = ReadBuf::uninit(&mut chunk);
+        match self.stream().poll_read(cx, &mut chunk) {
+            Poll::Pending if self.conn.drain.read_parked_until_cut(cx) => Poll::Ready(Err(cut())),
+            Poll::Ready(Ok(())) => {
+                let got = chunk.filled();
+                if !got.is_empty() {
+                    self.conn.on_read();
+                }
+                let n = got.len().min(buf.remaining());
+                buf.put_slice(&got[..n]);
+                if n < got.len() {
+                    self.ahead = Bytes::copy_from_slice(&got[n..]);
                 }
                 Poll::Ready(Ok(()))
             }
