@@ -154,3 +154,78 @@ async fn close_codes_read_axums_own_tungstenite_errors() {
         other => panic!("expected Close 1009, got {other:?}"),
     }
 }
+
+// Behind `Server`, an upgraded connection's small reads are served from a
+// read-ahead (`server/io.rs`), so that `READ_BUFFER` (512 bytes) costs no
+// extra system calls. Whatever the read-ahead holds must reach the reader
+// whole and in order: messages of sizes around the buffer's and the
+// read-ahead's (8 KiB) edges, one much larger, and a burst of 300 small
+// ones written before any echo is read (many frames in one read) all come
+// back byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_read_buffers_lose_no_byte() {
+    let app = Router::new().route(
+        "/echo",
+        get(|upgrade: WebSocketUpgrade, drain: Drain| async move {
+            let response: Response = upgrade
+                .read_buffer_size(lameduck::ws::READ_BUFFER)
+                .on_upgrade(|socket| {
+                    let mut ws = WsSession::new(socket, drain);
+                    async move {
+                        while let Some(msg) = ws.recv().await {
+                            if ws.send(msg).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+            response
+        }),
+    );
+    let (addr, _handle) = serve(app).await;
+    let mut client = connect(addr, "/echo").await;
+
+    let payload = |len: usize, seed: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i * 31 + seed * 7) % 251) as u8)
+            .collect()
+    };
+    let sizes = [
+        0, 1, 13, 511, 512, 513, 4_095, 4_096, 8_191, 8_192, 8_193, 20_000, 300_000,
+    ];
+    for (seed, &len) in sizes.iter().enumerate() {
+        let sent = payload(len, seed);
+        client
+            .send(client::Message::binary(sent.clone()))
+            .await
+            .unwrap();
+        let echo = timeout(10 * SEC, client.next())
+            .await
+            .unwrap_or_else(|_| panic!("echo of {len} bytes in time"))
+            .expect("an echo")
+            .expect("no error");
+        assert_eq!(echo.into_data().as_ref(), &sent[..], "{len} bytes");
+    }
+
+    // A burst: the server reads many frames at once.
+    const BURST: usize = 300;
+    for i in 0..BURST {
+        client
+            .feed(client::Message::binary(payload(100 + i * 37 % 900, i)))
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    for i in 0..BURST {
+        let echo = timeout(10 * SEC, client.next())
+            .await
+            .unwrap_or_else(|_| panic!("echo {i} of the burst in time"))
+            .expect("an echo")
+            .expect("no error");
+        assert_eq!(
+            echo.into_data().as_ref(),
+            &payload(100 + i * 37 % 900, i)[..],
+            "message {i} of the burst"
+        );
+    }
+}

@@ -363,7 +363,9 @@ impl AsyncRead for TrackedIo {
 
 impl TrackedIo {
     /// Reads up to [`READ_AHEAD`] bytes, gives the reader what fits and
-    /// keeps the rest in `ahead`.
+    /// keeps the rest in `ahead`. Never inlined: its buffer on the stack
+    /// would make every read's frame 8 KiB, which costs a stack probe.
+    #[inline(never)]
     fn poll_read_ahead(
         &mut self,
         cx: &mut Context<'_>,
