@@ -14,8 +14,8 @@ use crate::Config;
 ///
 /// The server does not put it in the request's extensions (that cost an
 /// allocation of the extension map a request, more than the rest of the
-/// server's work on it): it is set for the task that polls the
-/// application's future, where the extractor finds it. A middleware that
+/// server's work on it): it is set on the thread while the application's
+/// future is polled, where the extractor finds it. A middleware that
 /// hands the request to another task before the handler takes its `Drain`
 /// (tower's `Buffer`, say) must carry it along: insert
 /// `Drain::current()` into the request's extensions first; the extractor
@@ -177,7 +177,7 @@ impl Drain {
     /// assert!(lameduck::Drain::current().is_none());
     /// ```
     pub fn current() -> Option<Drain> {
-        CURRENT.try_with(|ext| Drain::clone(&ext.0)).ok()
+        super::current::lifecycle().map(Drain::new)
     }
 
     /// The drain of requests no server of ours served: detached, logged
@@ -228,27 +228,6 @@ impl std::future::Future for Told {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         self.waiter.poll_drained(cx)
-    }
-}
-
-/// What the server sets for each request's future: one per connection,
-/// so that cloning it per request touches that connection's reference count,
-/// not the server-wide one that every thread shares.
-#[derive(Clone, Debug)]
-pub(crate) struct RequestDrain(pub(crate) Arc<Drain>);
-
-tokio::task_local! {
-    /// The drain of the request whose application future is being polled.
-    static CURRENT: RequestDrain;
-}
-
-impl RequestDrain {
-    /// `future` with this drain as [`Drain::current`] while it is polled.
-    pub(crate) fn scope<F: std::future::Future>(
-        self,
-        future: F,
-    ) -> tokio::task::futures::TaskLocalFuture<RequestDrain, F> {
-        CURRENT.scope(self, future)
     }
 }
 

@@ -13,6 +13,7 @@
 //! `ARCHITECTURE.md` at the repository's root; the server's drain driver
 //! runs it.
 
+mod current;
 mod drain;
 mod reason;
 mod waiter;
@@ -39,7 +40,7 @@ use crate::{
     stats::{Counts, Stats, Totals},
 };
 
-pub(crate) use drain::RequestDrain;
+pub(crate) use current::{RequestDrain, Scoped};
 pub use drain::{Drain, JobGuard, Told};
 pub use reason::{DrainReason, Signal};
 use waiter::Waiters;
@@ -110,6 +111,8 @@ impl fmt::Display for Phase {
 /// its watchers.
 #[derive(Debug)]
 pub(crate) struct Lifecycle {
+    /// Its number, for [`Drain::current`] (see `current.rs`).
+    id: u32,
     config: Config,
     stats: Stats,
     limits: Limits,
@@ -131,7 +134,8 @@ pub(crate) struct Lifecycle {
 
 impl Lifecycle {
     pub(crate) fn new(config: Config) -> Arc<Self> {
-        Arc::new(Self {
+        let lifecycle = Arc::new(Self {
+            id: current::next_id(),
             stats: Stats::default(),
             limits: Limits::new(&config),
             config,
@@ -142,7 +146,9 @@ impl Lifecycle {
             started: OnceLock::new(),
             panicked: OnceLock::new(),
             force: CancellationToken::new(),
-        })
+        });
+        current::register(&lifecycle);
+        lifecycle
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -334,6 +340,12 @@ impl Lifecycle {
             }
             changed.await;
         }
+    }
+}
+
+impl Drop for Lifecycle {
+    fn drop(&mut self) {
+        current::unregister(self.id);
     }
 }
 

@@ -26,7 +26,7 @@ use super::{
     tls_io::TlsIo,
 };
 use crate::{
-    lifecycle::{Drain, Lifecycle, Phase, RequestDrain},
+    lifecycle::{Lifecycle, Phase, RequestDrain},
     stats::ConnKind,
 };
 
@@ -89,7 +89,7 @@ where
     let service = ConnService {
         inner: service,
         conn: state.clone(),
-        drain: RequestDrain(Arc::new(Drain::new(lifecycle.clone()))),
+        drain: RequestDrain::of(&lifecycle),
         peer,
     };
     // Tracked below TLS: the timers see the bytes on the wire, so a slow or

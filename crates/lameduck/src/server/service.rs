@@ -22,7 +22,12 @@ use tower::{Service, ServiceExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::io::ConnState;
-use crate::{admission::Admit, lifecycle::RequestDrain, sessions, stats::ConnKind};
+use crate::{
+    admission::Admit,
+    lifecycle::{RequestDrain, Scoped},
+    sessions,
+    stats::ConnKind,
+};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -55,14 +60,7 @@ where
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = CallFuture<
-        tokio::task::futures::TaskLocalFuture<
-            RequestDrain,
-            tower::util::Oneshot<S, Request<Incoming>>,
-        >,
-        B,
-        S::Error,
-    >;
+    type Future = CallFuture<Scoped<tower::util::Oneshot<S, Request<Incoming>>>, B, S::Error>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let lifecycle = self.conn.lifecycle();
@@ -103,7 +101,7 @@ where
         }
         CallFuture::App {
             // The request's `Drain` (see `Drain::current`).
-            response: self.drain.clone().scope(self.inner.clone().oneshot(req)),
+            response: self.drain.scope(self.inner.clone().oneshot(req)),
             in_flight: Some(in_flight),
             http1,
         }
