@@ -44,7 +44,7 @@ impl<S: Clone> Clone for ConnService<S> {
         Self {
             inner: self.inner.clone(),
             conn: self.conn.clone(),
-            drain: self.drain.clone(),
+            drain: self.drain,
             peer: self.peer,
         }
     }
