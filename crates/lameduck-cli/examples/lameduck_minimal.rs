@@ -2,11 +2,11 @@
 //! same `service_fn` as `bare_hyper`, so the ratio between the two is the
 //! cost of lameduck's connection tracking and nothing else.
 //!
-//! Usage: `lameduck_minimal [ADDR] [--no-header-timeout] [--tls CERT KEY]
-//! [--rate-limit] [--max-in-flight] [--max-new-sessions]`; prints
-//! `listening ADDR`. The last three turn the limit on at a level no run of
-//! the benchmark reaches, so that they cost what they check and refuse
-//! nothing.
+//! Usage: `lameduck_minimal [ADDR] [--no-header-timeout] [--no-h2-ping]
+//! [--tls CERT KEY] [--rate-limit] [--max-in-flight] [--max-new-sessions]`;
+//! prints `listening ADDR`. The last three turn the limit on at a level no
+//! run of the benchmark reaches, so that they cost what they check and
+//! refuse nothing.
 
 #[path = "shared/ping.rs"]
 mod shared;
@@ -25,6 +25,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = lameduck::Config::default();
     if has("--no-header-timeout") {
         config.header_read_timeout = None;
+    }
+    if has("--no-h2-ping") {
+        config.http2_ping_interval = None;
     }
     let huge = std::num::NonZeroU32::new(1_000_000_000).expect("not zero");
     if has("--rate-limit") {

@@ -831,3 +831,60 @@ async fn hostile_http2_frames_end_their_connection_only() {
     assert_eq!(get(addr, "/ping", 5 * SEC).await.unwrap().status, 200);
     server.drains_cleanly();
 }
+
+/// Opens a raw h2c connection with one long stream (`/slow?ms=6000`) and
+/// reads frames for `window`: whether the server sent a PING meanwhile.
+async fn h2_pinged_within(addr: std::net::SocketAddr, window: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let path = b"/slow?ms=6000";
+    // `:method GET`, `:scheme http`, then `:path` as a literal (name 4).
+    let mut headers = vec![0x82, 0x86, 0x44, path.len() as u8];
+    headers.extend_from_slice(path);
+    let mut start = H2_PREFACE.to_vec();
+    start.extend(h2_frame(0x4, 0, 0, &[]));
+    start.extend(h2_frame(0x1, 0x5, 1, &headers));
+    tcp.write_all(&start).await.unwrap();
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        let mut head = [0u8; 9];
+        match tokio::time::timeout_at(deadline, tcp.read_exact(&mut head)).await {
+            Err(_) => return false,
+            Ok(Err(err)) => panic!("the connection ended before the window did: {err}"),
+            Ok(Ok(_)) => {}
+        }
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        tokio::time::timeout_at(deadline, tcp.read_exact(&mut payload))
+            .await
+            .expect("a whole frame")
+            .unwrap();
+        match (head[3], head[4] & 0x1) {
+            // The server's SETTINGS: acknowledged, as a client does.
+            (0x4, 0) => tcp.write_all(&h2_frame(0x4, 0x1, 0, &[])).await.unwrap(),
+            (0x6, 0) => return true,
+            _ => {}
+        }
+    }
+}
+
+// HTTP/2 PINGs find a dead peer under open streams: with
+// `--h2-ping-interval 1s`, a connection with a long stream is sent a PING
+// within 3 s; with `0s` none comes in as long (they cost about 3 % of an
+// h2c request, so a service may turn them off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_pings_come_at_their_interval_and_can_be_turned_off() {
+    let server = Child::serve(BIN, &["--h2-ping-interval", "1s"]);
+    assert!(
+        h2_pinged_within(server.addr, 3 * SEC).await,
+        "no PING within 3 s at a 1 s interval"
+    );
+    server.drains_cleanly();
+
+    let server = Child::serve(BIN, &["--h2-ping-interval", "0s"]);
+    assert!(
+        !h2_pinged_within(server.addr, 3 * SEC).await,
+        "a PING with PINGs turned off"
+    );
+    server.drains_cleanly();
+}

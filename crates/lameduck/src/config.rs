@@ -66,6 +66,13 @@ pub struct Config {
     /// requests before the server closes it (default 60 s; `None`: no
     /// limit).
     pub keep_alive_timeout: Option<Duration>,
+    /// How often an HTTP/2 connection with open streams is sent a PING; a
+    /// peer that does not answer within as long is gone, and its connection
+    /// closed (default 20 s; `None`: no PINGs). Dead-peer detection for
+    /// long streams costs on every request: hyper reads the clock and polls
+    /// a timer each time it polls the connection (about 3 % of an h2c
+    /// request's instructions in `bench/`).
+    pub http2_ping_interval: Option<Duration>,
     /// Interval of the `shutdown.progress` events (default 1 s).
     pub progress_interval: Duration,
     /// Put axum's `ConnectInfo<SocketAddr>` (the client's address) in every
@@ -235,6 +242,7 @@ impl Default for Config {
             idle_grace: Duration::from_secs(1),
             header_read_timeout: Some(Duration::from_secs(10)),
             keep_alive_timeout: Some(Duration::from_secs(60)),
+            http2_ping_interval: Some(Duration::from_secs(20)),
             progress_interval: Duration::from_secs(1),
             connect_info: false,
             max_connections: Some(25_000),
@@ -289,6 +297,12 @@ impl Config {
     /// Sets [`Config::keep_alive_timeout`].
     pub fn keep_alive_timeout(mut self, value: Option<Duration>) -> Self {
         self.keep_alive_timeout = value;
+        self
+    }
+
+    /// Sets [`Config::http2_ping_interval`].
+    pub fn http2_ping_interval(mut self, value: Option<Duration>) -> Self {
+        self.http2_ping_interval = value;
         self
     }
 

@@ -122,6 +122,7 @@ pub(crate) async fn run(args: ServeArgs, sockets: Sockets) -> anyhow::Result<u8>
     let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
     config.header_read_timeout = nonzero(args.limits.header_read_timeout);
     config.keep_alive_timeout = nonzero(args.limits.keep_alive_timeout);
+    config.http2_ping_interval = nonzero(args.limits.h2_ping_interval);
 
     let mut ws = WsConfig::default();
     ws.ping_interval = args.ws_ping_interval;

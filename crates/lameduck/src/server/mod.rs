@@ -242,11 +242,12 @@ impl Server {
         // open stream at the keep-alive timeout (GOAWAY first); PINGs find a
         // dead peer under open streams; streams, header lists and resets are
         // bounded (rapid reset, CONTINUATION floods).
+        let ping = lifecycle.config().http2_ping_interval;
         builder
             .http2()
             .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(Some(H2_PING_EVERY))
-            .keep_alive_timeout(H2_PING_EVERY)
+            .keep_alive_interval(ping)
+            .keep_alive_timeout(ping.unwrap_or(std::time::Duration::from_secs(20)))
             .max_concurrent_streams(H2_MAX_STREAMS)
             .max_header_list_size(lifecycle.config().max_header_bytes.max(8192) as u32)
             .max_pending_accept_reset_streams(Some(H2_MAX_PENDING_RESETS))
@@ -293,9 +294,6 @@ impl Server {
     }
 }
 
-/// PINGs on an HTTP/2 connection with open streams, this often; a peer
-/// that does not answer within as long is gone.
-const H2_PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 /// Streams open at once on one HTTP/2 connection.
 const H2_MAX_STREAMS: u32 = 256;
 /// Streams a client may open and reset before the server has accepted them
