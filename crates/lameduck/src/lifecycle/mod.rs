@@ -212,6 +212,12 @@ impl Lifecycle {
         self.raw() >= Phase::Draining as u8
     }
 
+    /// [`Lifecycle::is_draining`], for a reader that pairs it with its own
+    /// write to another atomic (see `ConnState::request_started`).
+    pub(crate) fn is_draining_seqcst(&self) -> bool {
+        self.phase.load(Ordering::SeqCst) >= Phase::Draining as u8
+    }
+
     /// Whether what remains is being cut (or the drain is over).
     pub(crate) fn is_forcing(&self) -> bool {
         self.raw() >= Phase::Forcing as u8
@@ -274,7 +280,8 @@ impl Lifecycle {
             Phase::Stopped if Self::was_forced(self.raw()) => STOPPED_FORCED,
             _ => to as u8,
         };
-        let from = Phase::from_raw(self.phase.fetch_max(raw, Ordering::AcqRel));
+        // SeqCst: `is_draining_seqcst` pairs with it.
+        let from = Phase::from_raw(self.phase.fetch_max(raw, Ordering::SeqCst));
         if from >= to {
             return;
         }

@@ -119,17 +119,25 @@ impl ConnState {
     }
 
     pub(crate) fn is_busy(&self) -> bool {
-        self.busy.load(Ordering::Acquire) > 0
+        // SeqCst: see `request_started`.
+        self.busy.load(Ordering::SeqCst) > 0
     }
 
     pub(crate) fn request_started(&self) {
-        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.busy.fetch_add(1, Ordering::SeqCst);
         self.head_since.store(0, Ordering::Relaxed);
         if !self.had_request.load(Ordering::Relaxed) {
             self.had_request.store(true, Ordering::Relaxed);
         }
         self.lifecycle.stats().request_started();
-        self.request_started.notify_waiters();
+        // Only a draining connection task waits for this (its idle grace),
+        // and `notify_waiters` takes a lock: skipped while serving. A task
+        // in its grace saw the drain and then read `busy`; this thread
+        // wrote `busy` and then reads the phase. All four SeqCst, one of the
+        // two sees the other's write, so a request never slips by unseen.
+        if self.lifecycle.is_draining_seqcst() {
+            self.request_started.notify_waiters();
+        }
     }
 
     /// Whether a response ended within the last [`LINGER_AFTER_MS`] (or
