@@ -346,10 +346,13 @@ impl AsyncWrite for Watched {
     }
 }
 
-// A WebSocket over TLS (wss) gets Close 1001 at the drain, and its TLS
-// connection then ends with close_notify.
+// A WebSocket over TLS (wss) echoes messages small and large (rustls's
+// reads pass through the upgraded connection's read-ahead, under a
+// 512-byte WebSocket read buffer), gets Close 1001 at the drain, and its
+// TLS connection then ends with close_notify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_gets_1001_and_close_notify_at_the_drain() {
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let cert = Cert::new();
     let mut server = cert.serve(&["--drain-timeout", "10s"]);
@@ -362,6 +365,16 @@ async fn wss_gets_1001_and_close_notify_at_the_drain() {
     .unwrap()
     .unwrap();
     assert_eq!(res.status(), 101);
+    for len in [1usize, 511, 513, 8_193, 70_000, 300_000] {
+        let sent: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        ws.send(Message::binary(sent.clone())).await.unwrap();
+        let echo = timeout(10 * SEC, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("echo of {len} bytes in time"))
+            .expect("an echo")
+            .expect("no error");
+        assert_eq!(echo.into_data().as_ref(), &sent[..], "{len} bytes over TLS");
+    }
     server.signal(SIGTERM);
     let code = timeout(15 * SEC, async {
         loop {
