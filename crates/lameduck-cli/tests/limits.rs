@@ -755,26 +755,39 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// `:method GET`, `:scheme http`, `:path /` from HPACK's static table.
 const H2_GET_ROOT: &[u8] = &[0x82, 0x86, 0x84];
 
+/// Reads one raw HTTP/2 frame: its 9-byte head and its payload; `None` at
+/// the end of the connection; `Err` past `deadline`.
+async fn h2_read_frame(
+    tcp: &mut (impl tokio::io::AsyncRead + Unpin),
+    deadline: tokio::time::Instant,
+) -> Result<Option<([u8; 9], Vec<u8>)>, tokio::time::error::Elapsed> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    if tokio::time::timeout_at(deadline, tcp.read_exact(&mut head))
+        .await?
+        .is_err()
+    {
+        return Ok(None);
+    }
+    let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    if tokio::time::timeout_at(deadline, tcp.read_exact(&mut payload))
+        .await?
+        .is_err()
+    {
+        return Ok(None);
+    }
+    Ok(Some((head, payload)))
+}
+
 /// Reads frames until a GOAWAY (its error code) or the end of the
 /// connection (`None`), 10 s at most.
 async fn h2_read_until_goaway(tcp: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<u32> {
-    use tokio::io::AsyncReadExt;
     let deadline = tokio::time::Instant::now() + 10 * SEC;
     loop {
-        let mut head = [0u8; 9];
-        match tokio::time::timeout_at(deadline, tcp.read_exact(&mut head)).await {
-            Err(_) => panic!("neither GOAWAY nor the end of the connection within 10 s"),
-            Ok(Err(_)) => return None,
-            Ok(Ok(_)) => {}
-        }
-        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-        let mut payload = vec![0u8; len];
-        if tokio::time::timeout_at(deadline, tcp.read_exact(&mut payload))
+        let (head, payload) = h2_read_frame(tcp, deadline)
             .await
-            .map_or(true, |r| r.is_err())
-        {
-            return None;
-        }
+            .expect("neither GOAWAY nor the end of the connection within 10 s")?;
         if head[3] == 0x7 && payload.len() >= 8 {
             return Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
         }
@@ -835,7 +848,6 @@ async fn hostile_http2_frames_end_their_connection_only() {
 /// Opens a raw h2c connection with one long stream (`/slow?ms=6000`) and
 /// reads frames for `window`: whether the server sent a PING meanwhile.
 async fn h2_pinged_within(addr: std::net::SocketAddr, window: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let path = b"/slow?ms=6000";
     // `:method GET`, `:scheme http`, then `:path` as a literal (name 4).
@@ -847,18 +859,10 @@ async fn h2_pinged_within(addr: std::net::SocketAddr, window: Duration) -> bool 
     tcp.write_all(&start).await.unwrap();
     let deadline = tokio::time::Instant::now() + window;
     loop {
-        let mut head = [0u8; 9];
-        match tokio::time::timeout_at(deadline, tcp.read_exact(&mut head)).await {
-            Err(_) => return false,
-            Ok(Err(err)) => panic!("the connection ended before the window did: {err}"),
-            Ok(Ok(_)) => {}
-        }
-        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-        let mut payload = vec![0u8; len];
-        tokio::time::timeout_at(deadline, tcp.read_exact(&mut payload))
-            .await
-            .expect("a whole frame")
-            .unwrap();
+        let Ok(frame) = h2_read_frame(&mut tcp, deadline).await else {
+            return false;
+        };
+        let (head, _) = frame.expect("the connection ended before the window did");
         match (head[3], head[4] & 0x1) {
             // The server's SETTINGS: acknowledged, as a client does.
             (0x4, 0) => tcp.write_all(&h2_frame(0x4, 0x1, 0, &[])).await.unwrap(),

@@ -356,26 +356,27 @@ impl WsSession {
             // a message is handled in a boxed future: this future is then a
             // few words, and so is every idle session's task that awaits it.
             match std::future::poll_fn(|cx| self.poll_event(cx)).await {
-                Event::Message(msg) => return Some(msg),
-                event => Box::pin(self.handle(event)).await,
+                Ok(msg) => return Some(msg),
+                Err(event) => Box::pin(self.handle(event)).await,
             }
         }
     }
 
-    /// The next thing the session must act on, in this order: the drain,
-    /// a pong overdue, the heartbeat's tick, the socket. Pongs and pings
-    /// from the peer are taken here (tungstenite answers pings itself).
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+    /// The next message, or the next thing the session must act on, in
+    /// this order: the drain, a pong overdue, the heartbeat's tick, the
+    /// socket. Pongs and pings from the peer are taken here (tungstenite
+    /// answers pings itself).
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message, Event>> {
         if !self.config.handler_drains && self.drained.poll_drained(cx).is_ready() {
-            return Poll::Ready(Event::Drain);
+            return Poll::Ready(Err(Event::Drain));
         }
         if let Some(deadline) = self.pong_deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(Event::PeerDead);
+            return Poll::Ready(Err(Event::PeerDead));
         }
         if self.ping.poll_tick(cx).is_ready() {
-            return Poll::Ready(Event::Tick);
+            return Poll::Ready(Err(Event::Tick));
         }
         loop {
             let event = match ready!(self.socket.poll_next_unpin(cx)) {
@@ -385,18 +386,17 @@ impl WsSession {
                 }
                 Some(Ok(Message::Ping(_))) => continue,
                 Some(Ok(Message::Close(frame))) => Event::Closed(frame.map(|f| f.code)),
-                Some(Ok(msg)) => Event::Message(msg),
+                Some(Ok(msg)) => return Poll::Ready(Ok(msg)),
                 Some(Err(err)) => Event::Failed(err),
                 None => Event::Gone,
             };
-            return Poll::Ready(event);
+            return Poll::Ready(Err(event));
         }
     }
 
     /// Acts on everything but a message.
     async fn handle(&mut self, event: Event) {
         match event {
-            Event::Message(_) => {}
             Event::Drain => self.close_for_drain().await,
             Event::PeerDead => {
                 tracing::debug!("ws.peer_dead");
@@ -523,9 +523,8 @@ impl WsSession {
     }
 }
 
-/// What [`WsSession::recv`] acts on.
+/// What [`WsSession::recv`] acts on, besides a message.
 enum Event {
-    Message(Message),
     Drain,
     PeerDead,
     Tick,
